@@ -1,0 +1,54 @@
+# songserve — `make run` serves the embedded default; `make test` runs lint, types and the suite.
+# Both set up .venv on a fresh machine (torch==2.13.0 first, so nothing later pulls a CUDA build).
+
+PYTHON ?= python3
+VENV   ?= .venv
+CONFIG ?= config/local.yaml
+BIN    := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: run test install install-dev lint typecheck unit integration e2e bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+run: install
+	$(BIN)/songserve up --config $(CONFIG)
+
+lint: install-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install-dev
+	$(BIN)/mypy
+
+test: lint typecheck
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+unit: install-dev
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+integration: install-dev
+	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
+
+e2e: install-dev
+	$(BIN)/pytest tests/e2e $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/python scripts/bench_e2e.py --config $(CONFIG)
+
+clean:
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,351 @@
+"""`Conductor` — takes each song job through its stages, durably.
+
+Stages: lyrics (description mode only) → tags → generate N variations in parallel (each: render on a
+decoder pool through the router, then master/encode/store on the post-processor) → done.
+
+Durability: jobs are *claimed* from the job store with a lease that a heartbeat renews; every stage
+result is written back before the next stage starts, and a variation that succeeded is never
+rendered again. If this replica dies, its leases expire and any conductor replica (this one after a
+restart included) claims the job and resumes from the last finished stage. Claims are counted; a job
+that keeps killing its workers fails with a reason. The API nudges a replica with `wake()` so new
+jobs start at once; polling covers everything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+import time
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from pipeline.lyrics import LyricSection, parse_lyrics
+from pipeline.tags import StyleTags
+from serve.jobs import JobRecord, LeaseLost, VariationRecord, open_job_store
+
+from .song_models import RenderedSong, RenderProgress, RenderRequest
+
+if TYPE_CHECKING:
+    from serve.config import AppConfig
+
+logger = logging.getLogger("ray.serve")
+
+# Share of a job's progress bar each part takes. Rendering dominates the wait.
+_TEXT_STAGES_SHARE = 0.05  # lyrics + tags
+_RENDER_SHARE_OF_VARIATION = 0.85  # the rest of a variation is post-processing
+
+
+class Conductor:
+    def __init__(
+        self,
+        config: AppConfig,
+        lyrics: Any,
+        tags: Any,
+        router: Any,
+        postprocessor: Any,
+    ) -> None:
+        """`lyrics`, `tags`, `router`, `postprocessor` are DeploymentHandles."""
+        self._config = config
+        self._jobs_config = config.jobs
+        self._store = open_job_store(config.storage.database_url)
+        self._lyrics = lyrics
+        self._tags = tags
+        self._router = router.options(stream=True)
+        self._postprocessor = postprocessor
+        self._lease_owner = f"conductor@{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self._active: dict[str, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        # Serve runs constructors on the replica's event loop: start claiming right away so jobs
+        # left unfinished by a previous run resume without waiting for a request.
+        self._claim_loop = asyncio.get_running_loop().create_task(self._claim_forever())
+
+    # -- public methods ---------------------------------------------------------------------------
+
+    async def wake(self) -> None:
+        """A job was queued: look for work now instead of at the next poll."""
+        self._wake.set()
+
+    async def active_jobs(self) -> list[str]:
+        return sorted(self._active)
+
+    async def check_health(self) -> None:
+        if self._claim_loop.done():
+            error = self._claim_loop.exception()
+            raise RuntimeError(f"the conductor's claim loop stopped: {error!r}")
+
+    # -- claiming ---------------------------------------------------------------------------------
+
+    async def _claim_forever(self) -> None:
+        config = self._jobs_config
+        while True:
+            try:
+                while len(self._active) < config.max_concurrent_jobs:
+                    job = await self._store.claim_next(
+                        self._lease_owner, lease_s=config.lease_s, max_attempts=config.max_attempts
+                    )
+                    if job is None:
+                        break
+                    logger.info("claimed %s (attempt %d)", job.id, job.attempts)
+                    task = asyncio.create_task(self._drive(job), name=f"job-{job.id}")
+                    self._active[job.id] = task
+                    task.add_done_callback(lambda _, job_id=job.id: self._finished(job_id))
+            except Exception:  # noqa: BLE001 - a store hiccup must not end the loop
+                logger.exception("claiming jobs failed; retrying")
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=config.poll_interval_s)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+
+    def _finished(self, job_id: str) -> None:
+        self._active.pop(job_id, None)
+        self._wake.set()  # a slot is free
+
+    async def _drive(self, job: JobRecord) -> None:
+        heartbeat = asyncio.create_task(self._heartbeat(job.id, asyncio.current_task()))
+        try:
+            await asyncio.wait_for(self._run_job(job), timeout=self._jobs_config.job_timeout_s)
+        except LeaseLost:
+            logger.warning("lost the lease on %s; another conductor owns it now", job.id)
+        except asyncio.CancelledError:
+            logger.warning("stopped driving %s", job.id)
+        except TimeoutError:
+            await self._fail(
+                job.id,
+                "timeout",
+                f"the job did not finish within jobs.job_timeout_s "
+                f"({self._jobs_config.job_timeout_s:g} s)",
+            )
+        except Exception as error:  # noqa: BLE001 - record why, so the job never hangs in running
+            logger.exception("job %s failed", job.id)
+            await self._fail(job.id, "internal_error", f"{type(error).__name__}: {error}")
+        finally:
+            heartbeat.cancel()
+
+    async def _heartbeat(self, job_id: str, driver: asyncio.Task[Any] | None) -> None:
+        config = self._jobs_config
+        while True:
+            await asyncio.sleep(config.heartbeat_s)
+            try:
+                await self._store.renew_lease(job_id, self._lease_owner, lease_s=config.lease_s)
+            except LeaseLost:
+                if driver is not None:
+                    driver.cancel()
+                return
+            except Exception:  # noqa: BLE001 - keep trying while the lease is still valid
+                logger.exception("renewing the lease on %s failed", job_id)
+
+    async def _fail(self, job_id: str, code: str, message: str) -> None:
+        error = {"code": code, "message": message}
+        try:
+            await self._store.append_event(
+                job_id,
+                "error",
+                error,
+                lease_owner=self._lease_owner,
+                job_fields={"status": "failed", "stage": "failed", "error": error},
+            )
+        except LeaseLost:
+            pass
+
+    # -- stages -----------------------------------------------------------------------------------
+
+    async def _stage(self, job_id: str, stage: str, progress: float) -> None:
+        await self._store.append_event(
+            job_id,
+            "stage",
+            {"stage": stage},
+            lease_owner=self._lease_owner,
+            job_fields={"stage": stage, "progress": progress},
+        )
+
+    async def _run_job(self, job: JobRecord) -> None:
+        request = job.request
+        sections = await self._lyrics_stage(job, request)
+        tags = await self._tags_stage(job, request)
+
+        await self._stage(job.id, "generating", _TEXT_STAGES_SHARE)
+        fractions = {v.index: (1.0 if v.status == "succeeded" else 0.0) for v in job.variations}
+        pending = [v for v in job.variations if v.status != "succeeded"]
+        await asyncio.gather(
+            *(self._variation(job, v, sections, tags, fractions) for v in pending)
+        )
+
+        finished = await self._store.get_job(job.id)
+        assert finished is not None
+        succeeded = [v for v in finished.variations if v.status == "succeeded"]
+        if succeeded:
+            await self._store.append_event(
+                job.id,
+                "done",
+                {"status": "succeeded", "succeeded": len(succeeded),
+                 "failed": len(finished.variations) - len(succeeded)},
+                lease_owner=self._lease_owner,
+                job_fields={"status": "succeeded", "stage": "done", "progress": 1.0},
+            )  # fmt: skip
+        else:
+            reasons = "; ".join(
+                f"variation {v.index}: {(v.error or {}).get('message', 'failed')}"
+                for v in finished.variations
+            )
+            await self._fail(job.id, "generation_failed", f"no variation could be made ({reasons})")
+
+    async def _lyrics_stage(self, job: JobRecord, request: dict[str, Any]) -> list[LyricSection]:
+        if job.lyrics is not None:
+            return parse_lyrics(job.lyrics)
+        if request.get("lyrics"):
+            text, source = request["lyrics"], {"engine": "user", "model": None}
+        elif request.get("instrumental") or not request.get("prompt"):
+            text, source = "", None
+        else:
+            await self._stage(job.id, "lyrics", 0.0)
+            written = await self._lyrics.write.remote(
+                request["prompt"],
+                request["duration_s"],
+                style=request.get("style"),
+                language=request["language"],
+                seed=job.seed,
+            )
+            text, source = written.text, {"engine": written.engine, "model": written.model}
+        await self._store.update_job(job.id, self._lease_owner, lyrics=text, lyrics_source=source)
+        return parse_lyrics(text)
+
+    async def _tags_stage(self, job: JobRecord, request: dict[str, Any]) -> StyleTags:
+        if job.tags is not None:
+            return StyleTags.from_dict(job.tags)
+        await self._stage(job.id, "tags", _TEXT_STAGES_SHARE / 2)
+        # Without an explicit style, the description itself names the style ("a sunny indie-pop
+        # song about …").
+        style_text = request.get("style") or request.get("prompt")
+        tags: StyleTags = await self._tags.normalize.remote(
+            style_text, language=request["language"], instrumental=request["instrumental"]
+        )
+        await self._store.update_job(job.id, self._lease_owner, tags=tags.to_dict())
+        return tags
+
+    async def _variation(
+        self,
+        job: JobRecord,
+        variation: VariationRecord,
+        sections: list[LyricSection],
+        tags: StyleTags,
+        fractions: dict[int, float],
+    ) -> None:
+        request = job.request
+        lora = request.get("lora") or {}
+        render_request = RenderRequest(
+            job_id=job.id,
+            variation=variation.index,
+            seed=variation.seed if variation.seed is not None else job.seed + variation.index,
+            duration_s=float(request["duration_s"]),
+            tags=tags,
+            sections=sections,
+            instrumental=bool(request["instrumental"]),
+            language=request["language"],
+            lora_id=lora.get("id"),
+            lora_scale=float(lora.get("scale", 1.0)),
+        )
+        last_error: Exception | None = None
+        for attempt in range(1, self._jobs_config.variation_attempts + 1):
+            try:
+                await self._render_and_store(job.id, render_request, request, fractions)
+                return
+            except (LeaseLost, asyncio.CancelledError):
+                raise
+            except Exception as error:  # noqa: BLE001 - retried, then recorded on the variation
+                logger.warning("variation %s/%d attempt %d failed: %r",
+                               job.id, variation.index, attempt, error)  # fmt: skip
+                last_error = error
+        error_info = {"code": "generation_failed", "message": f"{type(last_error).__name__}: {last_error}"}
+        await self._store.update_variation(
+            job.id, variation.index, self._lease_owner, status="failed", error=error_info
+        )
+        await self._variation_event(job.id, variation.index)
+
+    async def _render_and_store(
+        self,
+        job_id: str,
+        render_request: RenderRequest,
+        request: dict[str, Any],
+        fractions: dict[int, float],
+    ) -> None:
+        index = render_request.variation
+        await self._store.update_variation(
+            job_id, index, self._lease_owner, status="running", error=None
+        )
+        fractions[index] = 0.0
+        rendered: RenderedSong | None = None
+        last_progress_at = 0.0
+        async for item in self._router.generate.remote(render_request, request["model"]):
+            if isinstance(item, RenderProgress):
+                fractions[index] = _RENDER_SHARE_OF_VARIATION * item.step / max(item.steps, 1)
+                now = time.monotonic()
+                if (now - last_progress_at >= self._jobs_config.progress_interval_s
+                        or item.step == item.steps):  # fmt: skip
+                    last_progress_at = now
+                    await self._progress(job_id, "generating", index, item.step, item.steps, fractions)
+            elif isinstance(item, RenderedSong):
+                rendered = item
+        if rendered is None:
+            raise RuntimeError("the decoder finished without a song")
+
+        await self._progress(job_id, "postprocessing", index, 0, 1, fractions)
+        processed = await self._postprocessor.process.remote(
+            rendered, job_id=job_id, index=index, target_lufs=float(request["loudness_lufs"])
+        )
+        await self._store.update_variation(
+            job_id,
+            index,
+            self._lease_owner,
+            status="succeeded",
+            model=rendered.model,
+            model_version=rendered.model_version,
+            duration_s=round(processed.duration_s, 3),
+            sample_rate=processed.sample_rate,
+            loudness_lufs=processed.loudness_lufs,
+            true_peak_dbtp=processed.true_peak_dbtp,
+            objects=processed.objects,
+            render={
+                "replica": rendered.replica,
+                "render_started_at": rendered.render_started_at,
+                "render_finished_at": rendered.render_finished_at,
+                "postprocess_s": processed.timings_s,
+            },
+            error=None,
+        )
+        fractions[index] = 1.0
+        await self._progress(job_id, "postprocessing", index, 1, 1, fractions)
+        await self._variation_event(job_id, index)
+
+    async def _progress(
+        self,
+        job_id: str,
+        stage: str,
+        variation: int,
+        step: int,
+        steps: int,
+        fractions: dict[int, float],
+    ) -> None:
+        overall = _TEXT_STAGES_SHARE + (1 - _TEXT_STAGES_SHARE) * (
+            sum(fractions.values()) / max(len(fractions), 1)
+        )
+        overall = round(min(overall, 0.999), 4)  # 1.0 is reserved for `done`
+        await self._store.append_event(
+            job_id,
+            "progress",
+            {"stage": stage, "variation": variation, "step": step, "steps": steps,
+             "progress": overall},
+            lease_owner=self._lease_owner,
+            job_fields={"progress": overall},
+        )  # fmt: skip
+
+    async def _variation_event(self, job_id: str, index: int) -> None:
+        job = await self._store.get_job(job_id)
+        assert job is not None
+        record = next(v for v in job.variations if v.index == index)
+        await self._store.append_event(
+            job_id, "variation", asdict(record), lease_owner=self._lease_owner
+        )

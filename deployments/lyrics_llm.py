@@ -1,0 +1,86 @@
+"""`LyricsLLM` — writes structured lyrics from a description prompt.
+
+The engine sits behind `LyricsEngine`; `template` is the weight-free embedded default. LLM engines
+(vLLM, mlx-lm, OpenAI-compatible servers) plug in behind the same interface.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from pipeline.lyrics import LyricSection, format_lyrics
+
+if TYPE_CHECKING:
+    from serve.config import LyricsConfig
+
+
+@dataclass(frozen=True)
+class WrittenLyrics:
+    text: str
+    sections: list[LyricSection]
+    engine: str
+    model: str
+
+
+class LyricsEngine(Protocol):
+    name: str
+    model: str
+
+    async def write(
+        self, prompt: str, duration_s: float, *, style: str | None, language: str, seed: int
+    ) -> list[LyricSection]: ...
+
+
+class TemplateLyricsEngine:
+    """Weight-free writer: the prompt's own words poured into section templates."""
+
+    name = "template"
+    model = "template-v1"
+
+    async def write(
+        self, prompt: str, duration_s: float, *, style: str | None, language: str, seed: int
+    ) -> list[LyricSection]:
+        from pipeline.lyrics import write_template_lyrics
+
+        # Pure CPU work of a few milliseconds: no thread hop needed.
+        return write_template_lyrics(
+            prompt, duration_s, style=style, language=language, seed=seed
+        )
+
+
+def make_lyrics_engine(config: LyricsConfig) -> LyricsEngine:
+    if config.engine == "template":
+        return TemplateLyricsEngine()
+    raise ValueError(f"lyrics.engine: unknown engine {config.engine!r}")
+
+
+class LyricsLLM:
+    """Serialises nothing: the template engine is cheap and re-entrant, so requests run
+    concurrently up to the deployment's `max_ongoing_requests`."""
+
+    def __init__(self, config: LyricsConfig) -> None:
+        self._engine = make_lyrics_engine(config)
+
+    async def write(
+        self,
+        prompt: str,
+        duration_s: float,
+        *,
+        style: str | None = None,
+        language: str = "en",
+        seed: int = 0,
+    ) -> WrittenLyrics:
+        sections = await self._engine.write(
+            prompt, duration_s, style=style, language=language, seed=seed
+        )
+        return WrittenLyrics(
+            text=format_lyrics(sections),
+            sections=sections,
+            engine=self._engine.name,
+            model=self._engine.model,
+        )
+
+    async def check_health(self) -> None:
+        await asyncio.sleep(0)

@@ -1,0 +1,124 @@
+"""The `SongModel` interface every decoder pool serves, and the weight-free `sketch` model.
+
+A song model turns render requests into stereo audio. It is synchronous and compute-bound: the
+decoder deployment runs it on a worker thread and relays its progress. It takes a *list* of
+requests so models that batch across requests (ACE-Step) and models that do not (sketch) share one
+seam; progress is reported per model step for the whole batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from pipeline.lyrics import LyricSection
+from pipeline.tags import StyleTags
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from serve.config import DecoderPoolConfig
+
+ProgressCallback = Callable[[int, int], None]
+"""Called as (step, steps) while a batch renders; step counts from 1 to steps."""
+
+
+@dataclass(frozen=True)
+class RenderRequest:
+    """One variation to render. `seed` is the variation's own seed (job seed + index)."""
+
+    job_id: str
+    variation: int
+    seed: int
+    duration_s: float
+    tags: StyleTags
+    sections: list[LyricSection]
+    instrumental: bool
+    language: str
+    lora_id: str | None = None
+    lora_scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class RenderProgress:
+    """Streamed by a decoder while it renders."""
+
+    step: int
+    steps: int
+
+
+@dataclass(frozen=True)
+class RenderedSong:
+    """Streamed by a decoder last: the raw (un-mastered) render and who made it."""
+
+    audio: np.ndarray  # float32 [2, n_samples]
+    sample_rate: int
+    model: str
+    model_version: str
+    replica: str
+    render_started_at: float
+    render_finished_at: float
+
+
+class SongModel(Protocol):
+    """What a decoder pool needs from a song model."""
+
+    name: str
+    version: str
+    sample_rate: int
+
+    def render(
+        self, requests: list[RenderRequest], on_progress: ProgressCallback
+    ) -> list[np.ndarray]:
+        """Render every request; returns float32 `[2, round(duration_s * sample_rate)]` arrays in
+        request order. Deterministic for a request's seed."""
+        ...
+
+    def check_health(self) -> None:
+        """Raise if the model cannot render (e.g. a lost device)."""
+        ...
+
+
+class SketchSongModel:
+    """The procedural `sketch` arranger (pipeline/sketch) behind the SongModel interface.
+
+    Not an AI model: a weight-free placeholder so the whole cluster runs with no checkpoints.
+    """
+
+    name = "sketch"
+
+    def __init__(self, sample_rate: int = 48_000) -> None:
+        from pipeline.sketch import SKETCH_VERSION
+
+        self.version = SKETCH_VERSION
+        self.sample_rate = sample_rate
+
+    def render(
+        self, requests: list[RenderRequest], on_progress: ProgressCallback
+    ) -> list[np.ndarray]:
+        from pipeline.sketch import render_sketch
+
+        outputs = []
+        for request in requests:
+            rendered = render_sketch(
+                request.tags,
+                request.sections,
+                request.duration_s,
+                request.seed,
+                instrumental=request.instrumental,
+                sample_rate=self.sample_rate,
+                on_progress=on_progress,
+            )
+            outputs.append(rendered.mix)
+        return outputs
+
+    def check_health(self) -> None:
+        return None
+
+
+def load_song_model(pool: DecoderPoolConfig) -> SongModel:
+    """Build the model a pool serves; raises with the setting to fix when it cannot load."""
+    if pool.model == "sketch":
+        return SketchSongModel(sample_rate=pool.sample_rate)
+    raise ValueError(f"models.pools[{pool.name}].model: unknown song model {pool.model!r}")

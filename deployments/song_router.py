@@ -1,0 +1,80 @@
+"""`SongRouter` — picks the decoder pool for each variation and falls back when one fails.
+
+`model: auto` tries the models of `models.auto_order` that have pools, in order; an explicit model
+tries that model's pools only. Within a model, pools are tried in rotation so several pools (a CUDA
+pool and a Mac pool) share the load. A pool that is saturated (back-pressure) or fails before it
+delivered the song is skipped for the next candidate; progress may then restart from step 1.
+
+Variations are fanned out by the Conductor, one `generate` call each, so every variation is
+persisted, retried and resumed on its own.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from .song_models import RenderedSong, RenderProgress, RenderRequest
+
+if TYPE_CHECKING:
+    from serve.config import ModelsConfig
+
+logger = logging.getLogger("ray.serve")
+
+
+class NoDecoderAvailable(RuntimeError):
+    """Every candidate pool for a variation was saturated or failed."""
+
+
+class SongRouter:
+    def __init__(self, models: ModelsConfig, pools: dict[str, Any]) -> None:
+        """`pools` maps pool name → DeploymentHandle of that pool's SongDecoder."""
+        self._models = models
+        self._pools = pools
+        self._pools_by_model: dict[str, list[str]] = {}
+        for pool in models.pools:
+            self._pools_by_model.setdefault(pool.model, []).append(pool.name)
+        self._rotation = {model: itertools.cycle(range(len(names)))
+                          for model, names in self._pools_by_model.items()}  # fmt: skip
+
+    def candidates(self, model: str) -> list[str]:
+        """Pool names to try for `model`, best first."""
+        models = [m for m in self._models.auto_order if m in self._pools_by_model] if model == "auto" else [model]
+        chosen: list[str] = []
+        for name in models:
+            pools = self._pools_by_model.get(name, [])
+            if pools:
+                start = next(self._rotation[name])
+                chosen.extend(pools[start:] + pools[:start])
+        return chosen
+
+    async def generate(
+        self, request: RenderRequest, model: str
+    ) -> AsyncIterator[RenderProgress | RenderedSong]:
+        """Stream one variation's render from the first pool that delivers it."""
+        from ray.serve.exceptions import BackPressureError
+
+        candidates = self.candidates(model)
+        if not candidates:
+            raise NoDecoderAvailable(f"no decoder pool serves model {model!r}")
+        failures: list[str] = []
+        for pool_name in candidates:
+            stream = self._pools[pool_name].options(stream=True).render.remote(request)
+            try:
+                async for item in stream:
+                    yield item
+                    if isinstance(item, RenderedSong):
+                        return
+                failures.append(f"{pool_name}: ended without a song")
+            except BackPressureError:
+                failures.append(f"{pool_name}: saturated")
+            except Exception as error:  # noqa: BLE001 - any pool failure means: try the next pool
+                logger.warning("decoder pool %s failed on %s/%s: %r", pool_name,
+                               request.job_id, request.variation, error)  # fmt: skip
+                failures.append(f"{pool_name}: {type(error).__name__}: {error}")
+        raise NoDecoderAvailable("; ".join(failures))
+
+    async def check_health(self) -> None:
+        return None

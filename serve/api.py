@@ -1,0 +1,479 @@
+"""`SongAPI` — the HTTP ingress (FastAPI) of HTTP API v1.
+
+It validates, persists the job and answers 202 at once; it never waits on generation. Status, SSE
+events, audio (with HTTP Range) and peaks are served from the job and object stores, so any ingress
+replica can answer for any job.
+
+Every error has one shape: `{"error": {"code", "message", "field"}}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import ipaddress
+import json
+import secrets
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+from fastapi import FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .jobs import JobRecord, VariationRecord, open_job_store
+from .objects import open_object_store, variation_key
+from .schemas import (
+    LyricsOut,
+    LyricsRequest,
+    SongAccepted,
+    SongList,
+    SongOut,
+    SongRequest,
+    TagsOut,
+    TagsRequest,
+    VariationOut,
+)
+
+if TYPE_CHECKING:
+    from .config import AppConfig
+
+LOCAL_OWNER = "local"
+_TERMINAL_EVENTS = frozenset({"done", "error"})
+_HEALTH_TIMEOUT_S = 5.0
+
+app = FastAPI(
+    title="songserve",
+    version="1",
+    summary="Song generation: ideas or lyrics plus a style in, finished songs out.",
+)
+
+
+class ApiError(Exception):
+    """An error a client can act on, rendered in the API's one error shape."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.field = status, code, message, field
+        self.headers = headers or {}
+
+
+def error_response(
+    status: int, code: str, message: str, field: str | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": code, "message": message, "field": field}},
+        status_code=status,
+        headers=headers,
+    )
+
+
+@app.exception_handler(ApiError)
+async def _api_error(_: Request, error: ApiError) -> JSONResponse:
+    return error_response(error.status, error.code, error.message, error.field, error.headers)
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
+    first = error.errors()[0]
+    location = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path", "header")]
+    field = ".".join(location) or None
+    if first.get("type") == "missing" and field is None:
+        message = "the request body is missing: send a JSON object"
+        field = "body"
+    elif first.get("type") == "json_invalid":
+        message = f"the request body is not valid JSON ({first.get('ctx', {}).get('error', '')})"
+        field = "body"
+    elif first.get("type") == "extra_forbidden":
+        message = f"unknown field {field!r}: remove it (see the API reference for the fields)"
+    else:
+        message = f"{field}: {first.get('msg')}" if field else str(first.get("msg"))
+    return error_response(422, "invalid_request", message, field)
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
+    code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
+    return error_response(error.status_code, code, str(error.detail), None)
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _is_loopback(host: str | None) -> bool:
+    if host is None:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The inclusive (start, end) of a single `Range: bytes=…` header, None to send everything.
+
+    Raises ApiError 416 for a range that lies outside the object. Multi-range requests are answered
+    with the whole object, which RFC 9110 allows.
+    """
+    if not header or not header.startswith("bytes=") or "," in header:
+        return None
+    spec = header.removeprefix("bytes=").strip()
+    first, _, last = spec.partition("-")
+    try:
+        if first == "":  # suffix: the last N bytes
+            length = int(last)
+            if length <= 0:
+                raise ValueError
+            return max(size - length, 0), size - 1
+        start = int(first)
+        end = int(last) if last else size - 1
+    except ValueError:
+        return None  # malformed ranges are ignored, per RFC 9110
+    if start >= size or start > end:
+        raise ApiError(416, "range_not_satisfiable", f"byte range {spec} is outside 0-{size - 1}",
+                       "Range", {"Content-Range": f"bytes */{size}"})  # fmt: skip
+    return start, min(end, size - 1)
+
+
+def _format_sse(seq: int, event_type: str, data: dict[str, Any]) -> str:
+    return f"id: {seq}\nevent: {event_type}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+class SongAPI:
+    """Routes of HTTP API v1. `serve.app` wraps this class with `serve.ingress(app)`."""
+
+    def __init__(self, config: AppConfig, conductor: Any, lyrics: Any, tags: Any) -> None:
+        self._config = config
+        self._jobs = open_job_store(config.storage.database_url)
+        self._objects = open_object_store(config.storage.storage_url)
+        self._conductor, self._lyrics, self._tags = conductor, lyrics, tags
+        self._models = ["auto", *config.models.served_models]
+        # Keys are compared by hash so the owner id stored with jobs never reveals a key.
+        self._owners_by_key_hash = {
+            hashlib.sha256(key.get_secret_value().encode()).hexdigest(): None
+            for key in config.auth.api_keys
+        }
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _owner(self, request: Request) -> str:
+        """The caller's owner id; raises 401 when the caller may not use the API."""
+        if not self._owners_by_key_hash:
+            client = request.client.host if request.client else None
+            if _is_loopback(client):
+                return LOCAL_OWNER
+            raise ApiError(
+                401,
+                "unauthorized",
+                "this server has no API keys configured, so it serves only clients on its own "
+                "machine; set auth.api_keys (or SONGSERVE_API_KEYS) to accept remote clients",
+                "Authorization",
+            )
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        digest = hashlib.sha256(token.strip().encode()).hexdigest()
+        if scheme.lower() == "bearer" and any(
+            hmac.compare_digest(digest, known) for known in self._owners_by_key_hash
+        ):
+            return f"key_{digest[:16]}"
+        raise ApiError(
+            401,
+            "unauthorized",
+            "missing or unknown API key: send `Authorization: Bearer <api key>`",
+            "Authorization",
+            {"WWW-Authenticate": "Bearer"},
+        )
+
+    async def _owned_job(self, song_id: str, owner: str) -> JobRecord:
+        job = await self._jobs.get_job(song_id)
+        if job is None or job.owner != owner:  # someone else's song is as good as absent
+            raise ApiError(404, "not_found", f"no song with id {song_id!r}", "id")
+        return job
+
+    def _url(self, path: str) -> str:
+        base = self._config.api.public_base_url
+        return f"{base.rstrip('/')}{path}" if base else path
+
+    def _variation_out(self, job_id: str, variation: VariationRecord) -> VariationOut:
+        prefix = f"/v1/songs/{job_id}/variations/{variation.index}"
+        audio = {
+            fmt: self._url(f"{prefix}/audio.{fmt}")
+            for fmt in self._config.postprocess.formats
+            if fmt in variation.objects
+        }
+        return VariationOut(
+            index=variation.index,
+            status=variation.status,  # type: ignore[arg-type]
+            model=variation.model,
+            model_version=variation.model_version,
+            seed=variation.seed,
+            duration_s=variation.duration_s,
+            sample_rate=variation.sample_rate,
+            loudness_lufs=variation.loudness_lufs,
+            true_peak_dbtp=variation.true_peak_dbtp,
+            audio=audio,
+            peaks=self._url(f"{prefix}/peaks") if "peaks" in variation.objects else None,
+            error=variation.error,
+        )
+
+    def _song_out(self, job: JobRecord) -> SongOut:
+        tags = None
+        if job.tags is not None:
+            tags = TagsOut.model_validate({k: v for k, v in job.tags.items() if k != "family"})
+        return SongOut(
+            id=job.id,
+            status=job.status,  # type: ignore[arg-type]
+            stage=job.stage,
+            progress=round(job.progress, 4),
+            created_at=_iso(job.created_at),
+            updated_at=_iso(job.updated_at),
+            request=SongRequest.model_validate(job.request),
+            lyrics=job.lyrics,
+            lyrics_source=job.lyrics_source,  # type: ignore[arg-type]
+            tags=tags,
+            error=job.error,  # type: ignore[arg-type]
+            variations=[self._variation_out(job.id, v) for v in job.variations],
+        )
+
+    def _check_song_request(self, body: SongRequest) -> SongRequest:
+        """Cross-field rules pydantic cannot name a field for; returns the cleaned request."""
+        body = body.model_copy(
+            update={name: getattr(body, name) or None for name in ("prompt", "lyrics", "style")}
+        )
+        if not (body.prompt or body.lyrics or body.style):
+            raise ApiError(422, "invalid_request",
+                           "give at least one of prompt, lyrics or style", "prompt")  # fmt: skip
+        if body.lyrics and body.instrumental:
+            raise ApiError(422, "invalid_request",
+                           "lyrics cannot be combined with instrumental: true; drop one of them",
+                           "lyrics")  # fmt: skip
+        if body.model not in self._models:
+            raise ApiError(422, "invalid_request",
+                           f"unknown model {body.model!r}; this server offers: "
+                           f"{', '.join(self._models)}", "model")  # fmt: skip
+        if body.lora is not None:
+            raise ApiError(422, "invalid_request",
+                           f"unknown LoRA {body.lora.id!r}: no LoRAs are registered on this "
+                           "server", "lora.id")  # fmt: skip
+        return body
+
+    async def _call(self, response: Any) -> Any:
+        """Await a deployment call, turning back-pressure into 503 + Retry-After."""
+        from ray.serve.exceptions import BackPressureError
+
+        try:
+            return await response
+        except BackPressureError as error:
+            retry_after = str(self._config.api.overload_retry_after_s)
+            raise ApiError(503, "overloaded", "the server is busy; retry later", None,
+                           {"Retry-After": retry_after}) from error  # fmt: skip
+
+    # -- routes -----------------------------------------------------------------------------------
+
+    @app.get("/healthz")
+    async def healthz(self) -> dict[str, str]:
+        """`ok` once the graph answers: the job store and the conductor, tags and lyrics replicas."""
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(
+                    self._jobs.get_job("healthz"),
+                    self._conductor.check_health.remote(),
+                    self._tags.check_health.remote(),
+                    self._lyrics.check_health.remote(),
+                ),
+                timeout=_HEALTH_TIMEOUT_S,
+            )
+        except Exception as error:  # noqa: BLE001 - any failure means: not ready
+            raise ApiError(503, "unavailable", f"not ready: {type(error).__name__}: {error}",
+                           None, {"Retry-After": "1"}) from error  # fmt: skip
+        return {"status": "ok"}
+
+    @app.post("/v1/songs", status_code=202, response_model=SongAccepted)
+    async def create_song(
+        self,
+        body: SongRequest,
+        request: Request,
+        idempotency_key: str | None = Header(None, max_length=255),
+    ) -> JSONResponse:
+        owner = self._owner(request)
+        body = self._check_song_request(body)
+        seed = body.seed if body.seed is not None else secrets.randbelow(2**31 - 4)
+        stored_request = body.model_dump(mode="json") | {"seed": seed}
+        job, created = await self._jobs.create_job(
+            owner=owner,
+            request=stored_request,
+            seed=seed,
+            variations=body.variations,
+            idempotency_key=idempotency_key,
+        )
+        if not created and job.request | {"seed": None} != stored_request | {"seed": None}:
+            raise ApiError(409, "idempotency_key_reused",
+                           "this Idempotency-Key was used for a different request; use a new key",
+                           "Idempotency-Key")  # fmt: skip
+        if created:
+            self._conductor.wake.remote()  # fire and forget: polling picks the job up anyway
+        accepted = SongAccepted(
+            id=job.id,
+            status=job.status,  # type: ignore[arg-type]
+            links={"self": self._url(f"/v1/songs/{job.id}"),  # type: ignore[arg-type]
+                   "events": self._url(f"/v1/songs/{job.id}/events")},
+        )  # fmt: skip
+        return JSONResponse(
+            accepted.model_dump(mode="json"),
+            status_code=202,
+            headers={"Location": accepted.links.self},
+        )
+
+    @app.get("/v1/songs", response_model=SongList)
+    async def list_songs(
+        self,
+        request: Request,
+        limit: int = Query(20, ge=1, le=100),
+        cursor: str | None = Query(None, max_length=200),
+    ) -> SongList:
+        owner = self._owner(request)
+        try:
+            jobs, next_cursor = await self._jobs.list_jobs(owner, limit=limit, cursor=cursor)
+        except ValueError as error:
+            raise ApiError(422, "invalid_request", str(error), "cursor") from error
+        return SongList(songs=[self._song_out(job) for job in jobs], next_cursor=next_cursor)
+
+    @app.get("/v1/songs/{song_id}", response_model=SongOut)
+    async def get_song(self, song_id: str, request: Request) -> SongOut:
+        return self._song_out(await self._owned_job(song_id, self._owner(request)))
+
+    @app.get("/v1/songs/{song_id}/events")
+    async def song_events(
+        self, song_id: str, request: Request, last_event_id: str | None = Header(None)
+    ) -> StreamingResponse:
+        """SSE: stage, progress, variation, done, error. Replays past events first; resumes after
+        `Last-Event-ID`; closes after `done` or `error`."""
+        await self._owned_job(song_id, self._owner(request))
+        after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+        return StreamingResponse(
+            self._event_stream(song_id, after),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    async def _event_stream(self, job_id: str, after: int) -> AsyncIterator[str]:
+        config = self._config.api
+        loop = asyncio.get_running_loop()
+        last_write = last_status_check = loop.time()
+        yield "retry: 2000\n\n"
+        while True:
+            events = await self._jobs.events_after(job_id, after)
+            for event in events:
+                data = event.data
+                if event.type == "variation":
+                    data = self._variation_out(job_id, VariationRecord(**data)).model_dump(mode="json")
+                yield _format_sse(event.seq, event.type, data)
+                after = event.seq
+                last_write = loop.time()
+                if event.type in _TERMINAL_EVENTS:
+                    return
+            if events:
+                continue
+            now = loop.time()
+            if now - last_status_check >= 1.0:  # a resumed stream past the end must still close
+                last_status_check = now
+                job = await self._jobs.get_job(job_id)
+                if job is None or job.is_terminal:
+                    return
+            if now - last_write >= config.sse_keepalive_s:
+                last_write = now
+                yield ": keep-alive\n\n"
+            await asyncio.sleep(config.sse_poll_interval_s)
+
+    @app.api_route(
+        "/v1/songs/{song_id}/variations/{index}/audio.{fmt}", methods=["GET", "HEAD"]
+    )
+    async def variation_audio(
+        self,
+        song_id: str,
+        index: int,
+        fmt: Literal["m4a", "mp3", "wav", "flac"],
+        request: Request,
+    ) -> Response:
+        job = await self._owned_job(song_id, self._owner(request))
+        key = self._variation_object(job, index, fmt)
+        info = await self._objects.stat(key)
+        if info is None:
+            raise ApiError(404, "not_found", f"the {fmt} file of variation {index} is missing", "fmt")
+        byte_range = parse_byte_range(request.headers.get("range"), info.size)
+        start, end = byte_range or (0, info.size - 1)
+        headers = {
+            "Accept-Ranges": "bytes",
+            "Content-Length": str(end - start + 1),
+            "Cache-Control": "private, max-age=31536000, immutable",
+            "Content-Disposition": f'inline; filename="{job.id}-v{index}.{fmt}"',
+        }
+        if byte_range is not None:
+            headers["Content-Range"] = f"bytes {start}-{end}/{info.size}"
+        status = 206 if byte_range is not None else 200
+        if request.method == "HEAD":
+            return Response(status_code=status, headers=headers, media_type=info.content_type)
+        return StreamingResponse(
+            self._objects.iter_range(key, start, end),
+            status_code=status,
+            headers=headers,
+            media_type=info.content_type,
+        )
+
+    @app.get("/v1/songs/{song_id}/variations/{index}/peaks")
+    async def variation_peaks(self, song_id: str, index: int, request: Request) -> Response:
+        job = await self._owned_job(song_id, self._owner(request))
+        data = await self._objects.get(self._variation_object(job, index, "peaks"))
+        return Response(data, media_type="application/json")
+
+    def _variation_object(self, job: JobRecord, index: int, name: str) -> str:
+        variation = next((v for v in job.variations if v.index == index), None)
+        if variation is None:
+            raise ApiError(404, "not_found",
+                           f"song {job.id} has variations 0-{len(job.variations) - 1}",
+                           "index")  # fmt: skip
+        if variation.status != "succeeded":
+            raise ApiError(404, "not_ready",
+                           f"variation {index} is {variation.status}; wait for its `variation` "
+                           "event", "index")  # fmt: skip
+        if name not in variation.objects:
+            raise ApiError(404, "not_found",
+                           f"this server does not produce {name} files (postprocess.formats)",
+                           "fmt")  # fmt: skip
+        return variation.objects[name] or variation_key(job.id, index, name)
+
+    @app.post("/v1/lyrics", response_model=LyricsOut)
+    async def write_lyrics(self, body: LyricsRequest, request: Request) -> LyricsOut:
+        self._owner(request)
+        written = await self._call(
+            self._lyrics.write.remote(
+                body.prompt, body.duration_s, style=body.style, language=body.language,
+                seed=body.seed,
+            )
+        )  # fmt: skip
+        return LyricsOut(
+            lyrics=written.text,
+            sections=[{"tag": s.tag, "lines": list(s.lines)} for s in written.sections],  # type: ignore[misc]
+        )
+
+    @app.post("/v1/tags/normalize", response_model=TagsOut)
+    async def normalize_tags(self, body: TagsRequest, request: Request) -> TagsOut:
+        self._owner(request)
+        tags = await self._call(
+            self._tags.normalize.remote(
+                body.text, language=body.language, instrumental=body.instrumental
+            )
+        )
+        return TagsOut.model_validate({k: v for k, v in tags.to_dict().items() if k != "family"})

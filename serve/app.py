@@ -1,0 +1,57 @@
+"""`build_app` — builds the songserve deployment graph from one `AppConfig`.
+
+Serve config files name it as `import_path: serve.app:build_app` and pass the config as `args:`.
+Deployment classes stay undecorated; every Serve option (replicas, autoscaling, concurrency and
+queue limits, shutdown grace, actor resources and placement) is applied here from the config.
+
+    SongAPI ─┬─▶ Conductor ─┬─▶ LyricsLLM
+             │              ├─▶ TagNormalizer
+             │              ├─▶ SongRouter ─▶ decoder pools (one SongDecoder deployment each)
+             │              └─▶ PostProcessor
+             ├─▶ LyricsLLM        (POST /v1/lyrics)
+             └─▶ TagNormalizer    (POST /v1/tags/normalize)
+"""
+
+# No `from __future__ import annotations` here: Serve reads the builder's parameter annotation
+# as a class to validate `args:` into it.
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+from deployments.conductor import Conductor
+from deployments.decoder import SongDecoder
+from deployments.lyrics_llm import LyricsLLM
+from deployments.post_processor import PostProcessor
+from deployments.song_router import SongRouter
+from deployments.tag_normalizer import TagNormalizer
+
+from .api import SongAPI
+from .api import app as fastapi_app
+from .config import AppConfig, DeploymentOptions, resolve_config
+
+
+def _deployment(cls: type, name: str, options: DeploymentOptions) -> Any:
+    return serve.deployment(cls, name=name, **options.to_serve())
+
+
+def build_app(args: AppConfig) -> Application:
+    """The application for a Serve config's `args:` (or an `AppConfig` when called directly)."""
+    config = resolve_config(args)
+    options = config.deployments
+
+    lyrics = _deployment(LyricsLLM, "LyricsLLM", options.lyrics).bind(config.lyrics)
+    tags = _deployment(TagNormalizer, "TagNormalizer", options.tags).bind(config.tags)
+    pools = {
+        pool.name: _deployment(SongDecoder, pool.name, pool.deployment).bind(pool)
+        for pool in config.models.pools
+    }
+    router = _deployment(SongRouter, "SongRouter", options.router).bind(config.models, pools)
+    postprocessor = _deployment(PostProcessor, "PostProcessor", options.postprocess).bind(
+        config.postprocess, config.storage
+    )
+    conductor = _deployment(Conductor, "Conductor", options.conductor).bind(
+        config, lyrics, tags, router, postprocessor
+    )
+    ingress = serve.ingress(fastapi_app)(SongAPI)
+    return _deployment(ingress, "SongAPI", options.api).bind(config, conductor, lyrics, tags)

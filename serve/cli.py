@@ -1,0 +1,292 @@
+"""`songserve` — the command line: start a cluster, generate songs, check on them.
+
+    songserve up [--config config/local.yaml]
+    songserve generate "a sunny indie-pop song about sailing home" --out sea.m4a
+    songserve status SONG_ID
+
+`generate` and `status` speak HTTP API v1 only (no Ray import), so they start instantly and work
+against any songserve server: `--url` or SONGSERVE_URL, `--api-key` or SONGSERVE_API_KEY.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+_BAR_WIDTH = 30
+
+
+class CliError(Exception):
+    """A failure to report in one line and exit 1."""
+
+
+# -- HTTP -------------------------------------------------------------------------------------------
+
+
+def _client(args: argparse.Namespace, timeout_s: float = 30.0) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    return httpx.Client(base_url=args.url, headers=headers, timeout=timeout_s)
+
+
+def _check(response: httpx.Response) -> Any:
+    if response.status_code >= 400:
+        try:
+            error = response.json()["error"]
+            field = f" ({error['field']})" if error.get("field") else ""
+            raise CliError(f"HTTP {response.status_code}: {error['message']}{field}")
+        except (ValueError, KeyError, TypeError):
+            raise CliError(f"HTTP {response.status_code}: {response.text[:300]}") from None
+    return response.json()
+
+
+def iter_sse(lines: Iterator[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(event type, data) pairs from the lines of a text/event-stream."""
+    event_type, data_lines = "message", []
+    for line in lines:
+        if line == "":
+            if data_lines:
+                yield event_type, json.loads("\n".join(data_lines))
+            event_type, data_lines = "message", []
+        elif line.startswith(":"):
+            continue
+        elif line.startswith("event:"):
+            event_type = line[6:].strip()
+        elif line.startswith("data:"):
+            data_lines.append(line[5:].lstrip())
+
+
+# -- progress bar ------------------------------------------------------------------------------------
+
+
+class ProgressBar:
+    """One line on stderr, redrawn in place on a terminal; plain lines otherwise."""
+
+    def __init__(self) -> None:
+        self._tty = sys.stderr.isatty()
+        self._last = ""
+
+    def show(self, fraction: float, label: str) -> None:
+        filled = int(round(_BAR_WIDTH * max(0.0, min(1.0, fraction))))
+        line = f"[{'#' * filled}{'-' * (_BAR_WIDTH - filled)}] {fraction * 100:5.1f}%  {label}"
+        if line == self._last:
+            return
+        self._last = line
+        if self._tty:
+            width = shutil.get_terminal_size((100, 20)).columns
+            sys.stderr.write("\r" + line[: width - 1].ljust(width - 1))
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        if self._tty:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+# -- commands ---------------------------------------------------------------------------------------
+
+
+def _output_paths(out: Path, count: int) -> list[Path]:
+    if count == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}-{k + 1}{out.suffix}") for k in range(count)]
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {
+        "duration_s": args.duration,
+        "variations": args.variations,
+        "model": args.model,
+        "instrumental": args.instrumental,
+        "language": args.language,
+    }
+    if args.prompt:
+        body["prompt"] = args.prompt
+    if args.lyrics_file:
+        body["lyrics"] = Path(args.lyrics_file).read_text(encoding="utf-8")
+    if args.style:
+        body["style"] = args.style
+    if args.seed is not None:
+        body["seed"] = args.seed
+    out = Path(args.out)
+    fmt = out.suffix.lstrip(".").lower()
+    if fmt not in ("m4a", "mp3", "wav", "flac"):
+        raise CliError(f"--out {out}: use a .m4a, .mp3, .wav or .flac file name")
+
+    with _client(args) as client:
+        accepted = _check(client.post("/v1/songs", json=body))
+        song_id = accepted["id"]
+        print(f"song {song_id} accepted", file=sys.stderr)
+        bar = ProgressBar()
+        outcome: dict[str, Any] = {}
+        with client.stream("GET", f"/v1/songs/{song_id}/events", timeout=None) as stream:
+            if stream.status_code >= 400:
+                stream.read()
+                _check(stream)
+            for event_type, data in iter_sse(stream.iter_lines()):
+                if event_type == "stage":
+                    bar.show(bar_fraction(outcome), data["stage"])
+                elif event_type == "progress":
+                    outcome["progress"] = data["progress"]
+                    label = f"{data['stage']}  variation {data['variation'] + 1}"
+                    if data["stage"] == "generating":
+                        label += f"  step {data['step']}/{data['steps']}"
+                    bar.show(data["progress"], label)
+                elif event_type in ("done", "error"):
+                    outcome.update(data, event=event_type)
+                    bar.show(1.0 if event_type == "done" else bar_fraction(outcome), event_type)
+                    break
+        bar.done()
+        if outcome.get("event") != "done":
+            raise CliError(f"song {song_id} failed: {outcome.get('message', 'no outcome')}")
+        song = _check(client.get(f"/v1/songs/{song_id}"))
+        finished = [v for v in song["variations"] if v["status"] == "succeeded"]
+        for variation, path in zip(finished, _output_paths(out, len(finished)), strict=True):
+            url = variation["audio"].get(fmt)
+            if url is None:
+                raise CliError(f"the server does not produce {fmt} files")
+            with client.stream("GET", url) as response, path.open("wb") as handle:
+                if response.status_code >= 400:
+                    response.read()
+                    _check(response)
+                for chunk in response.iter_bytes():
+                    handle.write(chunk)
+            print(
+                f"{path}  variation {variation['index']}  {variation['duration_s']:.1f} s  "
+                f"{variation['loudness_lufs']:.1f} LUFS  seed {variation['seed']}  "
+                f"{variation['model']} {variation['model_version']}"
+            )
+    return 0
+
+
+def bar_fraction(outcome: dict[str, Any]) -> float:
+    return float(outcome.get("progress", 0.0))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        song = _check(client.get(f"/v1/songs/{args.song_id}"))
+    print(json.dumps(song, indent=2))
+    return 0
+
+
+def _serve_address(config_path: Path) -> tuple[str, int]:
+    import yaml
+
+    data = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+    http = data.get("http_options") or {}
+    return str(http.get("host", "127.0.0.1")), int(http.get("port", 8000))
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    config_path = Path(args.config)
+    if not config_path.is_file():
+        raise CliError(f"--config {config_path}: no such file (try config/local.yaml)")
+    host, port = _serve_address(config_path)
+    serve_bin = Path(sys.executable).with_name("serve")
+    command = [str(serve_bin) if serve_bin.exists() else "serve", "run", str(config_path)]
+    print(f"starting: {' '.join(command)}", file=sys.stderr)
+    process = subprocess.Popen(command)
+    base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    try:
+        deadline = time.monotonic() + args.wait_s
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise CliError(f"`serve run` exited with code {process.returncode}; see its log above")
+            try:
+                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        else:
+            raise CliError(f"the app did not become healthy within {args.wait_s:g} s")
+        print(_ready_message(base), file=sys.stderr)
+        return process.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)  # serve run shuts the app down cleanly on SIGINT
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def _ready_message(base: str) -> str:
+    return f"""
+songserve is up at {base}  (Ray dashboard: http://127.0.0.1:8265)
+
+  songserve generate "a sunny indie-pop song about sailing home" --out sea.m4a
+
+  curl -s -X POST {base}/v1/songs -H 'Content-Type: application/json' \\
+       -d '{{"prompt": "a sunny indie-pop song about sailing home", "duration_s": 30}}'
+  curl -N {base}/v1/songs/<id>/events        # live progress (SSE)
+  curl -s {base}/v1/songs/<id>               # status and audio links
+
+Ctrl-C stops it.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="songserve", description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default=os.environ.get("SONGSERVE_URL", DEFAULT_URL),
+                        help="API base URL (env SONGSERVE_URL)")  # fmt: skip
+    parser.add_argument("--api-key", default=os.environ.get("SONGSERVE_API_KEY"),
+                        help="bearer API key (env SONGSERVE_API_KEY)")  # fmt: skip
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    up = commands.add_parser("up", help="start the cluster from a Serve config and wait")
+    up.add_argument("--config", default="config/local.yaml", help="Serve config file")
+    up.add_argument("--wait-s", type=float, default=300, help="how long to wait for healthz")
+    up.set_defaults(handler=cmd_up)
+
+    generate = commands.add_parser("generate", help="generate a song and download it")
+    generate.add_argument("prompt", nargs="?", help="what the song is about (description mode)")
+    generate.add_argument("--lyrics-file", help="your own lyrics ([verse], [chorus] tags)")
+    generate.add_argument("--style", help="free-text style, e.g. 'dreamy synth-pop, female vocals'")
+    generate.add_argument("--duration", type=float, default=30.0, help="seconds (5-600)")
+    generate.add_argument("--variations", type=int, default=2, help="takes to generate (1-4)")
+    generate.add_argument("--model", default="auto", help="auto, sketch, ...")
+    generate.add_argument("--seed", type=int, help="variation k uses seed + k")
+    generate.add_argument("--instrumental", action="store_true", help="no vocals")
+    generate.add_argument("--language", default="en", help="ISO 639-1 vocal language")
+    generate.add_argument("--out", default="song.m4a",
+                          help="output file; its extension picks the format; with several "
+                          "variations NAME-1.EXT, NAME-2.EXT, …")  # fmt: skip
+    generate.set_defaults(handler=cmd_generate)
+
+    status = commands.add_parser("status", help="print a song's status as JSON")
+    status.add_argument("song_id")
+    status.set_defaults(handler=cmd_status)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except CliError as error:
+        print(f"songserve: {error}", file=sys.stderr)
+        return 1
+    except httpx.ConnectError:
+        print(f"songserve: cannot reach {args.url}; is the server up? (make run)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

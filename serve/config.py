@@ -1,0 +1,459 @@
+"""`AppConfig` — the one configuration tree of a songserve application.
+
+A Serve config file passes it as `args:` to `serve.app:build_app`; Ray validates the mapping into this
+model, so an unknown key or a bad value fails the deploy with the field's path. Every field has a
+default and a description: the defaults are the embedded default (`config/local.yaml`).
+
+Secrets and endpoints are overridden from the environment (see `ENV_OVERRIDES`), and any field can be
+set with `SONGSERVE_<SECTION>__<FIELD>` (e.g. `SONGSERVE_JOBS__LEASE_S=10`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-deployment Ray Serve options (never hard-coded in decorators)
+
+
+class AutoscalingOptions(_Strict):
+    """Ray Serve autoscaling for one deployment (a subset of Serve's `autoscaling_config`)."""
+
+    min_replicas: int = Field(1, ge=0, description="Replicas kept when idle.")
+    max_replicas: int = Field(1, ge=1, description="Upper bound on replicas.")
+    initial_replicas: int | None = Field(None, ge=0, description="Replicas at start-up.")
+    target_ongoing_requests: float = Field(
+        1.0, gt=0, description="Ongoing requests per replica the autoscaler aims for."
+    )
+    upscale_delay_s: float = Field(10.0, ge=0, description="Sustained load before scaling up.")
+    downscale_delay_s: float = Field(300.0, ge=0, description="Sustained idle before scaling down.")
+
+
+class ActorOptions(_Strict):
+    """Ray actor resources and placement for each replica of a deployment."""
+
+    num_cpus: float = Field(0.05, ge=0, description="Logical CPUs reserved per replica.")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs reserved per replica.")
+    memory_bytes: int | None = Field(None, ge=0, description="Heap memory reserved per replica.")
+    accelerator_type: str | None = Field(
+        None, description="Pin replicas to nodes with this accelerator, e.g. 'A100' or 'H100'."
+    )
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources required per replica."
+    )
+    label_selector: dict[str, str] = Field(
+        default_factory=dict,
+        description="Node labels a replica must land on, e.g. {pool: mac} (ray start --labels).",
+    )
+    env_vars: dict[str, str] = Field(
+        default_factory=dict, description="Environment variables set in each replica."
+    )
+
+    def to_ray(self) -> dict[str, Any]:
+        options: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+        if self.memory_bytes is not None:
+            options["memory"] = self.memory_bytes
+        if self.accelerator_type:
+            options["accelerator_type"] = self.accelerator_type
+        if self.resources:
+            options["resources"] = dict(self.resources)
+        if self.label_selector:
+            options["label_selector"] = dict(self.label_selector)
+        if self.env_vars:
+            options["runtime_env"] = {"env_vars": dict(self.env_vars)}
+        return options
+
+
+class DeploymentOptions(_Strict):
+    """Replicas, concurrency limits and resources of one Ray Serve deployment."""
+
+    num_replicas: int = Field(1, ge=1, description="Fixed replica count (ignored with autoscaling).")
+    autoscaling: AutoscalingOptions | None = Field(
+        None, description="Autoscale between min and max replicas instead of a fixed count."
+    )
+    max_ongoing_requests: int = Field(
+        8, ge=1, description="Requests one replica runs at once; more wait in the handle queue."
+    )
+    max_queued_requests: int = Field(
+        256, ge=1, description="Requests queued per caller before it gets back-pressure (HTTP 503)."
+    )
+    graceful_shutdown_timeout_s: float = Field(
+        60.0, ge=0, description="Time a stopping replica gets to finish work; exceed the longest render."
+    )
+    health_check_period_s: float = Field(10.0, gt=0, description="Seconds between health checks.")
+    health_check_timeout_s: float = Field(30.0, gt=0, description="Health check deadline.")
+    actor: ActorOptions = Field(default_factory=ActorOptions, description="Ray actor options.")
+
+    def to_serve(self) -> dict[str, Any]:
+        """The keyword arguments for `serve.deployment(...)`/`.options(...)`."""
+        options: dict[str, Any] = {
+            "max_ongoing_requests": self.max_ongoing_requests,
+            "max_queued_requests": self.max_queued_requests,
+            "graceful_shutdown_timeout_s": self.graceful_shutdown_timeout_s,
+            "health_check_period_s": self.health_check_period_s,
+            "health_check_timeout_s": self.health_check_timeout_s,
+            "ray_actor_options": self.actor.to_ray(),
+        }
+        if self.autoscaling is not None:
+            options["autoscaling_config"] = self.autoscaling.model_dump(exclude_none=True)
+        else:
+            options["num_replicas"] = self.num_replicas
+        return options
+
+
+def _light(**overrides: Any) -> Any:
+    """Default options for a coordination deployment that does little compute of its own."""
+    return Field(
+        default_factory=lambda: DeploymentOptions.model_validate(overrides),
+        description="Ray Serve options for this deployment.",
+    )
+
+
+class DeploymentsConfig(_Strict):
+    """Options of the fixed deployments of the graph (decoder pools carry their own)."""
+
+    api: DeploymentOptions = _light(max_ongoing_requests=256, max_queued_requests=1024)
+    conductor: DeploymentOptions = _light(max_ongoing_requests=64)
+    lyrics: DeploymentOptions = _light(max_ongoing_requests=32)
+    tags: DeploymentOptions = _light(max_ongoing_requests=64)
+    router: DeploymentOptions = _light(max_ongoing_requests=64)
+    postprocess: DeploymentOptions = _light(
+        num_replicas=2, max_ongoing_requests=1, actor={"num_cpus": 0.25}
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Components
+
+
+class ApiConfig(_Strict):
+    """The HTTP ingress."""
+
+    public_base_url: str | None = Field(
+        None,
+        description="Absolute URL clients reach the API at, used in links; relative links if unset.",
+    )
+    max_request_bytes: int = Field(
+        64 * 1024, ge=1024, description="Largest accepted JSON body for POST requests."
+    )
+    sse_poll_interval_s: float = Field(
+        0.1, gt=0, description="How often an SSE stream checks the job store for new events."
+    )
+    sse_keepalive_s: float = Field(15.0, gt=0, description="Comment sent on an idle SSE stream.")
+    overload_retry_after_s: int = Field(
+        5, ge=1, description="Retry-After seconds sent with 429/503 when overloaded."
+    )
+
+
+class AuthConfig(_Strict):
+    """Bearer API keys. With none configured only loopback clients are served."""
+
+    api_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="Accepted `Authorization: Bearer` keys (env SONGSERVE_API_KEYS, comma-separated).",
+    )
+
+
+class StorageConfig(_Strict):
+    """Where jobs and audio live."""
+
+    data_dir: str = Field(
+        "var", description="Base directory for local state; relative paths resolve against the cwd."
+    )
+    database_url: str = Field(
+        "sqlite:///{data_dir}/jobs.db",
+        description="Job store: sqlite:///PATH (env SONGSERVE_DATABASE_URL).",
+    )
+    storage_url: str = Field(
+        "file://{data_dir}/objects",
+        description="Object store: file://PATH (env SONGSERVE_STORAGE_URL).",
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint for s3:// storage (env SONGSERVE_S3_ENDPOINT_URL)."
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, url: str) -> str:
+        scheme = urlparse(url).scheme
+        if scheme != "sqlite":
+            raise ValueError(
+                f"unsupported job store {scheme!r}: use sqlite:///PATH "
+                "(PostgreSQL support lands with the Postgres store)"
+            )
+        return url
+
+    @field_validator("storage_url")
+    @classmethod
+    def _known_storage(cls, url: str) -> str:
+        scheme = urlparse(url).scheme
+        if scheme != "file":
+            raise ValueError(
+                f"unsupported object store {scheme!r}: use file://PATH "
+                "(S3 support lands with the S3 store)"
+            )
+        return url
+
+    def resolved(self) -> StorageConfig:
+        """A copy with `{data_dir}` substituted and local paths made absolute.
+
+        Replicas may run in another working directory than the process that built the app, so
+        paths are fixed once, in the builder.
+        """
+        data_dir = str(Path(self.data_dir).expanduser().resolve())
+
+        def absolute(url: str) -> str:
+            url = url.replace("{data_dir}", data_dir)
+            scheme, _, rest = url.partition("://")
+            if scheme in ("sqlite", "file"):
+                path = rest[1:] if scheme == "sqlite" and rest.startswith("/") else rest
+                return f"{scheme}://{'/' if scheme == 'sqlite' else ''}{Path(path).resolve()}"
+            return url
+
+        return self.model_copy(
+            update={
+                "data_dir": data_dir,
+                "database_url": absolute(self.database_url),
+                "storage_url": absolute(self.storage_url),
+            }
+        )
+
+    @property
+    def database_path(self) -> Path:
+        return Path(self.database_url.partition("://")[2][1:])
+
+    @property
+    def storage_path(self) -> Path:
+        return Path(self.storage_url.partition("://")[2])
+
+
+class JobsConfig(_Strict):
+    """Durable job execution: leases, heartbeats and attempts."""
+
+    lease_s: float = Field(
+        30.0, gt=0, description="A claimed job is another conductor's to take over after this."
+    )
+    heartbeat_s: float = Field(5.0, gt=0, description="How often a running job's lease is renewed.")
+    poll_interval_s: float = Field(
+        0.5, gt=0, description="How often an idle conductor looks for queued or orphaned jobs."
+    )
+    max_attempts: int = Field(
+        3, ge=1, description="Claims of one job before it fails as exhausted (crash loops end)."
+    )
+    variation_attempts: int = Field(
+        2, ge=1, description="Tries per variation within one claim before it is marked failed."
+    )
+    max_concurrent_jobs: int = Field(
+        8, ge=1, description="Jobs one conductor replica drives at once."
+    )
+    job_timeout_s: float = Field(
+        1800.0, gt=0, description="A job still unfinished after this fails with code 'timeout'."
+    )
+    progress_interval_s: float = Field(
+        0.1, ge=0, description="Minimum spacing of persisted progress events per variation."
+    )
+
+    @model_validator(mode="after")
+    def _heartbeat_inside_lease(self) -> JobsConfig:
+        if self.heartbeat_s >= self.lease_s:
+            raise ValueError(
+                f"jobs.heartbeat_s ({self.heartbeat_s}) must be shorter than jobs.lease_s "
+                f"({self.lease_s}) or leases expire while jobs are still running"
+            )
+        return self
+
+
+class LyricsConfig(_Strict):
+    """Who writes lyrics in description mode."""
+
+    engine: Literal["template"] = Field(
+        "template", description="Lyrics engine; 'template' is weight-free (LLM engines come later)."
+    )
+
+
+class TagsConfig(_Strict):
+    """How free-text style becomes tags."""
+
+    engine: Literal["lexical"] = Field("lexical", description="Tag normaliser engine.")
+
+
+class DecoderPoolConfig(_Strict):
+    """One decoder deployment: a song model on one kind of hardware."""
+
+    name: str = Field(
+        ..., pattern=r"^[A-Za-z][A-Za-z0-9_]*$", description="Deployment name, e.g. Sketch, DiT_CUDA."
+    )
+    model: Literal["sketch"] = Field(..., description="The song model this pool serves.")
+    sample_rate: int = Field(48_000, description="Output sample rate in Hz.")
+    deployment: DeploymentOptions = Field(
+        default_factory=lambda: DeploymentOptions(
+            num_replicas=2, max_ongoing_requests=1, actor=ActorOptions(num_cpus=0.5)
+        ),
+        description="Ray Serve options; one render per replica at a time suits CPU models.",
+    )
+
+
+class ModelsConfig(_Strict):
+    """Which song models exist and how `model: auto` chooses."""
+
+    auto_order: list[str] = Field(
+        default_factory=lambda: ["sketch"],
+        description="Preference order for model 'auto'; the first with a configured pool wins, "
+        "later ones are fallbacks.",
+    )
+    pools: list[DecoderPoolConfig] = Field(
+        default_factory=lambda: [DecoderPoolConfig(name="Sketch", model="sketch")],
+        description="Decoder deployments; several pools may serve one model (e.g. CUDA and Mac).",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelsConfig:
+        if not self.pools:
+            raise ValueError("models.pools is empty: configure at least one decoder pool")
+        names = [pool.name for pool in self.pools]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"models.pools: duplicate pool names {duplicates}; names must be unique")
+        served = {pool.model for pool in self.pools}
+        if not any(model in served for model in self.auto_order):
+            raise ValueError(
+                f"models.auto_order {self.auto_order} names no configured pool's model "
+                f"({sorted(served)}): add one of them"
+            )
+        return self
+
+    @property
+    def served_models(self) -> list[str]:
+        """Model names requests may ask for, in pool order."""
+        return list(dict.fromkeys(pool.model for pool in self.pools))
+
+
+class PostProcessConfig(_Strict):
+    """Mastering and delivery of every variation."""
+
+    formats: list[Literal["m4a", "mp3", "flac", "wav"]] = Field(
+        default_factory=lambda: ["m4a", "mp3", "flac", "wav"],
+        description="Formats encoded for every variation.",
+    )
+    bitrate_kbps: int = Field(192, ge=32, le=320, description="AAC and MP3 bitrate.")
+    ceiling_dbtp: float = Field(-1.0, le=0, description="True-peak ceiling after mastering.")
+    samples_per_peak: int = Field(480, ge=16, description="Input samples per waveform peak.")
+
+    @field_validator("formats")
+    @classmethod
+    def _has_formats(cls, formats: list[str]) -> list[str]:
+        if not formats:
+            raise ValueError("postprocess.formats is empty: list at least one of m4a, mp3, flac, wav")
+        return list(dict.fromkeys(formats))
+
+
+class AppConfig(_Strict):
+    """Everything a songserve application needs; the builder's only argument."""
+
+    api: ApiConfig = Field(default_factory=ApiConfig, description="HTTP ingress settings.")
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="API keys.")
+    storage: StorageConfig = Field(default_factory=StorageConfig, description="Job/object stores.")
+    jobs: JobsConfig = Field(default_factory=JobsConfig, description="Durable job execution.")
+    lyrics: LyricsConfig = Field(default_factory=LyricsConfig, description="Lyrics engine.")
+    tags: TagsConfig = Field(default_factory=TagsConfig, description="Tag normaliser.")
+    models: ModelsConfig = Field(default_factory=ModelsConfig, description="Song models and pools.")
+    postprocess: PostProcessConfig = Field(
+        default_factory=PostProcessConfig, description="Mastering and encoding."
+    )
+    deployments: DeploymentsConfig = Field(
+        default_factory=DeploymentsConfig, description="Options of the fixed deployments."
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+
+# Documented flat names for secrets and endpoints → their place in the tree.
+ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
+    "SONGSERVE_DATABASE_URL": ("storage", "database_url"),
+    "SONGSERVE_STORAGE_URL": ("storage", "storage_url"),
+    "SONGSERVE_S3_ENDPOINT_URL": ("storage", "s3_endpoint_url"),
+    "SONGSERVE_DATA_DIR": ("storage", "data_dir"),
+    "SONGSERVE_API_KEYS": ("auth", "api_keys"),
+}
+
+
+def _parse_env_value(raw: str, path: tuple[str, ...]) -> Any:
+    if path == ("auth", "api_keys"):
+        return [key.strip() for key in raw.split(",") if key.strip()]
+    try:
+        return json.loads(raw)  # numbers, booleans, lists and objects
+    except json.JSONDecodeError:
+        return raw
+
+
+def apply_env_overrides(
+    args: dict[str, Any], environ: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Return `args` with `SONGSERVE_*` environment values laid over it (env wins)."""
+    environ = dict(os.environ if environ is None else environ)
+    merged = json.loads(json.dumps(args))  # deep copy of plain data
+    for name, raw in sorted(environ.items()):
+        if not name.startswith("SONGSERVE_"):
+            continue
+        if name in ENV_OVERRIDES:
+            path = ENV_OVERRIDES[name]
+        elif "__" in name:
+            path = tuple(part.lower() for part in name.removeprefix("SONGSERVE_").split("__"))
+        else:
+            continue  # e.g. SONGSERVE_URL, read by the CLI, not the app
+        node = merged
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = _parse_env_value(raw, path)
+    return merged
+
+
+def _dump_for_env(config: AppConfig) -> dict[str, Any]:
+    data = config.model_dump(mode="json", exclude_unset=True)
+    if config.auth.api_keys:
+        data.setdefault("auth", {})["api_keys"] = [
+            key.get_secret_value() for key in config.auth.api_keys
+        ]
+    return data
+
+
+def resolve_config(config: AppConfig | dict[str, Any] | None) -> AppConfig:
+    """Validate, apply environment overrides and make local paths absolute."""
+    if isinstance(config, AppConfig):
+        args = _dump_for_env(config)
+    else:
+        args = dict(config or {})
+    validated = AppConfig.model_validate(apply_env_overrides(args))
+    return validated.model_copy(update={"storage": validated.storage.resolved()})
+
+
+def load_serve_config(path: str | Path) -> dict[str, Any]:
+    """Read a Serve config file (YAML) as a mapping."""
+    with open(path, encoding="utf-8") as handle:
+        data = yaml.safe_load(handle) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a Serve config mapping at the top level")
+    return data
+
+
+def app_args_from_serve_config(serve_config: dict[str, Any], app_name: str | None = None) -> dict:
+    """The `args:` of the songserve application in a Serve config file."""
+    for app in serve_config.get("applications", []):
+        if app.get("import_path") == "serve.app:build_app" and (
+            app_name is None or app.get("name") == app_name
+        ):
+            return dict(app.get("args") or {})
+    raise ValueError("no application with import_path serve.app:build_app in the config file")

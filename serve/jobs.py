@@ -1,0 +1,595 @@
+"""The job store: the durable state of every song job, its variations and its event log.
+
+A job accepted with 202 lives here, never only in a replica's memory. Conductors claim jobs with a
+lease (owner + expiry) and renew it while they work; a job whose lease expired is taken over by the
+next claim, and a job claimed `max_attempts` times fails with a reason instead of crash-looping.
+Writes that belong to a claimed job are fenced by the lease owner: a conductor that lost its lease
+gets `LeaseLost` and stops, so two conductors never interleave results.
+
+The event log is append-only per job with a dense sequence number: SSE streams replay it to late
+subscribers and resume from `Last-Event-ID`.
+
+`JobStore` is the interface; `SQLiteJobStore` the embedded implementation (one file, WAL mode, safe
+across the processes of a local Ray cluster). A Postgres implementation plugs in behind the same
+methods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import secrets
+import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled"})
+VARIATION_STATUSES = ("queued", "running", "succeeded", "failed")
+
+
+class LeaseLost(RuntimeError):
+    """The caller no longer holds the job's lease: another conductor took it over."""
+
+
+@dataclass(frozen=True)
+class VariationRecord:
+    index: int
+    status: str = "queued"
+    model: str | None = None
+    model_version: str | None = None
+    seed: int | None = None
+    duration_s: float | None = None
+    sample_rate: int | None = None
+    loudness_lufs: float | None = None
+    true_peak_dbtp: float | None = None
+    objects: dict[str, str] = field(default_factory=dict)  # "m4a"/"mp3"/…/"peaks" → object key
+    render: dict[str, Any] = field(default_factory=dict)  # replica, timings (diagnostics)
+    error: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    id: str
+    owner: str
+    status: str
+    stage: str | None
+    progress: float
+    request: dict[str, Any]
+    seed: int
+    created_at: float
+    updated_at: float
+    attempts: int = 0
+    lease_owner: str | None = None
+    lease_expires_at: float | None = None
+    idempotency_key: str | None = None
+    lyrics: str | None = None
+    lyrics_source: dict[str, Any] | None = None
+    tags: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    variations: list[VariationRecord] = field(default_factory=list)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    seq: int
+    type: str
+    data: dict[str, Any]
+    created_at: float
+
+
+class JobStore(Protocol):
+    """Durable job state. All methods are safe to call from many processes at once."""
+
+    async def create_job(
+        self,
+        *,
+        owner: str,
+        request: dict[str, Any],
+        seed: int,
+        variations: int,
+        idempotency_key: str | None = None,
+    ) -> tuple[JobRecord, bool]:
+        """Insert a queued job; with an idempotency key already used by `owner`, return that job.
+        The bool says whether a job was created."""
+        ...
+
+    async def get_job(self, job_id: str) -> JobRecord | None: ...
+
+    async def list_jobs(
+        self, owner: str, *, limit: int, cursor: str | None = None
+    ) -> tuple[list[JobRecord], str | None]:
+        """Newest first; returns the page and the cursor of the next page (None at the end)."""
+        ...
+
+    async def claim_next(
+        self, lease_owner: str, *, lease_s: float, max_attempts: int
+    ) -> JobRecord | None:
+        """Atomically lease the oldest runnable job (queued, or running with an expired lease).
+        Jobs whose attempts are exhausted are failed on the way, with an `error` event."""
+        ...
+
+    async def renew_lease(self, job_id: str, lease_owner: str, *, lease_s: float) -> None:
+        """Extend the lease; raises LeaseLost when another owner holds it."""
+        ...
+
+    async def update_job(self, job_id: str, lease_owner: str, **fields: Any) -> None:
+        """Set job fields (stage results, status, progress) under the lease; raises LeaseLost."""
+        ...
+
+    async def update_variation(
+        self, job_id: str, index: int, lease_owner: str, **fields: Any
+    ) -> None:
+        """Set variation fields under the job's lease; raises LeaseLost."""
+        ...
+
+    async def append_event(
+        self,
+        job_id: str,
+        event_type: str,
+        data: dict[str, Any],
+        *,
+        lease_owner: str | None = None,
+        job_fields: dict[str, Any] | None = None,
+    ) -> int:
+        """Append an event (and optionally update job fields in the same transaction, fenced by
+        `lease_owner`); returns its sequence number."""
+        ...
+
+    async def events_after(self, job_id: str, after_seq: int, limit: int = 500) -> list[EventRecord]:
+        """Events with seq > after_seq, oldest first."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+# --------------------------------------------------------------------------------------------------
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    idempotency_key TEXT,
+    status TEXT NOT NULL,
+    stage TEXT,
+    progress REAL NOT NULL DEFAULT 0,
+    request TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    lyrics TEXT,
+    lyrics_source TEXT,
+    tags TEXT,
+    error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    lease_owner TEXT,
+    lease_expires_at REAL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (owner, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_runnable ON jobs (status, lease_expires_at, created_at);
+CREATE INDEX IF NOT EXISTS jobs_owner_created ON jobs (owner, created_at DESC, id DESC);
+CREATE TABLE IF NOT EXISTS variations (
+    job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    idx INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    model TEXT,
+    model_version TEXT,
+    seed INTEGER,
+    duration_s REAL,
+    sample_rate INTEGER,
+    loudness_lufs REAL,
+    true_peak_dbtp REAL,
+    objects TEXT NOT NULL DEFAULT '{}',
+    render TEXT NOT NULL DEFAULT '{}',
+    error TEXT,
+    PRIMARY KEY (job_id, idx)
+);
+CREATE TABLE IF NOT EXISTS events (
+    job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    seq INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    data TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (job_id, seq)
+);
+"""
+
+_JSON_JOB_FIELDS = frozenset({"request", "lyrics_source", "tags", "error"})
+_JOB_FIELDS = frozenset(
+    {"status", "stage", "progress", "lyrics", "lyrics_source", "tags", "error", "updated_at"}
+)
+_JSON_VARIATION_FIELDS = frozenset({"objects", "render", "error"})
+_VARIATION_FIELDS = frozenset(
+    {
+        "status", "model", "model_version", "seed", "duration_s", "sample_rate",
+        "loudness_lufs", "true_peak_dbtp", "objects", "render", "error",
+    }
+)  # fmt: skip
+
+
+def new_job_id() -> str:
+    """Time-ordered, unguessable id: `song_` + 12 hex digits of ms + 16 random hex digits."""
+    return f"song_{int(time.time() * 1000):012x}{secrets.token_hex(8)}"
+
+
+def _encode_cursor(created_at: float, job_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{created_at!r}|{job_id}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created_at, job_id = raw.split("|", 1)
+        return float(created_at), job_id
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError("cursor is not one this server issued") from error
+
+
+def _loads(raw: str | None) -> Any:
+    return None if raw is None else json.loads(raw)
+
+
+class SQLiteJobStore:
+    """`JobStore` on one SQLite file, shared by every replica on the machine.
+
+    Every call runs on one dedicated thread (sqlite3 connections are not shared across threads and
+    a busy database must never block the event loop); writes use `BEGIN IMMEDIATE` so claims are
+    atomic across processes.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self._path = Path(path)
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-jobs")
+        self._connection: sqlite3.Connection | None = None
+        self._executor.submit(self._open).result()
+
+    # -- plumbing --------------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        connection = sqlite3.connect(self._path, timeout=30.0, isolation_level=None)
+        connection.row_factory = sqlite3.Row
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")
+        connection.execute("PRAGMA foreign_keys=ON")
+        connection.executescript(_SCHEMA)
+        self._connection = connection
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        assert self._connection is not None, "job store is closed"
+        return self._connection
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    def _transaction(self, fn: Any, *args: Any) -> Any:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(db, *args)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return result
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    def _job_from_row(self, db: sqlite3.Connection, row: sqlite3.Row) -> JobRecord:
+        variations = [
+            VariationRecord(
+                index=v["idx"],
+                status=v["status"],
+                model=v["model"],
+                model_version=v["model_version"],
+                seed=v["seed"],
+                duration_s=v["duration_s"],
+                sample_rate=v["sample_rate"],
+                loudness_lufs=v["loudness_lufs"],
+                true_peak_dbtp=v["true_peak_dbtp"],
+                objects=json.loads(v["objects"]),
+                render=json.loads(v["render"]),
+                error=_loads(v["error"]),
+            )
+            for v in db.execute(
+                "SELECT * FROM variations WHERE job_id = ? ORDER BY idx", (row["id"],)
+            )
+        ]
+        return JobRecord(
+            id=row["id"],
+            owner=row["owner"],
+            status=row["status"],
+            stage=row["stage"],
+            progress=row["progress"],
+            request=json.loads(row["request"]),
+            seed=row["seed"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+            attempts=row["attempts"],
+            lease_owner=row["lease_owner"],
+            lease_expires_at=row["lease_expires_at"],
+            idempotency_key=row["idempotency_key"],
+            lyrics=row["lyrics"],
+            lyrics_source=_loads(row["lyrics_source"]),
+            tags=_loads(row["tags"]),
+            error=_loads(row["error"]),
+            variations=variations,
+        )
+
+    def _get(self, job_id: str) -> JobRecord | None:
+        row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else self._job_from_row(self._db, row)
+
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        result: JobRecord | None = await self._run(self._get, job_id)
+        return result
+
+    def _list(
+        self, owner: str, limit: int, cursor: str | None
+    ) -> tuple[list[JobRecord], str | None]:
+        if cursor:
+            created_at, job_id = _decode_cursor(cursor)
+            rows = self._db.execute(
+                "SELECT * FROM jobs WHERE owner = ? AND (created_at < ? OR "
+                "(created_at = ? AND id < ?)) ORDER BY created_at DESC, id DESC LIMIT ?",
+                (owner, created_at, created_at, job_id, limit + 1),
+            ).fetchall()
+        else:
+            rows = self._db.execute(
+                "SELECT * FROM jobs WHERE owner = ? ORDER BY created_at DESC, id DESC LIMIT ?",
+                (owner, limit + 1),
+            ).fetchall()
+        jobs = [self._job_from_row(self._db, row) for row in rows[:limit]]
+        next_cursor = (
+            _encode_cursor(jobs[-1].created_at, jobs[-1].id) if len(rows) > limit else None
+        )
+        return jobs, next_cursor
+
+    async def list_jobs(
+        self, owner: str, *, limit: int, cursor: str | None = None
+    ) -> tuple[list[JobRecord], str | None]:
+        result: tuple[list[JobRecord], str | None] = await self._run(
+            self._list, owner, limit, cursor
+        )
+        return result
+
+    def _events_after(self, job_id: str, after_seq: int, limit: int) -> list[EventRecord]:
+        rows = self._db.execute(
+            "SELECT seq, type, data, created_at FROM events WHERE job_id = ? AND seq > ? "
+            "ORDER BY seq LIMIT ?",
+            (job_id, after_seq, limit),
+        ).fetchall()
+        return [
+            EventRecord(seq=r["seq"], type=r["type"], data=json.loads(r["data"]),
+                        created_at=r["created_at"])
+            for r in rows
+        ]  # fmt: skip
+
+    async def events_after(self, job_id: str, after_seq: int, limit: int = 500) -> list[EventRecord]:
+        result: list[EventRecord] = await self._run(self._events_after, job_id, after_seq, limit)
+        return result
+
+    # -- writes ----------------------------------------------------------------------------------
+
+    def _create(
+        self,
+        db: sqlite3.Connection,
+        owner: str,
+        request: dict[str, Any],
+        seed: int,
+        variations: int,
+        idempotency_key: str | None,
+    ) -> tuple[JobRecord, bool]:
+        if idempotency_key is not None:
+            row = db.execute(
+                "SELECT * FROM jobs WHERE owner = ? AND idempotency_key = ?",
+                (owner, idempotency_key),
+            ).fetchone()
+            if row is not None:
+                return self._job_from_row(db, row), False
+        now = time.time()
+        job_id = new_job_id()
+        db.execute(
+            "INSERT INTO jobs (id, owner, idempotency_key, status, stage, progress, request, seed,"
+            " created_at, updated_at) VALUES (?, ?, ?, 'queued', NULL, 0, ?, ?, ?, ?)",
+            (job_id, owner, idempotency_key, json.dumps(request), seed, now, now),
+        )
+        db.executemany(
+            "INSERT INTO variations (job_id, idx, status, seed) VALUES (?, ?, 'queued', ?)",
+            [(job_id, k, seed + k) for k in range(variations)],
+        )
+        self._append(db, job_id, "stage", {"stage": "queued"}, now)
+        row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return self._job_from_row(db, row), True
+
+    async def create_job(
+        self,
+        *,
+        owner: str,
+        request: dict[str, Any],
+        seed: int,
+        variations: int,
+        idempotency_key: str | None = None,
+    ) -> tuple[JobRecord, bool]:
+        result: tuple[JobRecord, bool] = await self._run(
+            self._transaction, self._create, owner, request, seed, variations, idempotency_key
+        )
+        return result
+
+    def _claim(
+        self, db: sqlite3.Connection, lease_owner: str, lease_s: float, max_attempts: int
+    ) -> JobRecord | None:
+        now = time.time()
+        runnable = (
+            "status IN ('queued', 'running') AND (lease_expires_at IS NULL OR lease_expires_at < ?)"
+        )
+        exhausted = db.execute(
+            f"SELECT id, attempts FROM jobs WHERE {runnable} AND attempts >= ?", (now, max_attempts)
+        ).fetchall()
+        for row in exhausted:
+            error = {
+                "code": "attempts_exhausted",
+                "message": f"the job was started {row['attempts']} times without finishing "
+                "(its workers kept dying or timing out); giving up",
+            }
+            db.execute(
+                "UPDATE jobs SET status = 'failed', error = ?, lease_owner = NULL, "
+                "lease_expires_at = NULL, updated_at = ? WHERE id = ?",
+                (json.dumps(error), now, row["id"]),
+            )
+            self._append(db, row["id"], "error", error, now)
+        row = db.execute(
+            f"SELECT id FROM jobs WHERE {runnable} ORDER BY created_at, id LIMIT 1", (now,)
+        ).fetchone()
+        if row is None:
+            return None
+        db.execute(
+            "UPDATE jobs SET status = 'running', lease_owner = ?, lease_expires_at = ?, "
+            "attempts = attempts + 1, updated_at = ? WHERE id = ?",
+            (lease_owner, now + lease_s, now, row["id"]),
+        )
+        claimed = db.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone()
+        return self._job_from_row(db, claimed)
+
+    async def claim_next(
+        self, lease_owner: str, *, lease_s: float, max_attempts: int
+    ) -> JobRecord | None:
+        result: JobRecord | None = await self._run(
+            self._transaction, self._claim, lease_owner, lease_s, max_attempts
+        )
+        return result
+
+    @staticmethod
+    def _check_lease(db: sqlite3.Connection, job_id: str, lease_owner: str) -> None:
+        row = db.execute("SELECT lease_owner FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None or row["lease_owner"] != lease_owner:
+            raise LeaseLost(f"job {job_id} is no longer leased by {lease_owner}")
+
+    def _renew(self, db: sqlite3.Connection, job_id: str, lease_owner: str, lease_s: float) -> None:
+        self._check_lease(db, job_id, lease_owner)
+        db.execute(
+            "UPDATE jobs SET lease_expires_at = ? WHERE id = ?", (time.time() + lease_s, job_id)
+        )
+
+    async def renew_lease(self, job_id: str, lease_owner: str, *, lease_s: float) -> None:
+        await self._run(self._transaction, self._renew, job_id, lease_owner, lease_s)
+
+    @staticmethod
+    def _set_job_fields(db: sqlite3.Connection, job_id: str, fields: dict[str, Any]) -> None:
+        unknown = set(fields) - _JOB_FIELDS
+        if unknown:
+            raise ValueError(f"not job fields: {sorted(unknown)}")
+        fields = {"updated_at": time.time(), **fields}
+        if fields.get("status") in TERMINAL_STATUSES:
+            fields.update(lease_owner=None, lease_expires_at=None)
+        values = [json.dumps(v) if k in _JSON_JOB_FIELDS else v for k, v in fields.items()]
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*values, job_id))
+
+    def _update_job(
+        self, db: sqlite3.Connection, job_id: str, lease_owner: str, fields: dict[str, Any]
+    ) -> None:
+        self._check_lease(db, job_id, lease_owner)
+        self._set_job_fields(db, job_id, fields)
+
+    async def update_job(self, job_id: str, lease_owner: str, **fields: Any) -> None:
+        await self._run(self._transaction, self._update_job, job_id, lease_owner, fields)
+
+    def _update_variation(
+        self,
+        db: sqlite3.Connection,
+        job_id: str,
+        index: int,
+        lease_owner: str,
+        fields: dict[str, Any],
+    ) -> None:
+        unknown = set(fields) - _VARIATION_FIELDS
+        if unknown:
+            raise ValueError(f"not variation fields: {sorted(unknown)}")
+        self._check_lease(db, job_id, lease_owner)
+        values = [json.dumps(v) if k in _JSON_VARIATION_FIELDS else v for k, v in fields.items()]
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        db.execute(
+            f"UPDATE variations SET {assignments} WHERE job_id = ? AND idx = ?",
+            (*values, job_id, index),
+        )
+        db.execute("UPDATE jobs SET updated_at = ? WHERE id = ?", (time.time(), job_id))
+
+    async def update_variation(
+        self, job_id: str, index: int, lease_owner: str, **fields: Any
+    ) -> None:
+        await self._run(
+            self._transaction, self._update_variation, job_id, index, lease_owner, fields
+        )
+
+    @staticmethod
+    def _append(
+        db: sqlite3.Connection, job_id: str, event_type: str, data: dict[str, Any], now: float
+    ) -> int:
+        seq: int = db.execute(
+            "SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE job_id = ?", (job_id,)
+        ).fetchone()[0]
+        db.execute(
+            "INSERT INTO events (job_id, seq, type, data, created_at) VALUES (?, ?, ?, ?, ?)",
+            (job_id, seq, event_type, json.dumps(data), now),
+        )
+        return seq
+
+    def _append_event(
+        self,
+        db: sqlite3.Connection,
+        job_id: str,
+        event_type: str,
+        data: dict[str, Any],
+        lease_owner: str | None,
+        job_fields: dict[str, Any] | None,
+    ) -> int:
+        if lease_owner is not None:
+            self._check_lease(db, job_id, lease_owner)
+        if job_fields:
+            self._set_job_fields(db, job_id, job_fields)
+        return self._append(db, job_id, event_type, data, time.time())
+
+    async def append_event(
+        self,
+        job_id: str,
+        event_type: str,
+        data: dict[str, Any],
+        *,
+        lease_owner: str | None = None,
+        job_fields: dict[str, Any] | None = None,
+    ) -> int:
+        seq: int = await self._run(
+            self._transaction, self._append_event, job_id, event_type, data, lease_owner,
+            job_fields,
+        )  # fmt: skip
+        return seq
+
+    async def close(self) -> None:
+        def _close() -> None:
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
+
+        await self._run(_close)
+        self._executor.shutdown(wait=True)
+
+
+def open_job_store(database_url: str) -> JobStore:
+    """The job store for a (resolved) `storage.database_url`."""
+    scheme, _, rest = database_url.partition("://")
+    if scheme == "sqlite":
+        # SQLAlchemy's convention: sqlite:///relative.db, sqlite:////absolute.db
+        return SQLiteJobStore(rest[1:])
+    raise ValueError(f"storage.database_url: unsupported scheme {scheme!r}; use sqlite:///PATH")

@@ -1,0 +1,146 @@
+"""HTTP API v1 request and response models — the contract clients code against.
+
+Only data shapes live here; the routes are in `serve.api`. Unknown request fields are rejected so a
+typo (`durationS`) is a 422 naming it rather than a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+AudioFormat = Literal["m4a", "mp3", "wav", "flac"]
+SongStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class LoraSpec(_Request):
+    id: str = Field(..., min_length=1, max_length=128, description="A registered LoRA id.")
+    scale: float = Field(1.0, ge=0, le=2, description="Adapter strength; 0 is the base model.")
+
+
+class SongRequest(_Request):
+    """`POST /v1/songs`. At least one of prompt, lyrics, style."""
+
+    prompt: str | None = Field(
+        None, max_length=500, description="Description mode: the lyrics are written for you."
+    )
+    lyrics: str | None = Field(
+        None, max_length=5000, description="Custom mode: your lyrics with [verse]/[chorus] tags."
+    )
+    style: str | None = Field(None, max_length=1000, description="Free-text style.")
+    instrumental: bool = Field(False, description="No vocals; not combinable with lyrics.")
+    duration_s: float = Field(30.0, ge=5, le=600, description="Song length in seconds.")
+    variations: int = Field(2, ge=1, le=4, description="Takes generated in parallel.")
+    model: str = Field("auto", min_length=1, max_length=64, description="'auto' or a model name.")
+    lora: LoraSpec | None = Field(None, description="Adapter hot-swapped for this request.")
+    seed: int | None = Field(
+        None, ge=0, le=2**31 - 1, description="Variation k uses seed + k; chosen when null."
+    )
+    language: str = Field("en", pattern=r"^[a-z]{2}$", description="ISO 639-1 vocal language.")
+    loudness_lufs: float = Field(-14.0, ge=-30, le=-8, description="Integrated loudness target.")
+
+
+class SongLinks(BaseModel):
+    self: str
+    events: str
+
+
+class SongAccepted(BaseModel):
+    id: str
+    status: SongStatus
+    links: SongLinks
+
+
+class VariationOut(BaseModel):
+    index: int
+    status: Literal["queued", "running", "succeeded", "failed"]
+    model: str | None
+    model_version: str | None
+    seed: int | None
+    duration_s: float | None
+    sample_rate: int | None
+    loudness_lufs: float | None
+    true_peak_dbtp: float | None
+    audio: dict[str, str] = Field(default_factory=dict, description="Format → URL.")
+    peaks: str | None = None
+    error: dict[str, str | None] | None = None
+
+
+class ApiErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class LyricsSourceOut(BaseModel):
+    engine: str
+    model: str | None
+
+
+class SongOut(BaseModel):
+    id: str
+    status: SongStatus
+    stage: str | None
+    progress: float
+    created_at: str
+    updated_at: str
+    request: SongRequest
+    lyrics: str | None
+    lyrics_source: LyricsSourceOut | None
+    tags: TagsOut | None
+    error: ApiErrorBody | None
+    variations: list[VariationOut]
+
+
+class SongList(BaseModel):
+    songs: list[SongOut]
+    next_cursor: str | None
+
+
+class LyricsRequest(_Request):
+    prompt: str = Field(..., min_length=1, max_length=500, description="What the song is about.")
+    duration_s: float = Field(30.0, ge=5, le=600, description="Song length the lyrics must fit.")
+    style: str | None = Field(None, max_length=1000, description="Optional style hint.")
+    language: str = Field("en", pattern=r"^[a-z]{2}$", description="ISO 639-1 language.")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Varies the wording.")
+
+
+class SectionOut(BaseModel):
+    tag: str
+    lines: list[str]
+
+
+class LyricsOut(BaseModel):
+    lyrics: str
+    sections: list[SectionOut]
+
+
+class TagsRequest(_Request):
+    text: str = Field(..., min_length=1, max_length=1000, description="Free-text style.")
+    language: str = Field("en", pattern=r"^[a-z]{2}$", description="ISO 639-1 vocal language.")
+    instrumental: bool = Field(False, description="No vocals.")
+
+
+class TagsOut(BaseModel):
+    genre: str
+    subgenre: str | None
+    moods: list[str]
+    bpm: int
+    key: str
+    instruments: list[str]
+    vocal: str
+    language: str
+    caption: str
+
+
+class PeaksOut(BaseModel):
+    sample_rate: int
+    samples_per_peak: int
+    peaks: list[list[float]]
+
+
+SongOut.model_rebuild()
