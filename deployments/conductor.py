@@ -14,6 +14,8 @@ jobs start at once; polling covers everything else.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -26,6 +28,7 @@ from pipeline.lyrics import LyricSection, parse_lyrics
 from pipeline.tags import StyleTags
 from serve.jobs import JobRecord, LeaseLost, VariationRecord, open_job_store
 
+from .failures import describe_failure
 from .song_models import RenderedSong, RenderProgress, RenderRequest
 
 if TYPE_CHECKING:
@@ -91,16 +94,14 @@ class Conductor:
                     logger.info("claimed %s (attempt %d)", job.id, job.attempts)
                     task = asyncio.create_task(self._drive(job), name=f"job-{job.id}")
                     self._active[job.id] = task
-                    task.add_done_callback(lambda _, job_id=job.id: self._finished(job_id))
-            except Exception:  # noqa: BLE001 - a store hiccup must not end the loop
+                    task.add_done_callback(functools.partial(self._finished, job.id))
+            except Exception:
                 logger.exception("claiming jobs failed; retrying")
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=config.poll_interval_s)
-            except TimeoutError:
-                pass
             self._wake.clear()
 
-    def _finished(self, job_id: str) -> None:
+    def _finished(self, job_id: str, _: asyncio.Task[None]) -> None:
         self._active.pop(job_id, None)
         self._wake.set()  # a slot is free
 
@@ -119,9 +120,9 @@ class Conductor:
                 f"the job did not finish within jobs.job_timeout_s "
                 f"({self._jobs_config.job_timeout_s:g} s)",
             )
-        except Exception as error:  # noqa: BLE001 - record why, so the job never hangs in running
+        except Exception as error:
             logger.exception("job %s failed", job.id)
-            await self._fail(job.id, "internal_error", f"{type(error).__name__}: {error}")
+            await self._fail(job.id, "internal_error", describe_failure(error))
         finally:
             heartbeat.cancel()
 
@@ -135,12 +136,12 @@ class Conductor:
                 if driver is not None:
                     driver.cancel()
                 return
-            except Exception:  # noqa: BLE001 - keep trying while the lease is still valid
+            except Exception:
                 logger.exception("renewing the lease on %s failed", job_id)
 
     async def _fail(self, job_id: str, code: str, message: str) -> None:
         error = {"code": code, "message": message}
-        try:
+        with contextlib.suppress(LeaseLost):
             await self._store.append_event(
                 job_id,
                 "error",
@@ -148,8 +149,6 @@ class Conductor:
                 lease_owner=self._lease_owner,
                 job_fields={"status": "failed", "stage": "failed", "error": error},
             )
-        except LeaseLost:
-            pass
 
     # -- stages -----------------------------------------------------------------------------------
 
@@ -170,9 +169,7 @@ class Conductor:
         await self._stage(job.id, "generating", _TEXT_STAGES_SHARE)
         fractions = {v.index: (1.0 if v.status == "succeeded" else 0.0) for v in job.variations}
         pending = [v for v in job.variations if v.status != "succeeded"]
-        await asyncio.gather(
-            *(self._variation(job, v, sections, tags, fractions) for v in pending)
-        )
+        await asyncio.gather(*(self._variation(job, v, sections, tags, fractions) for v in pending))
 
         finished = await self._store.get_job(job.id)
         assert finished is not None
@@ -181,11 +178,14 @@ class Conductor:
             await self._store.append_event(
                 job.id,
                 "done",
-                {"status": "succeeded", "succeeded": len(succeeded),
-                 "failed": len(finished.variations) - len(succeeded)},
+                {
+                    "status": "succeeded",
+                    "succeeded": len(succeeded),
+                    "failed": len(finished.variations) - len(succeeded),
+                },
                 lease_owner=self._lease_owner,
                 job_fields={"status": "succeeded", "stage": "done", "progress": 1.0},
-            )  # fmt: skip
+            )
         else:
             reasons = "; ".join(
                 f"variation {v.index}: {(v.error or {}).get('message', 'failed')}"
@@ -256,10 +256,18 @@ class Conductor:
             except (LeaseLost, asyncio.CancelledError):
                 raise
             except Exception as error:  # noqa: BLE001 - retried, then recorded on the variation
-                logger.warning("variation %s/%d attempt %d failed: %r",
-                               job.id, variation.index, attempt, error)  # fmt: skip
+                logger.warning(
+                    "variation %s/%d attempt %d failed: %s",
+                    job.id,
+                    variation.index,
+                    attempt,
+                    describe_failure(error),
+                )
                 last_error = error
-        error_info = {"code": "generation_failed", "message": f"{type(last_error).__name__}: {last_error}"}
+        error_info = {
+            "code": "generation_failed",
+            "message": describe_failure(last_error) if last_error else "failed",
+        }
         await self._store.update_variation(
             job.id, variation.index, self._lease_owner, status="failed", error=error_info
         )
@@ -283,10 +291,14 @@ class Conductor:
             if isinstance(item, RenderProgress):
                 fractions[index] = _RENDER_SHARE_OF_VARIATION * item.step / max(item.steps, 1)
                 now = time.monotonic()
-                if (now - last_progress_at >= self._jobs_config.progress_interval_s
-                        or item.step == item.steps):  # fmt: skip
+                if (
+                    now - last_progress_at >= self._jobs_config.progress_interval_s
+                    or item.step == item.steps
+                ):
                     last_progress_at = now
-                    await self._progress(job_id, "generating", index, item.step, item.steps, fractions)
+                    await self._progress(
+                        job_id, "generating", index, item.step, item.steps, fractions
+                    )
             elif isinstance(item, RenderedSong):
                 rendered = item
         if rendered is None:
@@ -336,11 +348,16 @@ class Conductor:
         await self._store.append_event(
             job_id,
             "progress",
-            {"stage": stage, "variation": variation, "step": step, "steps": steps,
-             "progress": overall},
+            {
+                "stage": stage,
+                "variation": variation,
+                "step": step,
+                "steps": steps,
+                "progress": overall,
+            },
             lease_owner=self._lease_owner,
             job_fields={"progress": overall},
-        )  # fmt: skip
+        )
 
     async def _variation_event(self, job_id: str, index: int) -> None:
         job = await self._store.get_job(job_id)

@@ -45,9 +45,7 @@ class TemplateLyricsEngine:
         from pipeline.lyrics import write_template_lyrics
 
         # Pure CPU work of a few milliseconds: no thread hop needed.
-        return write_template_lyrics(
-            prompt, duration_s, style=style, language=language, seed=seed
-        )
+        return write_template_lyrics(prompt, duration_s, style=style, language=language, seed=seed)
 
 
 def make_lyrics_engine(config: LyricsConfig) -> LyricsEngine:

@@ -63,7 +63,10 @@ class PostProcessor:
             timings[f"encode_{fmt}"] = time.perf_counter() - started
         started = time.perf_counter()
         peaks = peaks_document(mastered.audio, rendered.sample_rate, self._config.samples_per_peak)
-        artefacts["peaks.json"] = (json.dumps(peaks, separators=(",", ":")).encode(), "application/json")
+        artefacts["peaks.json"] = (
+            json.dumps(peaks, separators=(",", ":")).encode(),
+            "application/json",
+        )
         timings["peaks"] = time.perf_counter() - started
         summary = ProcessedVariation(
             duration_s=mastered.audio.shape[-1] / rendered.sample_rate,

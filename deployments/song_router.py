@@ -16,6 +16,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
+from .failures import describe_failure
 from .song_models import RenderedSong, RenderProgress, RenderRequest
 
 if TYPE_CHECKING:
@@ -36,12 +37,18 @@ class SongRouter:
         self._pools_by_model: dict[str, list[str]] = {}
         for pool in models.pools:
             self._pools_by_model.setdefault(pool.model, []).append(pool.name)
-        self._rotation = {model: itertools.cycle(range(len(names)))
-                          for model, names in self._pools_by_model.items()}  # fmt: skip
+        self._rotation = {
+            model: itertools.cycle(range(len(names)))
+            for model, names in self._pools_by_model.items()
+        }
 
     def candidates(self, model: str) -> list[str]:
         """Pool names to try for `model`, best first."""
-        models = [m for m in self._models.auto_order if m in self._pools_by_model] if model == "auto" else [model]
+        models = (
+            [m for m in self._models.auto_order if m in self._pools_by_model]
+            if model == "auto"
+            else [model]
+        )
         chosen: list[str] = []
         for name in models:
             pools = self._pools_by_model.get(name, [])
@@ -71,9 +78,14 @@ class SongRouter:
             except BackPressureError:
                 failures.append(f"{pool_name}: saturated")
             except Exception as error:  # noqa: BLE001 - any pool failure means: try the next pool
-                logger.warning("decoder pool %s failed on %s/%s: %r", pool_name,
-                               request.job_id, request.variation, error)  # fmt: skip
-                failures.append(f"{pool_name}: {type(error).__name__}: {error}")
+                logger.warning(
+                    "decoder pool %s failed on %s/%s: %s",
+                    pool_name,
+                    request.job_id,
+                    request.variation,
+                    describe_failure(error),
+                )
+                failures.append(f"{pool_name}: {describe_failure(error)}")
         raise NoDecoderAvailable("; ".join(failures))
 
     async def check_health(self) -> None:

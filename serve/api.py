@@ -17,19 +17,21 @@ import json
 import secrets
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
-from fastapi import FastAPI, Header, Query, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .jobs import JobRecord, VariationRecord, open_job_store
-from .objects import open_object_store, variation_key
+from .objects import open_object_store
 from .schemas import (
     LyricsOut,
     LyricsRequest,
+    SectionOut,
     SongAccepted,
+    SongLinks,
     SongList,
     SongOut,
     SongRequest,
@@ -42,6 +44,8 @@ if TYPE_CHECKING:
     from .config import AppConfig
 
 LOCAL_OWNER = "local"
+# Every JSON body the API takes is small (lyrics ≤ 5000 characters): refuse huge ones unread.
+MAX_REQUEST_BYTES = 256 * 1024
 _TERMINAL_EVENTS = frozenset({"done", "error"})
 _HEALTH_TIMEOUT_S = 5.0
 
@@ -69,13 +73,28 @@ class ApiError(Exception):
 
 
 def error_response(
-    status: int, code: str, message: str, field: str | None = None, headers: dict[str, str] | None = None
+    status: int,
+    code: str,
+    message: str,
+    field: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     return JSONResponse(
         {"error": {"code": code, "message": message, "field": field}},
         status_code=status,
         headers=headers,
     )
+
+
+@app.middleware("http")
+async def _limit_request_size(request: Request, call_next: Any) -> Response:
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > MAX_REQUEST_BYTES:
+        return error_response(
+            413, "request_too_large", f"the request body is over {MAX_REQUEST_BYTES} bytes", "body"
+        )
+    response: Response = await call_next(request)
+    return response
 
 
 @app.exception_handler(ApiError)
@@ -86,7 +105,11 @@ async def _api_error(_: Request, error: ApiError) -> JSONResponse:
 @app.exception_handler(RequestValidationError)
 async def _validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
     first = error.errors()[0]
-    location = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path", "header")]
+    location = [
+        str(part)
+        for part in first.get("loc", ())
+        if part not in ("body", "query", "path", "header")
+    ]
     field = ".".join(location) or None
     if first.get("type") == "missing" and field is None:
         message = "the request body is missing: send a JSON object"
@@ -108,7 +131,11 @@ async def _http_error(_: Request, error: StarletteHTTPException) -> JSONResponse
 
 
 def _iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return (
+        datetime.fromtimestamp(timestamp, UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
 
 
 def _is_loopback(host: str | None) -> bool:
@@ -143,8 +170,13 @@ def parse_byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     except ValueError:
         return None  # malformed ranges are ignored, per RFC 9110
     if start >= size or start > end:
-        raise ApiError(416, "range_not_satisfiable", f"byte range {spec} is outside 0-{size - 1}",
-                       "Range", {"Content-Range": f"bytes */{size}"})  # fmt: skip
+        raise ApiError(
+            416,
+            "range_not_satisfiable",
+            f"byte range {spec} is outside 0-{size - 1}",
+            "Range",
+            {"Content-Range": f"bytes */{size}"},
+        )
     return start, min(end, size - 1)
 
 
@@ -153,7 +185,7 @@ def _format_sse(seq: int, event_type: str, data: dict[str, Any]) -> str:
 
 
 class SongAPI:
-    """Routes of HTTP API v1. `serve.app` wraps this class with `serve.ingress(app)`."""
+    """What HTTP API v1 does; the route functions at the bottom of this module call into it."""
 
     def __init__(self, config: AppConfig, conductor: Any, lyrics: Any, tags: Any) -> None:
         self._config = config
@@ -169,7 +201,7 @@ class SongAPI:
 
     # -- helpers ----------------------------------------------------------------------------------
 
-    def _owner(self, request: Request) -> str:
+    def owner(self, request: Request) -> str:
         """The caller's owner id; raises 401 when the caller may not use the API."""
         if not self._owners_by_key_hash:
             client = request.client.host if request.client else None
@@ -208,7 +240,7 @@ class SongAPI:
 
     def _variation_out(self, job_id: str, variation: VariationRecord) -> VariationOut:
         prefix = f"/v1/songs/{job_id}/variations/{variation.index}"
-        audio = {
+        audio: dict[str, str] = {
             fmt: self._url(f"{prefix}/audio.{fmt}")
             for fmt in self._config.postprocess.formats
             if fmt in variation.objects
@@ -229,9 +261,7 @@ class SongAPI:
         )
 
     def _song_out(self, job: JobRecord) -> SongOut:
-        tags = None
-        if job.tags is not None:
-            tags = TagsOut.model_validate({k: v for k, v in job.tags.items() if k != "family"})
+        tags = _tags_out(job.tags) if job.tags is not None else None
         return SongOut(
             id=job.id,
             status=job.status,  # type: ignore[arg-type]
@@ -253,20 +283,30 @@ class SongAPI:
             update={name: getattr(body, name) or None for name in ("prompt", "lyrics", "style")}
         )
         if not (body.prompt or body.lyrics or body.style):
-            raise ApiError(422, "invalid_request",
-                           "give at least one of prompt, lyrics or style", "prompt")  # fmt: skip
+            raise ApiError(
+                422, "invalid_request", "give at least one of prompt, lyrics or style", "prompt"
+            )
         if body.lyrics and body.instrumental:
-            raise ApiError(422, "invalid_request",
-                           "lyrics cannot be combined with instrumental: true; drop one of them",
-                           "lyrics")  # fmt: skip
+            raise ApiError(
+                422,
+                "invalid_request",
+                "lyrics cannot be combined with instrumental: true; drop one of them",
+                "lyrics",
+            )
         if body.model not in self._models:
-            raise ApiError(422, "invalid_request",
-                           f"unknown model {body.model!r}; this server offers: "
-                           f"{', '.join(self._models)}", "model")  # fmt: skip
+            raise ApiError(
+                422,
+                "invalid_request",
+                f"unknown model {body.model!r}; this server offers: {', '.join(self._models)}",
+                "model",
+            )
         if body.lora is not None:
-            raise ApiError(422, "invalid_request",
-                           f"unknown LoRA {body.lora.id!r}: no LoRAs are registered on this "
-                           "server", "lora.id")  # fmt: skip
+            raise ApiError(
+                422,
+                "invalid_request",
+                f"unknown LoRA {body.lora.id!r}: no LoRAs are registered on this server",
+                "lora.id",
+            )
         return body
 
     async def _call(self, response: Any) -> Any:
@@ -277,14 +317,18 @@ class SongAPI:
             return await response
         except BackPressureError as error:
             retry_after = str(self._config.api.overload_retry_after_s)
-            raise ApiError(503, "overloaded", "the server is busy; retry later", None,
-                           {"Retry-After": retry_after}) from error  # fmt: skip
+            raise ApiError(
+                503,
+                "overloaded",
+                "the server is busy; retry later",
+                None,
+                {"Retry-After": retry_after},
+            ) from error
 
-    # -- routes -----------------------------------------------------------------------------------
+    # -- operations (the routes below are a few lines each over these) ---------------------------
 
-    @app.get("/healthz")
-    async def healthz(self) -> dict[str, str]:
-        """`ok` once the graph answers: the job store and the conductor, tags and lyrics replicas."""
+    async def health(self) -> dict[str, str]:
+        """`ok` once the graph answers: job store, conductor, tags and lyrics replicas."""
         try:
             await asyncio.wait_for(
                 asyncio.gather(
@@ -295,20 +339,28 @@ class SongAPI:
                 ),
                 timeout=_HEALTH_TIMEOUT_S,
             )
-        except Exception as error:  # noqa: BLE001 - any failure means: not ready
-            raise ApiError(503, "unavailable", f"not ready: {type(error).__name__}: {error}",
-                           None, {"Retry-After": "1"}) from error  # fmt: skip
+        except Exception as error:
+            raise ApiError(
+                503,
+                "unavailable",
+                f"not ready: {type(error).__name__}: {error}",
+                None,
+                {"Retry-After": "1"},
+            ) from error
         return {"status": "ok"}
 
-    @app.post("/v1/songs", status_code=202, response_model=SongAccepted)
     async def create_song(
-        self,
-        body: SongRequest,
-        request: Request,
-        idempotency_key: str | None = Header(None, max_length=255),
-    ) -> JSONResponse:
-        owner = self._owner(request)
+        self, body: SongRequest, owner: str, idempotency_key: str | None
+    ) -> SongAccepted:
         body = self._check_song_request(body)
+        if await self._jobs.count_jobs("queued") >= self._config.jobs.max_queued_jobs:
+            raise ApiError(
+                429,
+                "too_many_queued",
+                "too many songs are waiting; retry later",
+                None,
+                {"Retry-After": str(self._config.api.overload_retry_after_s)},
+            )
         seed = body.seed if body.seed is not None else secrets.randbelow(2**31 - 4)
         stored_request = body.model_dump(mode="json") | {"seed": seed}
         job, created = await self._jobs.create_job(
@@ -319,56 +371,39 @@ class SongAPI:
             idempotency_key=idempotency_key,
         )
         if not created and job.request | {"seed": None} != stored_request | {"seed": None}:
-            raise ApiError(409, "idempotency_key_reused",
-                           "this Idempotency-Key was used for a different request; use a new key",
-                           "Idempotency-Key")  # fmt: skip
+            raise ApiError(
+                409,
+                "idempotency_key_reused",
+                "this Idempotency-Key was used for a different request; use a new key",
+                "Idempotency-Key",
+            )
         if created:
             self._conductor.wake.remote()  # fire and forget: polling picks the job up anyway
-        accepted = SongAccepted(
+        return SongAccepted(
             id=job.id,
             status=job.status,  # type: ignore[arg-type]
-            links={"self": self._url(f"/v1/songs/{job.id}"),  # type: ignore[arg-type]
-                   "events": self._url(f"/v1/songs/{job.id}/events")},
-        )  # fmt: skip
-        return JSONResponse(
-            accepted.model_dump(mode="json"),
-            status_code=202,
-            headers={"Location": accepted.links.self},
+            links=SongLinks(
+                self=self._url(f"/v1/songs/{job.id}"),
+                events=self._url(f"/v1/songs/{job.id}/events"),
+            ),
         )
 
-    @app.get("/v1/songs", response_model=SongList)
-    async def list_songs(
-        self,
-        request: Request,
-        limit: int = Query(20, ge=1, le=100),
-        cursor: str | None = Query(None, max_length=200),
-    ) -> SongList:
-        owner = self._owner(request)
+    async def list_songs(self, owner: str, limit: int, cursor: str | None) -> SongList:
         try:
             jobs, next_cursor = await self._jobs.list_jobs(owner, limit=limit, cursor=cursor)
         except ValueError as error:
             raise ApiError(422, "invalid_request", str(error), "cursor") from error
         return SongList(songs=[self._song_out(job) for job in jobs], next_cursor=next_cursor)
 
-    @app.get("/v1/songs/{song_id}", response_model=SongOut)
-    async def get_song(self, song_id: str, request: Request) -> SongOut:
-        return self._song_out(await self._owned_job(song_id, self._owner(request)))
+    async def get_song(self, song_id: str, owner: str) -> SongOut:
+        return self._song_out(await self._owned_job(song_id, owner))
 
-    @app.get("/v1/songs/{song_id}/events")
-    async def song_events(
-        self, song_id: str, request: Request, last_event_id: str | None = Header(None)
-    ) -> StreamingResponse:
-        """SSE: stage, progress, variation, done, error. Replays past events first; resumes after
-        `Last-Event-ID`; closes after `done` or `error`."""
-        await self._owned_job(song_id, self._owner(request))
-        after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
-        return StreamingResponse(
-            self._event_stream(song_id, after),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+    async def event_stream(self, song_id: str, owner: str, after: int) -> AsyncIterator[str]:
+        """SSE frames of a song's events after `after`; ends after `done` or `error`."""
+        await self._owned_job(song_id, owner)  # 404 before the stream starts
+        return self._event_frames(song_id, after)
 
-    async def _event_stream(self, job_id: str, after: int) -> AsyncIterator[str]:
+    async def _event_frames(self, job_id: str, after: int) -> AsyncIterator[str]:
         config = self._config.api
         loop = asyncio.get_running_loop()
         last_write = last_status_check = loop.time()
@@ -378,7 +413,9 @@ class SongAPI:
             for event in events:
                 data = event.data
                 if event.type == "variation":
-                    data = self._variation_out(job_id, VariationRecord(**data)).model_dump(mode="json")
+                    data = self._variation_out(job_id, VariationRecord(**data)).model_dump(
+                        mode="json"
+                    )
                 yield _format_sse(event.seq, event.type, data)
                 after = event.seq
                 last_write = loop.time()
@@ -397,22 +434,23 @@ class SongAPI:
                 yield ": keep-alive\n\n"
             await asyncio.sleep(config.sse_poll_interval_s)
 
-    @app.api_route(
-        "/v1/songs/{song_id}/variations/{index}/audio.{fmt}", methods=["GET", "HEAD"]
-    )
-    async def variation_audio(
+    async def audio(
         self,
         song_id: str,
         index: int,
-        fmt: Literal["m4a", "mp3", "wav", "flac"],
-        request: Request,
+        fmt: str,
+        owner: str,
+        range_header: str | None,
+        head_only: bool,
     ) -> Response:
-        job = await self._owned_job(song_id, self._owner(request))
+        job = await self._owned_job(song_id, owner)
         key = self._variation_object(job, index, fmt)
         info = await self._objects.stat(key)
         if info is None:
-            raise ApiError(404, "not_found", f"the {fmt} file of variation {index} is missing", "fmt")
-        byte_range = parse_byte_range(request.headers.get("range"), info.size)
+            raise ApiError(
+                404, "not_found", f"the {fmt} file of variation {index} is missing", "fmt"
+            )
+        byte_range = parse_byte_range(range_header, info.size)
         start, end = byte_range or (0, info.size - 1)
         headers = {
             "Accept-Ranges": "bytes",
@@ -423,7 +461,7 @@ class SongAPI:
         if byte_range is not None:
             headers["Content-Range"] = f"bytes {start}-{end}/{info.size}"
         status = 206 if byte_range is not None else 200
-        if request.method == "HEAD":
+        if head_only:
             return Response(status_code=status, headers=headers, media_type=info.content_type)
         return StreamingResponse(
             self._objects.iter_range(key, start, end),
@@ -432,48 +470,158 @@ class SongAPI:
             media_type=info.content_type,
         )
 
-    @app.get("/v1/songs/{song_id}/variations/{index}/peaks")
-    async def variation_peaks(self, song_id: str, index: int, request: Request) -> Response:
-        job = await self._owned_job(song_id, self._owner(request))
-        data = await self._objects.get(self._variation_object(job, index, "peaks"))
-        return Response(data, media_type="application/json")
+    async def peaks(self, song_id: str, index: int, owner: str) -> bytes:
+        job = await self._owned_job(song_id, owner)
+        return await self._objects.get(self._variation_object(job, index, "peaks"))
 
     def _variation_object(self, job: JobRecord, index: int, name: str) -> str:
         variation = next((v for v in job.variations if v.index == index), None)
         if variation is None:
-            raise ApiError(404, "not_found",
-                           f"song {job.id} has variations 0-{len(job.variations) - 1}",
-                           "index")  # fmt: skip
+            raise ApiError(
+                404,
+                "not_found",
+                f"song {job.id} has variations 0-{len(job.variations) - 1}",
+                "index",
+            )
         if variation.status != "succeeded":
-            raise ApiError(404, "not_ready",
-                           f"variation {index} is {variation.status}; wait for its `variation` "
-                           "event", "index")  # fmt: skip
+            raise ApiError(
+                404,
+                "not_ready",
+                f"variation {index} is {variation.status}; wait for its `variation` event",
+                "index",
+            )
         if name not in variation.objects:
-            raise ApiError(404, "not_found",
-                           f"this server does not produce {name} files (postprocess.formats)",
-                           "fmt")  # fmt: skip
-        return variation.objects[name] or variation_key(job.id, index, name)
+            raise ApiError(
+                404,
+                "not_found",
+                f"this server does not produce {name} files (postprocess.formats)",
+                "fmt",
+            )
+        return variation.objects[name]
 
-    @app.post("/v1/lyrics", response_model=LyricsOut)
-    async def write_lyrics(self, body: LyricsRequest, request: Request) -> LyricsOut:
-        self._owner(request)
+    async def write_lyrics(self, body: LyricsRequest) -> LyricsOut:
         written = await self._call(
             self._lyrics.write.remote(
-                body.prompt, body.duration_s, style=body.style, language=body.language,
+                body.prompt,
+                body.duration_s,
+                style=body.style,
+                language=body.language,
                 seed=body.seed,
             )
-        )  # fmt: skip
+        )
         return LyricsOut(
             lyrics=written.text,
-            sections=[{"tag": s.tag, "lines": list(s.lines)} for s in written.sections],  # type: ignore[misc]
+            sections=[SectionOut(tag=s.tag, lines=list(s.lines)) for s in written.sections],
         )
 
-    @app.post("/v1/tags/normalize", response_model=TagsOut)
-    async def normalize_tags(self, body: TagsRequest, request: Request) -> TagsOut:
-        self._owner(request)
+    async def normalize_tags(self, body: TagsRequest) -> TagsOut:
         tags = await self._call(
             self._tags.normalize.remote(
                 body.text, language=body.language, instrumental=body.instrumental
             )
         )
-        return TagsOut.model_validate({k: v for k, v in tags.to_dict().items() if k != "family"})
+        return _tags_out(tags.to_dict())
+
+
+def _tags_out(tags: dict[str, Any]) -> TagsOut:
+    """The HTTP shape of StyleTags: `family` is internal to the song models."""
+    return TagsOut.model_validate({k: v for k, v in tags.items() if k != "family"})
+
+
+# --------------------------------------------------------------------------------------------------
+# Routes: a few lines each. The SongAPI replica serving the request is injected; `serve.app` wraps
+# SongAPI with `serve.ingress(app)`.
+
+
+def current_api() -> SongAPI:
+    from ray import serve
+
+    return cast(SongAPI, serve.get_replica_context().servable_object)
+
+
+Api = Annotated[SongAPI, Depends(current_api)]
+
+
+@app.get("/healthz")
+async def healthz(api: Api) -> dict[str, str]:
+    return await api.health()
+
+
+@app.post("/v1/songs", status_code=202, response_model=SongAccepted)
+async def create_song(
+    body: SongRequest,
+    request: Request,
+    api: Api,
+    idempotency_key: str | None = Header(None, max_length=255),
+) -> JSONResponse:
+    accepted = await api.create_song(body, api.owner(request), idempotency_key)
+    return JSONResponse(
+        accepted.model_dump(mode="json"), status_code=202, headers={"Location": accepted.links.self}
+    )
+
+
+@app.get("/v1/songs", response_model=SongList)
+async def list_songs(
+    request: Request,
+    api: Api,
+    limit: int = Query(20, ge=1, le=100),
+    cursor: str | None = Query(None, max_length=200),
+) -> SongList:
+    return await api.list_songs(api.owner(request), limit, cursor)
+
+
+@app.get("/v1/songs/{song_id}", response_model=SongOut)
+async def get_song(song_id: str, request: Request, api: Api) -> SongOut:
+    return await api.get_song(song_id, api.owner(request))
+
+
+@app.get("/v1/songs/{song_id}/events")
+async def song_events(
+    song_id: str, request: Request, api: Api, last_event_id: str | None = Header(None)
+) -> StreamingResponse:
+    """SSE: stage, progress, variation, done, error. Replays past events first; resumes after
+    `Last-Event-ID`; closes after `done` or `error`."""
+    after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+    frames = await api.event_stream(song_id, api.owner(request), after)
+    return StreamingResponse(
+        frames,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+_AUDIO_PATH = "/v1/songs/{song_id}/variations/{index}/audio.{fmt}"
+
+
+@app.get(_AUDIO_PATH)
+@app.head(_AUDIO_PATH, include_in_schema=False)
+async def variation_audio(
+    song_id: str, index: int, fmt: Literal["m4a", "mp3", "wav", "flac"], request: Request, api: Api
+) -> Response:
+    return await api.audio(
+        song_id,
+        index,
+        fmt,
+        api.owner(request),
+        request.headers.get("range"),
+        request.method == "HEAD",
+    )
+
+
+@app.get("/v1/songs/{song_id}/variations/{index}/peaks")
+async def variation_peaks(song_id: str, index: int, request: Request, api: Api) -> Response:
+    return Response(
+        await api.peaks(song_id, index, api.owner(request)), media_type="application/json"
+    )
+
+
+@app.post("/v1/lyrics", response_model=LyricsOut)
+async def write_lyrics(body: LyricsRequest, request: Request, api: Api) -> LyricsOut:
+    api.owner(request)
+    return await api.write_lyrics(body)
+
+
+@app.post("/v1/tags/normalize", response_model=TagsOut)
+async def normalize_tags(body: TagsRequest, request: Request, api: Api) -> TagsOut:
+    api.owner(request)
+    return await api.normalize_tags(body)

@@ -32,7 +32,7 @@ class CliError(Exception):
     """A failure to report in one line and exit 1."""
 
 
-# -- HTTP -------------------------------------------------------------------------------------------
+# -- HTTP ------------------------------------------------------------------------------------------
 
 
 def _client(args: argparse.Namespace, timeout_s: float = 30.0) -> httpx.Client:
@@ -53,12 +53,12 @@ def _check(response: httpx.Response) -> Any:
 
 def iter_sse(lines: Iterator[str]) -> Iterator[tuple[str, dict[str, Any]]]:
     """(event type, data) pairs from the lines of a text/event-stream."""
-    event_type, data_lines = "message", []
+    event_type, data_lines = "message", list[str]()
     for line in lines:
         if line == "":
             if data_lines:
                 yield event_type, json.loads("\n".join(data_lines))
-            event_type, data_lines = "message", []
+            event_type, data_lines = "message", list[str]()
         elif line.startswith(":"):
             continue
         elif line.startswith("event:"):
@@ -67,7 +67,7 @@ def iter_sse(lines: Iterator[str]) -> Iterator[tuple[str, dict[str, Any]]]:
             data_lines.append(line[5:].lstrip())
 
 
-# -- progress bar ------------------------------------------------------------------------------------
+# -- progress bar ----------------------------------------------------------------------------------
 
 
 class ProgressBar:
@@ -78,7 +78,7 @@ class ProgressBar:
         self._last = ""
 
     def show(self, fraction: float, label: str) -> None:
-        filled = int(round(_BAR_WIDTH * max(0.0, min(1.0, fraction))))
+        filled = round(_BAR_WIDTH * max(0.0, min(1.0, fraction)))
         line = f"[{'#' * filled}{'-' * (_BAR_WIDTH - filled)}] {fraction * 100:5.1f}%  {label}"
         if line == self._last:
             return
@@ -96,7 +96,7 @@ class ProgressBar:
             sys.stderr.flush()
 
 
-# -- commands ---------------------------------------------------------------------------------------
+# -- commands --------------------------------------------------------------------------------------
 
 
 def _output_paths(out: Path, count: int) -> list[Path]:
@@ -205,7 +205,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         deadline = time.monotonic() + args.wait_s
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                raise CliError(f"`serve run` exited with code {process.returncode}; see its log above")
+                raise CliError(
+                    f"`serve run` exited with code {process.returncode}; see its log above"
+                )
             try:
                 if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
                     break
@@ -244,10 +246,16 @@ Ctrl-C stops it.
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="songserve", description=__doc__.splitlines()[0])
-    parser.add_argument("--url", default=os.environ.get("SONGSERVE_URL", DEFAULT_URL),
-                        help="API base URL (env SONGSERVE_URL)")  # fmt: skip
-    parser.add_argument("--api-key", default=os.environ.get("SONGSERVE_API_KEY"),
-                        help="bearer API key (env SONGSERVE_API_KEY)")  # fmt: skip
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("SONGSERVE_URL", DEFAULT_URL),
+        help="API base URL (env SONGSERVE_URL)",
+    )
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("SONGSERVE_API_KEY"),
+        help="bearer API key (env SONGSERVE_API_KEY)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     up = commands.add_parser("up", help="start the cluster from a Serve config and wait")
@@ -265,9 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int, help="variation k uses seed + k")
     generate.add_argument("--instrumental", action="store_true", help="no vocals")
     generate.add_argument("--language", default="en", help="ISO 639-1 vocal language")
-    generate.add_argument("--out", default="song.m4a",
-                          help="output file; its extension picks the format; with several "
-                          "variations NAME-1.EXT, NAME-2.EXT, …")  # fmt: skip
+    generate.add_argument(
+        "--out",
+        default="song.m4a",
+        help="output file; its extension picks the format; with several "
+        "variations NAME-1.EXT, NAME-2.EXT, …",
+    )
     generate.set_defaults(handler=cmd_generate)
 
     status = commands.add_parser("status", help="print a song's status as JSON")

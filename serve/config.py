@@ -1,11 +1,11 @@
 """`AppConfig` — the one configuration tree of a songserve application.
 
-A Serve config file passes it as `args:` to `serve.app:build_app`; Ray validates the mapping into this
-model, so an unknown key or a bad value fails the deploy with the field's path. Every field has a
-default and a description: the defaults are the embedded default (`config/local.yaml`).
+A Serve config file passes it as `args:` to `serve.app:build_app`; Ray validates the mapping into
+this model, so an unknown key or a bad value fails the deploy with the field's path. Every field has
+a default and a description: the defaults are the embedded default (`config/local.yaml`).
 
-Secrets and endpoints are overridden from the environment (see `ENV_OVERRIDES`), and any field can be
-set with `SONGSERVE_<SECTION>__<FIELD>` (e.g. `SONGSERVE_JOBS__LEASE_S=10`).
+Secrets and endpoints are overridden from the environment (see `ENV_OVERRIDES`), and any field can
+be set with `SONGSERVE_<SECTION>__<FIELD>` (e.g. `SONGSERVE_JOBS__LEASE_S=10`).
 """
 
 from __future__ import annotations
@@ -79,7 +79,9 @@ class ActorOptions(_Strict):
 class DeploymentOptions(_Strict):
     """Replicas, concurrency limits and resources of one Ray Serve deployment."""
 
-    num_replicas: int = Field(1, ge=1, description="Fixed replica count (ignored with autoscaling).")
+    num_replicas: int = Field(
+        1, ge=1, description="Fixed replica count (ignored with autoscaling)."
+    )
     autoscaling: AutoscalingOptions | None = Field(
         None, description="Autoscale between min and max replicas instead of a fixed count."
     )
@@ -90,7 +92,9 @@ class DeploymentOptions(_Strict):
         256, ge=1, description="Requests queued per caller before it gets back-pressure (HTTP 503)."
     )
     graceful_shutdown_timeout_s: float = Field(
-        60.0, ge=0, description="Time a stopping replica gets to finish work; exceed the longest render."
+        60.0,
+        ge=0,
+        description="Time a stopping replica gets to finish work; exceed the longest render.",
     )
     health_check_period_s: float = Field(10.0, gt=0, description="Seconds between health checks.")
     health_check_timeout_s: float = Field(30.0, gt=0, description="Health check deadline.")
@@ -143,10 +147,7 @@ class ApiConfig(_Strict):
 
     public_base_url: str | None = Field(
         None,
-        description="Absolute URL clients reach the API at, used in links; relative links if unset.",
-    )
-    max_request_bytes: int = Field(
-        64 * 1024, ge=1024, description="Largest accepted JSON body for POST requests."
+        description="Absolute URL clients reach the API at, for links; relative links if unset.",
     )
     sse_poll_interval_s: float = Field(
         0.1, gt=0, description="How often an SSE stream checks the job store for new events."
@@ -162,7 +163,7 @@ class AuthConfig(_Strict):
 
     api_keys: list[SecretStr] = Field(
         default_factory=list,
-        description="Accepted `Authorization: Bearer` keys (env SONGSERVE_API_KEYS, comma-separated).",
+        description="Accepted bearer keys (env SONGSERVE_API_KEYS, comma-separated).",
     )
 
 
@@ -181,7 +182,8 @@ class StorageConfig(_Strict):
         description="Object store: file://PATH (env SONGSERVE_STORAGE_URL).",
     )
     s3_endpoint_url: str | None = Field(
-        None, description="S3-compatible endpoint for s3:// storage (env SONGSERVE_S3_ENDPOINT_URL)."
+        None,
+        description="S3-compatible endpoint for s3:// storage (env SONGSERVE_S3_ENDPOINT_URL).",
     )
 
     @field_validator("database_url")
@@ -258,6 +260,9 @@ class JobsConfig(_Strict):
     max_concurrent_jobs: int = Field(
         8, ge=1, description="Jobs one conductor replica drives at once."
     )
+    max_queued_jobs: int = Field(
+        1000, ge=1, description="Queued jobs beyond which new songs get 429 + Retry-After."
+    )
     job_timeout_s: float = Field(
         1800.0, gt=0, description="A job still unfinished after this fails with code 'timeout'."
     )
@@ -293,7 +298,9 @@ class DecoderPoolConfig(_Strict):
     """One decoder deployment: a song model on one kind of hardware."""
 
     name: str = Field(
-        ..., pattern=r"^[A-Za-z][A-Za-z0-9_]*$", description="Deployment name, e.g. Sketch, DiT_CUDA."
+        ...,
+        pattern=r"^[A-Za-z][A-Za-z0-9_]*$",
+        description="Deployment name, e.g. Sketch, DiT_CUDA.",
     )
     model: Literal["sketch"] = Field(..., description="The song model this pool serves.")
     sample_rate: int = Field(48_000, description="Output sample rate in Hz.")
@@ -325,7 +332,9 @@ class ModelsConfig(_Strict):
         names = [pool.name for pool in self.pools]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise ValueError(f"models.pools: duplicate pool names {duplicates}; names must be unique")
+            raise ValueError(
+                f"models.pools: duplicate pool names {duplicates}; names must be unique"
+            )
         served = {pool.model for pool in self.pools}
         if not any(model in served for model in self.auto_order):
             raise ValueError(
@@ -340,11 +349,14 @@ class ModelsConfig(_Strict):
         return list(dict.fromkeys(pool.model for pool in self.pools))
 
 
+AudioFormat = Literal["m4a", "mp3", "flac", "wav"]
+
+
 class PostProcessConfig(_Strict):
     """Mastering and delivery of every variation."""
 
-    formats: list[Literal["m4a", "mp3", "flac", "wav"]] = Field(
-        default_factory=lambda: ["m4a", "mp3", "flac", "wav"],
+    formats: list[AudioFormat] = Field(
+        default_factory=lambda: list[AudioFormat](["m4a", "mp3", "flac", "wav"]),
         description="Formats encoded for every variation.",
     )
     bitrate_kbps: int = Field(192, ge=32, le=320, description="AAC and MP3 bitrate.")
@@ -353,9 +365,11 @@ class PostProcessConfig(_Strict):
 
     @field_validator("formats")
     @classmethod
-    def _has_formats(cls, formats: list[str]) -> list[str]:
+    def _has_formats(cls, formats: list[AudioFormat]) -> list[AudioFormat]:
         if not formats:
-            raise ValueError("postprocess.formats is empty: list at least one of m4a, mp3, flac, wav")
+            raise ValueError(
+                "postprocess.formats is empty: list at least one of m4a, mp3, flac, wav"
+            )
         return list(dict.fromkeys(formats))
 
 
@@ -432,10 +446,7 @@ def _dump_for_env(config: AppConfig) -> dict[str, Any]:
 
 def resolve_config(config: AppConfig | dict[str, Any] | None) -> AppConfig:
     """Validate, apply environment overrides and make local paths absolute."""
-    if isinstance(config, AppConfig):
-        args = _dump_for_env(config)
-    else:
-        args = dict(config or {})
+    args = _dump_for_env(config) if isinstance(config, AppConfig) else dict(config or {})
     validated = AppConfig.model_validate(apply_env_overrides(args))
     return validated.model_copy(update={"storage": validated.storage.resolved()})
 

@@ -104,6 +104,10 @@ class JobStore(Protocol):
 
     async def get_job(self, job_id: str) -> JobRecord | None: ...
 
+    async def count_jobs(self, status: str) -> int:
+        """How many jobs are in `status` (admission control reads the queue depth)."""
+        ...
+
     async def list_jobs(
         self, owner: str, *, limit: int, cursor: str | None = None
     ) -> tuple[list[JobRecord], str | None]:
@@ -144,7 +148,9 @@ class JobStore(Protocol):
         `lease_owner`); returns its sequence number."""
         ...
 
-    async def events_after(self, job_id: str, after_seq: int, limit: int = 500) -> list[EventRecord]:
+    async def events_after(
+        self, job_id: str, after_seq: int, limit: int = 500
+    ) -> list[EventRecord]:
         """Events with seq > after_seq, oldest first."""
         ...
 
@@ -210,10 +216,19 @@ _JOB_FIELDS = frozenset(
 _JSON_VARIATION_FIELDS = frozenset({"objects", "render", "error"})
 _VARIATION_FIELDS = frozenset(
     {
-        "status", "model", "model_version", "seed", "duration_s", "sample_rate",
-        "loudness_lufs", "true_peak_dbtp", "objects", "render", "error",
+        "status",
+        "model",
+        "model_version",
+        "seed",
+        "duration_s",
+        "sample_rate",
+        "loudness_lufs",
+        "true_peak_dbtp",
+        "objects",
+        "render",
+        "error",
     }
-)  # fmt: skip
+)
 
 
 def new_job_id() -> str:
@@ -335,6 +350,14 @@ class SQLiteJobStore:
         result: JobRecord | None = await self._run(self._get, job_id)
         return result
 
+    async def count_jobs(self, status: str) -> int:
+        def count() -> int:
+            row = self._db.execute("SELECT COUNT(*) FROM jobs WHERE status = ?", (status,))
+            return int(row.fetchone()[0])
+
+        result: int = await self._run(count)
+        return result
+
     def _list(
         self, owner: str, limit: int, cursor: str | None
     ) -> tuple[list[JobRecord], str | None]:
@@ -371,12 +394,15 @@ class SQLiteJobStore:
             (job_id, after_seq, limit),
         ).fetchall()
         return [
-            EventRecord(seq=r["seq"], type=r["type"], data=json.loads(r["data"]),
-                        created_at=r["created_at"])
+            EventRecord(
+                seq=r["seq"], type=r["type"], data=json.loads(r["data"]), created_at=r["created_at"]
+            )
             for r in rows
-        ]  # fmt: skip
+        ]
 
-    async def events_after(self, job_id: str, after_seq: int, limit: int = 500) -> list[EventRecord]:
+    async def events_after(
+        self, job_id: str, after_seq: int, limit: int = 500
+    ) -> list[EventRecord]:
         result: list[EventRecord] = await self._run(self._events_after, job_id, after_seq, limit)
         return result
 
@@ -571,9 +597,14 @@ class SQLiteJobStore:
         job_fields: dict[str, Any] | None = None,
     ) -> int:
         seq: int = await self._run(
-            self._transaction, self._append_event, job_id, event_type, data, lease_owner,
+            self._transaction,
+            self._append_event,
+            job_id,
+            event_type,
+            data,
+            lease_owner,
             job_fields,
-        )  # fmt: skip
+        )
         return seq
 
     async def close(self) -> None:

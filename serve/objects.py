@@ -97,7 +97,9 @@ class FilesystemObjectStore:
             size = path.stat().st_size
         except FileNotFoundError:
             return None
-        return ObjectInfo(size=size, content_type=CONTENT_TYPES.get(path.suffix, "application/octet-stream"))
+        return ObjectInfo(
+            size=size, content_type=CONTENT_TYPES.get(path.suffix, "application/octet-stream")
+        )
 
     async def iter_range(
         self, key: str, start: int, end: int, chunk_bytes: int = 1 << 20

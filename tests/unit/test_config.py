@@ -9,8 +9,8 @@ from pydantic import ValidationError
 
 from serve.config import (
     AppConfig,
-    apply_env_overrides,
     app_args_from_serve_config,
+    apply_env_overrides,
     load_serve_config,
     resolve_config,
 )
@@ -43,17 +43,25 @@ def test_unknown_keys_are_rejected_with_their_path() -> None:
         ({"jobs": {"lease_s": 0}}, "jobs.lease_s"),
         ({"jobs": {"lease_s": 5, "heartbeat_s": 10}}, "jobs"),
         ({"models": {"pools": []}}, "models"),
-        ({"models": {"pools": [{"name": "A", "model": "sketch"}, {"name": "A", "model": "sketch"}]}},
-         "models"),
+        (
+            {
+                "models": {
+                    "pools": [{"name": "A", "model": "sketch"}, {"name": "A", "model": "sketch"}]
+                }
+            },
+            "models",
+        ),
         ({"models": {"auto_order": ["ace-step"]}}, "models"),
         ({"models": {"pools": [{"name": "9bad", "model": "sketch"}]}}, "models.pools.0.name"),
         ({"postprocess": {"formats": ["ogg"]}}, "postprocess.formats.0"),
         ({"postprocess": {"formats": []}}, "postprocess.formats"),
         ({"storage": {"database_url": "mysql://x"}}, "storage.database_url"),
-        ({"deployments": {"api": {"max_ongoing_requests": 0}}},
-         "deployments.api.max_ongoing_requests"),
+        (
+            {"deployments": {"api": {"max_ongoing_requests": 0}}},
+            "deployments.api.max_ongoing_requests",
+        ),
     ],
-)  # fmt: skip
+)
 def test_invalid_values_name_the_setting(args: dict, location: str) -> None:
     with pytest.raises(ValidationError) as caught:
         AppConfig.model_validate(args)
@@ -61,7 +69,7 @@ def test_invalid_values_name_the_setting(args: dict, location: str) -> None:
 
 
 def test_heartbeat_error_says_how_to_fix_it() -> None:
-    with pytest.raises(ValidationError, match="heartbeat_s .* must be shorter than jobs.lease_s"):
+    with pytest.raises(ValidationError, match=r"heartbeat_s .* must be shorter than jobs\.lease_s"):
         AppConfig.model_validate({"jobs": {"lease_s": 5, "heartbeat_s": 10}})
 
 

@@ -27,8 +27,10 @@ def test_create_and_read_back(store: SQLiteJobStore) -> None:
         )
         assert created and job.status == "queued"
         assert [(v.index, v.seed, v.status) for v in job.variations] == [
-            (0, 10, "queued"), (1, 11, "queued"), (2, 12, "queued")
-        ]  # fmt: skip
+            (0, 10, "queued"),
+            (1, 11, "queued"),
+            (2, 12, "queued"),
+        ]
         again = await store.get_job(job.id)
         assert again == job
         events = await store.events_after(job.id, 0)
@@ -117,9 +119,12 @@ def test_terminal_status_releases_the_lease(store: SQLiteJobStore) -> None:
         job, _ = await store.create_job(owner="o", request={}, seed=0, variations=1)
         await store.claim_next("A", lease_s=30, max_attempts=3)
         seq = await store.append_event(
-            job.id, "done", {"status": "succeeded"}, lease_owner="A",
+            job.id,
+            "done",
+            {"status": "succeeded"},
+            lease_owner="A",
             job_fields={"status": "succeeded", "progress": 1.0},
-        )  # fmt: skip
+        )
         done = await store.get_job(job.id)
         assert done is not None and done.status == "succeeded" and done.lease_owner is None
         assert done.is_terminal and seq == 2

@@ -1,0 +1,590 @@
+"""Free-text style → a controlled vocabulary of tags, and the caption string song models take.
+
+Pure: no Ray, no network, no mutable module state. The lexical matcher is the weight-free default:
+`normalize_style` maps a free-text description onto the vocabulary in `pipeline.vocabulary`.
+
+How text is matched (see `normalize_style` for the output contract):
+1. Normalise: lowercase, strip accents and apostrophes, split on anything but letters, digits and
+   "&" ("Hip-Hop!" → hip hop; "R&B" → r&b).
+2. Correct spelling per word: a plural of a known word loses its "s"; an unknown word of ≥ 5
+   letters is replaced by a vocabulary word with the same first letter when it is one adjacent
+   transposition away ("reggea", "dubstpe"), or, from 8 letters on, when rapidfuzz's ratio is
+   ≥ 88 ("eletronic", "psychadelic"). Shorter words get no edit distance at all: at 5–7 letters
+   one edit turns real words into vocabulary words ("better" → "bitter", "stone" → "stoner").
+   Real words that still sit near vocabulary words ("county") are blocklisted.
+3. Match phrases longest first (up to four words), never reusing a word: "drum and bass" beats
+   "bass", "dream pop" beats "pop".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import statistics
+import unicodedata
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from types import MappingProxyType
+from typing import Literal
+
+from rapidfuzz import fuzz, process
+
+from pipeline.vocabulary import (
+    COMMON_TONICS,
+    ELECTRIC_GUITAR_FAMILIES,
+    FAMILY_DEFAULT_VOCAL,
+    FUZZY_BLOCKLIST,
+    GENERIC_GUITAR_WORDS,
+    GENRES,
+    INSTRUMENTS,
+    MOODS,
+    SOLO_WORDS,
+    TEMPO_WORDS,
+    TONIC_SPELLINGS,
+    VOCAL_CUES,
+    VOCAL_TYPES,
+    Genre,
+    SubGenre,
+)
+
+# Coarse families the vocabulary groups genres into. Song models (the `sketch` arranger in
+# particular) pick grooves and timbres by family, so every genre in the vocabulary names one.
+GENRE_FAMILIES = (
+    "pop", "rock", "metal", "punk", "electronic", "dance", "hiphop", "rnb", "soul", "funk",
+    "jazz", "blues", "country", "folk", "latin", "reggae", "classical", "ambient", "world",
+    "soundtrack", "gospel", "experimental",
+)  # fmt: skip
+
+KEY_TONICS = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
+
+
+@dataclass(frozen=True)
+class StyleTags:
+    """A normalised style. Field names match `POST /v1/tags/normalize` (plus `family`).
+
+    genre / subgenre: canonical vocabulary names ("indie pop" / "dream pop"); subgenre may be None.
+    family: one of GENRE_FAMILIES.
+    moods: canonical mood words, most salient first ("happy", "melancholic", ...).
+    bpm: integer tempo in beats per minute (40–220).
+    key: "<tonic> <major|minor>" with the tonic from KEY_TONICS, e.g. "F# minor".
+    instruments: canonical instrument names ("acoustic guitar", "piano", "808", ...).
+    vocal: "male", "female", "duet", "choir" or "instrumental".
+    language: ISO 639-1 code of the vocals.
+    caption: the comma-separated tag string song models are conditioned on.
+    """
+
+    genre: str
+    subgenre: str | None
+    family: str
+    moods: list[str] = field(default_factory=list)
+    bpm: int = 120
+    key: str = "C major"
+    instruments: list[str] = field(default_factory=list)
+    vocal: str = "female"
+    language: str = "en"
+    caption: str = ""
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> StyleTags:
+        return cls(**data)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------
+# Lexical normaliser
+# ---------------------------------------------------------------------------------------------
+
+DEFAULT_GENRE = "pop"
+# Empty text carries no signal at all, so it gets the most neutral song there is.
+DEFAULT_BPM = 120
+DEFAULT_KEY = "C major"
+MAX_MOODS = 4
+MAX_INSTRUMENTS = 5
+MIN_BPM, MAX_BPM = 40, 220
+
+_VOCAL_CAPTIONS = MappingProxyType(
+    {
+        "male": "male vocals",
+        "female": "female vocals",
+        "duet": "duet",
+        "choir": "choir",
+        "instrumental": "instrumental",
+    }
+)
+
+_TOKEN = re.compile(r"[a-z0-9&]+")
+_LANGUAGE = re.compile(r"[a-z]{2}")
+
+_PhraseKind = Literal["genre", "subgenre", "mood", "instrument", "vocal", "cued_vocal", "guitar"]
+
+
+@dataclass(frozen=True)
+class _Target:
+    """What a vocabulary phrase means. `name` is the canonical name of the entry (for a subgenre,
+    the subgenre's name) and `genre` the owning genre for genre/subgenre phrases."""
+
+    kind: _PhraseKind
+    name: str
+    genre: str | None = None
+
+
+@dataclass(frozen=True)
+class _Match:
+    start: int
+    end: int
+    target: _Target
+
+
+def _phrase_tokens(text: str) -> tuple[str, ...]:
+    """The normalised word sequence of a text: lowercase, accents and apostrophes dropped, split on
+    every character but letters, digits and "&". Vocabulary phrases and user text both go through
+    this, so spelling variants of punctuation ("hip-hop", "hip hop") meet."""
+    decomposed = unicodedata.normalize("NFKD", text.lower())
+    plain = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+    plain = plain.replace("'", "").replace("\u2019", "")
+    return tuple(_TOKEN.findall(plain))
+
+
+def _vocabulary_phrases() -> Iterable[tuple[tuple[str, ...], _Target]]:
+    """Every (phrase, meaning) pair of the vocabulary, canonical names included."""
+    for genre in GENRES:
+        for phrase in (genre.name, *genre.synonyms):
+            yield _phrase_tokens(phrase), _Target("genre", genre.name, genre.name)
+        for sub in genre.subgenres:
+            for phrase in (sub.name, *sub.synonyms):
+                yield _phrase_tokens(phrase), _Target("subgenre", sub.name, genre.name)
+    for mood in MOODS:
+        for phrase in (mood.name, *mood.synonyms):
+            yield _phrase_tokens(phrase), _Target("mood", mood.name)
+    for instrument in INSTRUMENTS:
+        for phrase in (instrument.name, *instrument.synonyms):
+            yield _phrase_tokens(phrase), _Target("instrument", instrument.name)
+    for vocal in VOCAL_TYPES:
+        for phrase in (vocal.name, *vocal.synonyms):
+            yield _phrase_tokens(phrase), _Target("vocal", vocal.name)
+        for phrase in vocal.cued_synonyms:
+            yield _phrase_tokens(phrase), _Target("cued_vocal", vocal.name)
+    for phrase in GENERIC_GUITAR_WORDS:
+        yield _phrase_tokens(phrase), _Target("guitar", "guitar")
+
+
+def _phrase_owners() -> dict[tuple[str, ...], set[_Target]]:
+    """Phrase → every meaning the vocabulary gives it (more than one is a vocabulary bug)."""
+    owners: dict[tuple[str, ...], set[_Target]] = {}
+    for phrase, target in _vocabulary_phrases():
+        owners.setdefault(phrase, set()).add(target)
+    return owners
+
+
+def _build_phrase_table() -> Mapping[tuple[str, ...], _Target]:
+    table: dict[tuple[str, ...], _Target] = {}
+    for phrase, targets in _phrase_owners().items():
+        if len(targets) > 1:
+            raise ValueError(f"vocabulary phrase {' '.join(phrase)!r} has several meanings")
+        (table[phrase],) = targets
+    return MappingProxyType(table)
+
+
+_PHRASES = _build_phrase_table()
+_MAX_PHRASE_WORDS = max(len(phrase) for phrase in _PHRASES)
+_GENRES_BY_NAME = MappingProxyType({genre.name: genre for genre in GENRES})
+_HINTS = MappingProxyType({hint: genre.name for genre in GENRES for hint in genre.hints})
+_MOODS_BY_NAME = MappingProxyType({mood.name: mood for mood in MOODS})
+_TEMPO_WORDS = MappingProxyType({_phrase_tokens(word): shift for word, shift in TEMPO_WORDS})
+_FAMILY_VOCAL = MappingProxyType(dict(FAMILY_DEFAULT_VOCAL))
+_TONICS = MappingProxyType(dict(TONIC_SPELLINGS))
+_COMMON_TONICS = MappingProxyType(dict(COMMON_TONICS))
+_VOCAL_CUES = frozenset(VOCAL_CUES)
+_SOLO_WORDS = frozenset(SOLO_WORDS)
+_KNOWN_WORDS = frozenset(
+    {word for phrase in _PHRASES for word in phrase}
+    | set(_HINTS)
+    | {word for phrase in _TEMPO_WORDS for word in phrase}
+    | _VOCAL_CUES
+    | _SOLO_WORDS
+)
+_FUZZY_BLOCKED = frozenset(FUZZY_BLOCKLIST)
+# Only longer vocabulary words are fuzzy targets: short ones ("pop", "rap", "emo") are one typo
+# away from too many ordinary words.
+_FUZZY_TARGETS = tuple(sorted(word for word in _KNOWN_WORDS if len(word) >= 5 and word.isalpha()))
+
+
+def _correct_word(word: str) -> str:
+    """Map a possibly misspelt word onto a vocabulary word, conservatively (see module doc)."""
+    if word in _KNOWN_WORDS or not word.isalpha():
+        return word
+    if len(word) >= 4 and word.endswith("s") and word[:-1] in _KNOWN_WORDS:
+        return word[:-1]
+    if len(word) < 5 or word in _FUZZY_BLOCKED:
+        return word
+    candidates = [target for target in _FUZZY_TARGETS if target[0] == word[0]]
+    if len(word) >= 8:
+        # One edit in eight letters is still ≥ 88; "children" → "childrens" is a plural, no typo.
+        best = process.extractOne(
+            word, [t for t in candidates if t != word + "s"], scorer=fuzz.ratio, score_cutoff=88
+        )
+        if best is not None:
+            return str(best[0])
+    for target in candidates:
+        if len(target) == len(word) and _is_adjacent_transposition(word, target):
+            return target
+    return word
+
+
+def _is_adjacent_transposition(word: str, target: str) -> bool:
+    """True when swapping one pair of neighbouring letters of `word` gives `target`."""
+    diffs = [i for i, (a, b) in enumerate(zip(word, target, strict=True)) if a != b]
+    return (
+        len(diffs) == 2
+        and diffs[1] == diffs[0] + 1
+        and word[diffs[0]] == target[diffs[1]]
+        and word[diffs[1]] == target[diffs[0]]
+    )
+
+
+def _near_vocal_cue(words: tuple[str, ...], start: int, end: int) -> bool:
+    window = words[max(0, start - 2) : end + 2]
+    return any(word in _VOCAL_CUES for word in window)
+
+
+def _find_matches(words: tuple[str, ...]) -> tuple[list[_Match], list[bool]]:
+    """Longest-first, non-overlapping phrase matches in text order, and which words they used."""
+    used = [False] * len(words)
+    matches: list[_Match] = []
+    for size in range(min(_MAX_PHRASE_WORDS, len(words)), 0, -1):
+        for start in range(len(words) - size + 1):
+            end = start + size
+            if any(used[start:end]):
+                continue
+            target = _PHRASES.get(words[start:end])
+            if target is None:
+                continue
+            if target.kind == "cued_vocal" and not _near_vocal_cue(words, start, end):
+                continue
+            matches.append(_Match(start, end, target))
+            used[start:end] = [True] * size
+    matches.sort(key=lambda match: match.start)
+    return matches, used
+
+
+def _contains(phrase: tuple[str, ...], part: tuple[str, ...]) -> bool:
+    size = len(part)
+    return any(phrase[i : i + size] == part for i in range(len(phrase) - size + 1))
+
+
+def _genre_phrases(genre: Genre) -> list[tuple[str, ...]]:
+    return [_phrase_tokens(phrase) for phrase in (genre.name, *genre.synonyms)]
+
+
+@dataclass(frozen=True)
+class _GenreMention:
+    """A genre named in the text: by a phrase (`sub` set for a sub-genre phrase) or a hint."""
+
+    genre: Genre
+    sub: SubGenre | None
+    words: tuple[str, ...]
+
+
+def _combined_subgenre(first: _GenreMention, second: _GenreMention) -> _GenreMention | None:
+    """A sub-genre of one mentioned genre whose own phrase contains the other mention's words:
+    "hip hop … jazz" → hip hop / "jazz rap" (synonym "jazz hip hop"), "rock … pop" → rock /
+    "pop rock". The first mention's genre is tried as the owner first."""
+    for owner, other in ((first, second), (second, first)):
+        owner_phrases = _genre_phrases(owner.genre)
+        for sub in owner.genre.subgenres:
+            for phrase in map(_phrase_tokens, (sub.name, *sub.synonyms)):
+                if _contains(phrase, other.words) and any(
+                    _contains(phrase, part) for part in owner_phrases
+                ):
+                    return _GenreMention(owner.genre, sub, phrase)
+    return None
+
+
+def _resolve_genre(matches: list[_Match], words: tuple[str, ...]) -> tuple[Genre, SubGenre | None]:
+    """The (genre, subgenre) the text asks for.
+
+    The first genre or sub-genre phrase in the text is the primary one (no phrase → the first hint
+    adjective such as "jazzy", else DEFAULT_GENRE). A plain primary genre then takes the first later
+    sub-genre of its own, else a sub-genre combining it with a later genre phrase or hint; any
+    other genre is dropped.
+    """
+    mentions = [
+        _GenreMention(
+            _GENRES_BY_NAME[str(m.target.genre)],
+            _subgenre(_GENRES_BY_NAME[str(m.target.genre)], m.target.name)
+            if m.target.kind == "subgenre"
+            else None,
+            words[m.start : m.end],
+        )
+        for m in matches
+        if m.target.kind in ("genre", "subgenre")
+    ]
+    hints = [_GenreMention(_GENRES_BY_NAME[_HINTS[w]], None, (w,)) for w in words if w in _HINTS]
+    if not mentions:
+        if hints:
+            return hints[0].genre, None
+        return _GENRES_BY_NAME[DEFAULT_GENRE], None
+    primary = mentions[0]
+    if primary.sub is not None:
+        return primary.genre, primary.sub
+    for mention in mentions[1:]:
+        if mention.sub is not None and mention.genre == primary.genre:
+            return primary.genre, mention.sub
+    for mention in [*mentions[1:], *hints]:
+        if mention.genre != primary.genre:
+            combined = _combined_subgenre(primary, mention)
+            if combined is not None:
+                return combined.genre, combined.sub
+    return primary.genre, None
+
+
+def _subgenre(genre: Genre, name: str) -> SubGenre:
+    return next(sub for sub in genre.subgenres if sub.name == name)
+
+
+def _digest(text: str, purpose: str) -> int:
+    """A stable integer from the text (hashlib, not hash(): that one is salted per process)."""
+    return int.from_bytes(hashlib.sha256(f"{purpose}\x00{text}".encode()).digest()[:8], "big")
+
+
+# --- explicit tempo and key ----------------------------------------------------------------------
+
+_BPM_RANGE = re.compile(r"\b(\d{2,3})\s*(?:-|–|to)\s*(\d{2,3})\s*(?:bpm|beats per minute)\b")
+_BPM_AFTER = re.compile(r"\b(\d{2,3})\s*-?\s*(?:bpm|beats per minute|beats a minute)\b")
+_BPM_BEFORE = re.compile(r"\b(?:bpm|tempo)\s*(?:of|is|at|around|about|:|=|~)?\s*(\d{2,3})\b")
+
+_ACCIDENTAL = r"#|♯|b|♭|-?\s?sharp|-?\s?flat"
+_KEY_CONTEXT = r"(?:\bin\s+(?:the\s+key\s+of\s+)?|\bkey\s*(?:of|:|=)?\s*)"
+# "F# major", "a minor", "Bb min": any tonic case, but a lowercase one needs "in"/"key" before
+# it, so that "a major influence" is not read as A major.
+_KEY_WITH_MODE = re.compile(
+    rf"(?P<context>{_KEY_CONTEXT})?(?<![A-Za-z#])(?P<tonic>[A-Ga-g])(?P<acc>{_ACCIDENTAL})?"
+    r"\s*-?\s*(?P<mode>major|minor|maj|min)\b",
+    re.IGNORECASE,
+)
+# "C#m", "Ebm" anywhere; a bare "Am"/"Em" only after "in"/"key" ("Am I dreaming" is no key).
+_KEY_SHORT_MINOR = re.compile(
+    rf"(?P<context>{_KEY_CONTEXT})?(?<![A-Za-z#])(?P<tonic>[A-G])(?P<acc>#|♯|b|♭)?m(?![A-Za-z])"
+)
+# "key of Bb", "in F#": a tonic with no mode reads as major, the musician's default.
+_KEY_NO_MODE = re.compile(
+    rf"(?:{_KEY_CONTEXT})(?P<tonic>[A-Ga-g])(?P<acc>#|♯|b|♭|\s?sharp|\s?flat)?(?![A-Za-z])",
+    re.IGNORECASE,
+)
+
+
+def _explicit_bpm(text: str) -> int | None:
+    lowered = text.lower()
+    ranged = _BPM_RANGE.search(lowered)
+    if ranged:
+        value = (int(ranged.group(1)) + int(ranged.group(2))) / 2
+    else:
+        single = _BPM_AFTER.search(lowered) or _BPM_BEFORE.search(lowered)
+        if single is None:
+            return None
+        value = int(single.group(1))
+    return int(min(MAX_BPM, max(MIN_BPM, round(value))))
+
+
+def _tonic(letter: str, accidental: str | None) -> str | None:
+    accidental = (accidental or "").strip(" -").lower()
+    sign = (
+        "#"
+        if accidental in ("#", "♯", "sharp")
+        else "b"
+        if accidental in ("b", "♭", "flat")
+        else ""
+    )
+    return _TONICS.get(letter.upper() + sign)
+
+
+def _explicit_key(text: str) -> str | None:
+    for found in _KEY_WITH_MODE.finditer(text):
+        if found.group("tonic").islower() and not (found.group("context") or found.group("acc")):
+            continue
+        tonic = _tonic(found.group("tonic"), found.group("acc"))
+        if tonic is not None:
+            mode = "minor" if found.group("mode").lower().startswith("mi") else "major"
+            return f"{tonic} {mode}"
+    for found in _KEY_SHORT_MINOR.finditer(text):
+        if not (found.group("acc") or found.group("context")):
+            continue
+        tonic = _tonic(found.group("tonic"), found.group("acc"))
+        if tonic is not None:
+            return f"{tonic} minor"
+    for found in _KEY_NO_MODE.finditer(text):
+        bare_lowercase = found.group("tonic").islower() and not found.group("acc")
+        if bare_lowercase and not re.search(r"key", found.group(0), re.IGNORECASE):
+            continue  # "in a" / "in e" are words, not keys
+        tonic = _tonic(found.group("tonic"), found.group("acc"))
+        if tonic is not None:
+            return f"{tonic} major"
+    return None
+
+
+# --- public API ----------------------------------------------------------------------------------
+
+
+def list_genres() -> list[str]:
+    """Canonical genre names of the vocabulary, sorted alphabetically."""
+    return sorted(genre.name for genre in GENRES)
+
+
+def normalize_style(
+    text: str | None, *, language: str = "en", instrumental: bool = False
+) -> StyleTags:
+    """Map a free-text style description onto the controlled vocabulary.
+
+    Deterministic: the same text (after normalisation, so case and punctuation do not matter)
+    always gives the same tags; nothing is random and hashing uses hashlib.
+
+    - genre/subgenre/family: the first genre or sub-genre named wins (a sub-genre implies its
+      genre); a plain genre picks up a later sub-genre of its own or a sub-genre combining it with
+      a later genre ("jazz … hip hop" → hip hop / jazz rap); otherwise later genres are dropped.
+      No genre named → a hint adjective ("jazzy" → jazz) or else "pop".
+    - moods: canonical moods in text order, at most MAX_MOODS.
+    - bpm: an explicit tempo ("128 bpm", "90bpm", "tempo 140", "120-130 bpm" → 125) clamped to
+      40–220; else a point in the (sub-)genre's range: the middle, moved up to ±40 % of the range by
+      tempo words ("slow", "fast") or else the mean mood energy, plus a small hash offset.
+    - key: an explicit key ("in A minor", "F# major", "key of Bb" → Bb major, "C#m"); enharmonic
+      spellings fold onto KEY_TONICS (G# → Ab). Else the mode is minor when moods are negative on
+      average (valence < -0.15), major when positive (> 0.15), else the genre's mode tendency (a
+      hash bit for "either"); the tonic is a hash pick among the keys songs are commonly in.
+    - instruments: named ones in text order, then the (sub-)genre's typical instruments up to
+      MAX_INSTRUMENTS, unless the text says "solo", "only" or "just". A bare "guitar" is electric
+      in rock, metal, punk, blues and funk, acoustic elsewhere.
+    - vocal: `instrumental=True` → "instrumental"; else vocal words in the text (male and female
+      both named → "duet"); else the genre's default, else its family's (female for pop, R&B,
+      soul, electronic, dance and jazz; male for rock, metal, punk, hip hop, country, folk, blues,
+      funk, latin, reggae, world; instrumental for classical, ambient, soundtrack, experimental;
+      choir for gospel).
+    - language: lowercased and kept when it is two ASCII letters, else "en".
+    - caption: "genre, subgenre, moods…, instruments…, vocal, <bpm> bpm, <key>", e.g. "indie pop,
+      dream pop, happy, acoustic guitar, synth, female vocals, 96 bpm, G major"; the vocal part
+      is "male vocals", "female vocals", "duet", "choir" or "instrumental".
+
+    Empty or None text → pop, no moods, DEFAULT_BPM (120), DEFAULT_KEY ("C major"), pop's typical
+    instruments, female vocals (or instrumental when asked).
+    """
+    raw = text or ""
+    words = tuple(_correct_word(word) for word in _phrase_tokens(raw))
+    language_code = (language or "").strip().lower()
+    language_code = language_code if _LANGUAGE.fullmatch(language_code) else "en"
+    fingerprint = " ".join(words)
+
+    matches, used = _find_matches(words)
+    genre, subgenre = _resolve_genre(matches, words)
+
+    moods: list[str] = []
+    for match in matches:
+        if match.target.kind == "mood" and match.target.name not in moods:
+            moods.append(match.target.name)
+    moods = moods[:MAX_MOODS]
+
+    instruments = _instruments(matches, words, used, genre, subgenre)
+    vocal = "instrumental" if instrumental else _vocal(matches, genre)
+
+    if not words:
+        bpm, key = DEFAULT_BPM, DEFAULT_KEY
+    else:
+        bpm = _explicit_bpm(raw) or _derived_bpm(words, moods, genre, subgenre, fingerprint)
+        key = _explicit_key(raw) or _derived_key(moods, genre, fingerprint)
+
+    subgenre_name = subgenre.name if subgenre else None
+    caption_parts = [genre.name, *([subgenre_name] if subgenre_name else []), *moods, *instruments]
+    caption_parts += [_VOCAL_CAPTIONS[vocal], f"{bpm} bpm", key]
+    return StyleTags(
+        genre=genre.name,
+        subgenre=subgenre_name,
+        family=genre.family,
+        moods=moods,
+        bpm=bpm,
+        key=key,
+        instruments=instruments,
+        vocal=vocal,
+        language=language_code,
+        caption=", ".join(caption_parts),
+    )
+
+
+def _instruments(
+    matches: list[_Match],
+    words: tuple[str, ...],
+    used: list[bool],
+    genre: Genre,
+    subgenre: SubGenre | None,
+) -> list[str]:
+    generic_guitar = (
+        "electric guitar" if genre.family in ELECTRIC_GUITAR_FAMILIES else "acoustic guitar"
+    )
+    named: list[str] = []
+    for match in matches:
+        if match.target.kind == "instrument":
+            name = match.target.name
+        elif match.target.kind == "guitar":
+            name = generic_guitar
+        else:
+            continue
+        if name not in named:
+            named.append(name)
+    solo = any(word in _SOLO_WORDS and not used[i] for i, word in enumerate(words))
+    if solo and named:
+        return named[:MAX_INSTRUMENTS]
+    typical = subgenre.instruments if subgenre and subgenre.instruments else genre.instruments
+    for name in typical:
+        if len(named) >= MAX_INSTRUMENTS:
+            break
+        if name not in named:
+            named.append(name)
+    return named[:MAX_INSTRUMENTS]
+
+
+def _vocal(matches: list[_Match], genre: Genre) -> str:
+    named = [m.target.name for m in matches if m.target.kind in ("vocal", "cued_vocal")]
+    if "male" in named and "female" in named:
+        return "duet"
+    if named:
+        return named[0]
+    return genre.vocal or _FAMILY_VOCAL.get(genre.family, "female")
+
+
+def _derived_bpm(
+    words: tuple[str, ...],
+    moods: list[str],
+    genre: Genre,
+    subgenre: SubGenre | None,
+    fingerprint: str,
+) -> int:
+    low, high = subgenre.bpm if subgenre and subgenre.bpm else genre.bpm
+    tempo_shifts = [
+        shift
+        for size in (2, 1)
+        for i in range(len(words) - size + 1)
+        if (shift := _TEMPO_WORDS.get(words[i : i + size])) is not None
+    ]
+    if tempo_shifts:
+        energy = statistics.fmean(tempo_shifts)
+    elif moods:
+        energy = statistics.fmean(_MOODS_BY_NAME[name].energy for name in moods)
+    else:
+        energy = 0.0
+    # ±8 % of the range from the hash keeps two different texts of one genre off the same tempo.
+    jitter = (_digest(fingerprint, "bpm") % 1601) / 10000 - 0.08
+    position = min(1.0, max(0.0, 0.5 + 0.4 * energy + jitter))
+    return int(min(MAX_BPM, max(MIN_BPM, round(low + position * (high - low)))))
+
+
+def _derived_key(moods: list[str], genre: Genre, fingerprint: str) -> str:
+    valence = statistics.fmean(_MOODS_BY_NAME[m].valence for m in moods) if moods else 0.0
+    if valence < -0.15:
+        mode = "minor"
+    elif valence > 0.15:
+        mode = "major"
+    elif genre.mode != "either":
+        mode = genre.mode
+    else:
+        mode = ("major", "minor")[_digest(fingerprint, "mode") % 2]
+    tonics = _COMMON_TONICS[mode]
+    return f"{tonics[_digest(fingerprint, 'tonic') % len(tonics)]} {mode}"

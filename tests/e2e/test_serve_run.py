@@ -1,0 +1,250 @@
+"""End to end: `serve run` on the embedded default config in a subprocess, spoken to over HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+
+from pipeline.encode import decode_audio
+from pipeline.loudness import measure_loudness_lufs
+from tests.helpers import free_port, wait_for_song
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    work = tmp_path_factory.mktemp("e2e")
+    config = yaml.safe_load((REPO / "config" / "local.yaml").read_text())
+    port = free_port()
+    config["http_options"]["port"] = port
+    config["applications"][0]["args"]["storage"]["data_dir"] = str(work / "var")
+    config_path = work / "local.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    log_path = work / "serve.log"
+    env = {**os.environ, "RAY_ADDRESS": "local", "RAY_USAGE_STATS_ENABLED": "0"}
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).with_name("serve")), "run", str(config_path)],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert process.poll() is None, log_path.read_text()[-5000:]
+            assert time.monotonic() < deadline, "serve run never became healthy"
+            try:
+                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        yield base
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@pytest.fixture
+def client(server: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server, timeout=60) as http:
+        yield http
+
+
+def test_healthz(client: httpx.Client) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_a_30_second_song_in_every_format(client: httpx.Client) -> None:
+    accepted = client.post(
+        "/v1/songs",
+        json={"prompt": "a sunny indie-pop song about sailing home", "loudness_lufs": -14},
+    )
+    assert accepted.status_code == 202
+    body = accepted.json()
+    assert body["status"] == "queued"
+    assert body["links"] == {
+        "self": f"/v1/songs/{body['id']}",
+        "events": f"/v1/songs/{body['id']}/events",
+    }
+    assert accepted.headers["location"] == body["links"]["self"]
+
+    song = wait_for_song(client, body["id"])
+    assert song["status"] == "succeeded", song
+    assert song["stage"] == "done" and song["progress"] == 1.0
+    assert "[verse]" in song["lyrics"] and "[chorus]" in song["lyrics"]
+    assert song["lyrics_source"] == {"engine": "template", "model": "template-v1"}
+    assert song["tags"]["genre"] and song["tags"]["caption"]
+    assert len(song["variations"]) == 2
+    for variation in song["variations"]:
+        assert variation["status"] == "succeeded"
+        assert variation["sample_rate"] == 48_000
+        assert abs(variation["duration_s"] - 30) <= 0.5
+        assert abs(variation["loudness_lufs"] - (-14)) <= 0.5
+        assert variation["true_peak_dbtp"] <= -1.0
+        assert set(variation["audio"]) == {"m4a", "mp3", "flac", "wav"}
+        expected_types = {
+            "m4a": "audio/mp4",
+            "mp3": "audio/mpeg",
+            "flac": "audio/flac",
+            "wav": "audio/wav",
+        }
+        for fmt, url in variation["audio"].items():
+            response = client.get(url)
+            assert response.status_code == 200
+            assert response.headers["content-type"] == expected_types[fmt]
+            audio, sample_rate = decode_audio(response.content)
+            assert sample_rate == 48_000 and audio.shape[0] == 2
+            assert abs(audio.shape[1] / sample_rate - 30) <= 0.5, fmt
+            assert abs(measure_loudness_lufs(audio, sample_rate) - (-14)) <= 1.0, fmt
+        peaks = client.get(variation["peaks"]).json()
+        assert peaks["sample_rate"] == 48_000 and peaks["samples_per_peak"] > 0
+        assert abs(len(peaks["peaks"]) * peaks["samples_per_peak"] / 48_000 - 30) < 0.1
+        assert all(low <= high for low, high in peaks["peaks"])
+
+
+def test_range_requests(client: httpx.Client) -> None:
+    song_id = client.post(
+        "/v1/songs", json={"style": "jazz trio", "duration_s": 6, "variations": 1}
+    ).json()["id"]
+    url = wait_for_song(client, song_id)["variations"][0]["audio"]["mp3"]
+    whole = client.get(url)
+    assert whole.headers["accept-ranges"] == "bytes"
+    part = client.get(url, headers={"Range": "bytes=100-1099"})
+    assert part.status_code == 206
+    assert part.content == whole.content[100:1100]
+    assert part.headers["content-range"] == f"bytes 100-1099/{len(whole.content)}"
+    tail = client.get(url, headers={"Range": "bytes=-10"})
+    assert tail.status_code == 206 and tail.content == whole.content[-10:]
+    beyond = client.get(url, headers={"Range": f"bytes={len(whole.content)}-"})
+    assert beyond.status_code == 416
+    assert beyond.headers["content-range"] == f"bytes */{len(whole.content)}"
+    head = client.head(url)
+    assert head.status_code == 200 and int(head.headers["content-length"]) == len(whole.content)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"prompt": "x", "duration_s": 0}, "duration_s"),
+        ({"prompt": "x", "variations": 9}, "variations"),
+        ({"lyrics": "[verse]\nla la", "instrumental": True}, "lyrics"),
+        ({}, "prompt"),
+        ({"prompt": "x", "model": "no-such-model"}, "model"),
+        ({"lyrics": "a" * 6000}, "lyrics"),
+        ({"prompt": "x", "language": "english"}, "language"),
+        ({"prompt": "x", "loudness_lufs": 0}, "loudness_lufs"),
+        ({"prompt": "x", "lora": {"id": "nope"}}, "lora.id"),
+        ({"prompt": "x", "lora": {"id": "nope", "scale": 5}}, "lora.scale"),
+        ({"prompt": "x", "durationS": 10}, "durationS"),
+        ({"prompt": "   "}, "prompt"),
+    ],
+)
+def test_bad_input_names_the_field(client: httpx.Client, body: dict, field: str) -> None:
+    response = client.post("/v1/songs", json=body)
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["field"] == field and error["code"] == "invalid_request" and error["message"]
+
+
+def test_bodies_that_are_not_json_objects(client: httpx.Client) -> None:
+    empty = client.post("/v1/songs", content=b"", headers={"Content-Type": "application/json"})
+    assert empty.status_code == 422 and empty.json()["error"]["field"] == "body"
+    broken = client.post("/v1/songs", content=b"{", headers={"Content-Type": "application/json"})
+    assert broken.status_code == 422 and broken.json()["error"]["field"] == "body"
+
+
+def test_unknown_ids_are_404(client: httpx.Client) -> None:
+    for path in (
+        "/v1/songs/song_nope",
+        "/v1/songs/song_nope/events",
+        "/v1/songs/song_nope/variations/0/audio.m4a",
+    ):
+        response = client.get(path)
+        assert response.status_code == 404
+        assert response.json()["error"]["code"] == "not_found"
+
+
+def test_list_lyrics_and_tags(client: httpx.Client) -> None:
+    listed = client.get("/v1/songs", params={"limit": 2}).json()
+    assert len(listed["songs"]) == 2
+    created = [s["created_at"] for s in listed["songs"]]
+    assert created == sorted(created, reverse=True)
+    assert client.get("/v1/songs", params={"limit": 500}).status_code == 422
+
+    lyrics = client.post("/v1/lyrics", json={"prompt": "sailing home", "duration_s": 60}).json()
+    tags = [s["tag"] for s in lyrics["sections"]]
+    assert "verse" in tags and "chorus" in tags
+    assert lyrics["lyrics"].startswith("[")
+
+    normalized = client.post("/v1/tags/normalize", json={"text": "chill lofi beats, 85 bpm"})
+    assert normalized.status_code == 200
+    data = normalized.json()
+    assert set(data) == {
+        "genre",
+        "subgenre",
+        "moods",
+        "bpm",
+        "key",
+        "instruments",
+        "vocal",
+        "language",
+        "caption",
+    }
+    assert data["bpm"] == 85
+
+
+def test_cli_generate_writes_playable_files(server: str, tmp_path: Path) -> None:
+    out = tmp_path / "sea.m4a"
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("songserve")),
+            "--url",
+            server,
+            "generate",
+            "a sunny indie-pop song about sailing home",
+            "--duration",
+            "10",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "100.0%" in result.stderr and "step" in result.stderr  # the SSE-driven progress bar
+    files = sorted(tmp_path.glob("sea-*.m4a"))
+    assert [f.name for f in files] == ["sea-1.m4a", "sea-2.m4a"]
+    decoded = [decode_audio(f.read_bytes())[0] for f in files]
+    assert all(abs(a.shape[1] / 48_000 - 10) <= 0.5 for a in decoded)
+    assert not np.allclose(decoded[0][:, :48_000], decoded[1][:, :48_000])
+
+    status = subprocess.run(
+        [str(Path(sys.executable).with_name("songserve")), "--url", server, "status", "song_x"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert status.returncode == 1 and "no song with id" in status.stderr

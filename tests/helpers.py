@@ -1,0 +1,51 @@
+"""Shared test helpers: free ports, SSE reading, song polling, audio decoding."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from typing import Any
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def read_events(
+    client: httpx.Client, song_id: str, timeout_s: float = 120.0, last_event_id: int | None = None
+) -> list[tuple[int, str, dict[str, Any]]]:
+    """Every (id, event, data) of a song's SSE stream until the server closes it."""
+    headers = {"Last-Event-ID": str(last_event_id)} if last_event_id is not None else {}
+    events: list[tuple[int, str, dict[str, Any]]] = []
+    seq, event_type, data = 0, "message", ""
+    with client.stream(
+        "GET", f"/v1/songs/{song_id}/events", headers=headers, timeout=timeout_s
+    ) as response:
+        assert response.status_code == 200, response.read()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line.startswith("id:"):
+                seq = int(line[3:].strip())
+            elif line.startswith("event:"):
+                event_type = line[6:].strip()
+            elif line.startswith("data:"):
+                data = line[5:].strip()
+            elif line == "" and data:
+                events.append((seq, event_type, json.loads(data)))
+                data = ""
+    return events
+
+
+def wait_for_song(client: httpx.Client, song_id: str, timeout_s: float = 120.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        song = client.get(f"/v1/songs/{song_id}").json()
+        if song["status"] in ("succeeded", "failed", "canceled"):
+            return song
+        time.sleep(0.2)
+    raise AssertionError(f"song {song_id} did not finish in {timeout_s} s: {song}")

@@ -1,0 +1,119 @@
+"""One local Ray instance per test session; each test deploys the app on its own data dir."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from serve.jobs import JobRecord, SQLiteJobStore
+from tests.helpers import free_port
+
+APP_NAME = "songserve"
+
+
+@pytest.fixture(scope="session")
+def serve_url() -> Iterator[str]:
+    import ray
+    from ray import serve
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # More logical CPUs than cores: the graph's coordination replicas use slivers, and tests may
+    # run two decoder and two post-processor replicas side by side.
+    ray.init(num_cpus=4, include_dashboard=False, namespace="songserve-tests")
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def test_args(data_dir: Path, **overrides: Any) -> dict[str, Any]:
+    """App args for tests: the embedded default with short leases and a private data dir."""
+    args: dict[str, Any] = {
+        "storage": {"data_dir": str(data_dir)},
+        "jobs": {"lease_s": 3.0, "heartbeat_s": 0.5, "poll_interval_s": 0.2},
+        "models": {
+            "pools": [
+                {
+                    "name": "Sketch",
+                    "model": "sketch",
+                    "deployment": {
+                        "num_replicas": 2,
+                        "max_ongoing_requests": 1,
+                        "actor": {"num_cpus": 0.5},
+                    },
+                }
+            ],
+        },
+        "deployments": {
+            "postprocess": {
+                "num_replicas": 2,
+                "max_ongoing_requests": 1,
+                "actor": {"num_cpus": 0.25},
+            }
+        },
+    }
+    for section, values in overrides.items():
+        if isinstance(values, dict) and isinstance(args.get(section), dict):
+            args[section] = {**args[section], **values}
+        else:
+            args[section] = values
+    return args
+
+
+@dataclass
+class Deployed:
+    client: httpx.Client
+    data_dir: Path
+
+    def job(self, song_id: str) -> JobRecord:
+        """The job as stored (render diagnostics included), read straight from the job store."""
+
+        async def read() -> JobRecord | None:
+            store = SQLiteJobStore(self.data_dir / "jobs.db")
+            try:
+                return await store.get_job(song_id)
+            finally:
+                await store.close()
+
+        job = asyncio.run(read())
+        assert job is not None
+        return job
+
+
+@pytest.fixture
+def deploy(serve_url: str, tmp_path: Path) -> Iterator[Callable[..., Deployed]]:
+    """`deploy(**overrides)` runs the app on this test's data dir; again, it redeploys."""
+    from ray import serve
+
+    from serve.app import build_app
+    from serve.config import AppConfig
+
+    clients: list[httpx.Client] = []
+    data_dir = tmp_path / "state"
+
+    def run(**overrides: Any) -> Deployed:
+        config = AppConfig.model_validate(test_args(data_dir, **overrides))
+        serve.run(build_app(config), name=APP_NAME, route_prefix="/")
+        client = httpx.Client(base_url=serve_url, timeout=60)
+        clients.append(client)
+        deadline = time.monotonic() + 60
+        while client.get("/healthz").status_code != 200:
+            assert time.monotonic() < deadline, "the app never became healthy"
+            time.sleep(0.2)
+        return Deployed(client, data_dir)
+
+    yield run
+    for client in clients:
+        client.close()
+    serve.delete(APP_NAME)
