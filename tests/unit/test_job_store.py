@@ -174,3 +174,15 @@ def test_unknown_fields_are_refused(store: SQLiteJobStore) -> None:
             await store.update_job(job.id, "A", owner="mallory")
 
     run(scenario())
+
+
+def test_count_jobs_by_status(store: SQLiteJobStore) -> None:
+    async def scenario() -> None:
+        for _ in range(3):
+            await store.create_job(owner="o", request={}, seed=0, variations=1)
+        await store.claim_next("A", lease_s=30, max_attempts=3)
+        assert await store.count_jobs("queued") == 2
+        assert await store.count_jobs("running") == 1
+        assert await store.count_jobs("failed") == 0
+
+    run(scenario())

@@ -1,0 +1,71 @@
+"""Auth and admission control on a real local Ray."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from tests.helpers import wait_for_song
+
+from .conftest import Deployed
+
+pytestmark = pytest.mark.integration
+
+DeployFn = Callable[..., Deployed]
+
+
+def test_api_keys_gate_every_call_and_scope_songs_to_their_key(deploy: DeployFn) -> None:
+    app = deploy(auth={"api_keys": ["key-alice", "key-bob"]})
+    client = app.client
+    body = {"style": "lofi", "duration_s": 5, "variations": 1}
+
+    missing = client.post("/v1/songs", json=body)
+    assert missing.status_code == 401
+    assert missing.headers["www-authenticate"] == "Bearer"
+    assert missing.json()["error"]["field"] == "Authorization"
+    wrong = client.post("/v1/songs", json=body, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401
+    assert client.post("/v1/tags/normalize", json={"text": "pop"}).status_code == 401
+
+    alice = {"Authorization": "Bearer key-alice"}
+    bob = {"Authorization": "Bearer key-bob"}
+    song_id = client.post("/v1/songs", json=body, headers=alice).json()["id"]
+    assert client.get(f"/v1/songs/{song_id}", headers=alice).status_code == 200
+    # Bob cannot see, list, stream or download Alice's song: to him it does not exist.
+    assert client.get(f"/v1/songs/{song_id}", headers=bob).status_code == 404
+    assert client.get(f"/v1/songs/{song_id}/events", headers=bob).status_code == 404
+    assert client.get("/v1/songs", headers=bob).json()["songs"] == []
+    assert [s["id"] for s in client.get("/v1/songs", headers=alice).json()["songs"]] == [song_id]
+    client.headers.update(alice)
+    assert wait_for_song(client, song_id)["status"] == "succeeded"
+    # Health is for load balancers and needs no key.
+    assert app.client.get("/healthz", headers={"Authorization": ""}).status_code == 200
+
+
+def test_a_full_queue_answers_429_with_retry_after(deploy: DeployFn) -> None:
+    app = deploy(jobs={"max_queued_jobs": 1, "max_concurrent_jobs": 1})
+    body = {"style": "ambient", "instrumental": True, "duration_s": 90, "variations": 1}
+    first = app.client.post("/v1/songs", json=body)  # claimed at once: running
+    assert first.status_code == 202
+    wait_running = wait_for_status(app, first.json()["id"], "running")
+    assert wait_running
+    second = app.client.post("/v1/songs", json=body)  # waits: the only conductor slot is busy
+    third = app.client.post("/v1/songs", json=body)
+    assert second.status_code == 202
+    assert third.status_code == 429
+    assert third.headers["retry-after"] == "5"
+    assert third.json()["error"]["code"] == "too_many_queued"
+    for response in (first, second):
+        assert wait_for_song(app.client, response.json()["id"])["status"] == "succeeded"
+
+
+def wait_for_status(app: Deployed, song_id: str, status: str, timeout_s: float = 30) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if app.client.get(f"/v1/songs/{song_id}").json()["status"] == status:
+            return True
+        time.sleep(0.02)
+    return False
