@@ -74,6 +74,22 @@ class Conductor:
     async def active_jobs(self) -> list[str]:
         return sorted(self._active)
 
+    async def __del__(self) -> None:
+        """Serve awaits this on graceful shutdown (scale-down, redeploy): stop claiming and hand
+        unfinished jobs back so another replica resumes them now, not after their leases expire.
+        Only renders in flight are redone."""
+        self._claim_loop.cancel()
+        jobs = dict(self._active)
+        for task in jobs.values():
+            task.cancel()
+        await asyncio.gather(*jobs.values(), return_exceptions=True)
+        for job_id in jobs:
+            try:
+                await self._store.release(job_id, self._lease_owner)
+            except Exception:  # the lease then simply expires
+                logger.exception("could not release %s", job_id)
+        logger.info("released %d unfinished job(s) on shutdown", len(jobs))
+
     async def check_health(self) -> None:
         if self._claim_loop.done():
             error = self._claim_loop.exception()

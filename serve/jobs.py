@@ -125,6 +125,11 @@ class JobStore(Protocol):
         """Extend the lease; raises LeaseLost when another owner holds it."""
         ...
 
+    async def release(self, job_id: str, lease_owner: str) -> None:
+        """Hand a running job back for any conductor to claim now (a clean stop, not a crash:
+        the attempt is not counted). A no-op when `lease_owner` no longer holds it."""
+        ...
+
     async def update_job(self, job_id: str, lease_owner: str, **fields: Any) -> None:
         """Set job fields (stage results, status, progress) under the lease; raises LeaseLost."""
         ...
@@ -510,6 +515,17 @@ class SQLiteJobStore:
 
     async def renew_lease(self, job_id: str, lease_owner: str, *, lease_s: float) -> None:
         await self._run(self._transaction, self._renew, job_id, lease_owner, lease_s)
+
+    async def release(self, job_id: str, lease_owner: str) -> None:
+        def release(db: sqlite3.Connection) -> None:
+            db.execute(
+                "UPDATE jobs SET lease_owner = NULL, lease_expires_at = NULL, "
+                "attempts = MAX(attempts - 1, 0), updated_at = ? "
+                "WHERE id = ? AND lease_owner = ? AND status = 'running'",
+                (time.time(), job_id, lease_owner),
+            )
+
+        await self._run(self._transaction, release)
 
     @staticmethod
     def _set_job_fields(db: sqlite3.Connection, job_id: str, fields: dict[str, Any]) -> None:

@@ -210,3 +210,19 @@ def test_unfinished_jobs_resume_when_the_app_restarts(deploy: DeployFn) -> None:
 
     app = deploy(models=_ONE_DECODER)  # a fresh graph on the same stores picks it up on start-up
     _assert_resumed(app, song_id, done_before)
+
+
+def test_a_redeploy_hands_running_jobs_over_without_waiting_for_the_lease(
+    deploy: DeployFn,
+) -> None:
+    # A long lease: only an explicit hand-over lets the new conductor take the job at once.
+    app = deploy(models=_ONE_DECODER, jobs={"lease_s": 60.0})
+    song_id, done_before = _start_song_and_wait_for_first_variation(app)
+    # New conductor options: Serve replaces the Conductor replica, gracefully.
+    app = deploy(models=_ONE_DECODER, jobs={"lease_s": 60.0, "max_concurrent_jobs": 7})
+    song = wait_for_song(app.client, song_id, timeout_s=50)  # well inside the 60 s lease
+    assert song["status"] == "succeeded", song
+    resumed = app.job(song_id)
+    assert resumed.attempts == 1  # a clean hand-over is not a failed attempt
+    for index, render in done_before.items():
+        assert resumed.variations[index].render == render

@@ -186,3 +186,16 @@ def test_count_jobs_by_status(store: SQLiteJobStore) -> None:
         assert await store.count_jobs("failed") == 0
 
     run(scenario())
+
+
+def test_release_hands_a_job_back_without_counting_an_attempt(store: SQLiteJobStore) -> None:
+    async def scenario() -> None:
+        job, _ = await store.create_job(owner="o", request={}, seed=0, variations=1)
+        await store.claim_next("A", lease_s=300, max_attempts=3)
+        await store.release(job.id, "B")  # not B's to release: nothing happens
+        assert await store.claim_next("B", lease_s=300, max_attempts=3) is None
+        await store.release(job.id, "A")
+        taken = await store.claim_next("B", lease_s=300, max_attempts=3)  # at once, no expiry wait
+        assert taken is not None and taken.lease_owner == "B" and taken.attempts == 1
+
+    run(scenario())
