@@ -191,6 +191,20 @@ def _serve_address(config_path: Path) -> tuple[str, int]:
     return str(http.get("host", "127.0.0.1")), int(http.get("port", 8000))
 
 
+class _StopRequested(Exception):
+    """SIGINT or SIGTERM reached `songserve up`."""
+
+
+def _raise_stop(signum: int, _frame: object) -> None:
+    raise _StopRequested(signal.Signals(signum).name)
+
+
+def _restore_default_sigint() -> None:
+    # A process started in the background by a non-interactive shell inherits SIGINT as
+    # ignored; `serve run` shuts the app down cleanly on SIGINT, so give it the default back.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     config_path = Path(args.config)
     if not config_path.is_file():
@@ -199,15 +213,17 @@ def cmd_up(args: argparse.Namespace) -> int:
     serve_bin = Path(sys.executable).with_name("serve")
     command = [str(serve_bin) if serve_bin.exists() else "serve", "run", str(config_path)]
     print(f"starting: {' '.join(command)}", file=sys.stderr)
-    process = subprocess.Popen(command)
+    # Handle both signals explicitly: Ctrl-C in a terminal, SIGTERM from a supervisor, and
+    # SIGINT even when this process was started with it ignored.
+    signal.signal(signal.SIGINT, _raise_stop)
+    signal.signal(signal.SIGTERM, _raise_stop)
+    process = subprocess.Popen(command, preexec_fn=_restore_default_sigint)
     base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     try:
         deadline = time.monotonic() + args.wait_s
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                raise CliError(
-                    f"`serve run` exited with code {process.returncode}; see its log above"
-                )
+                raise CliError(f"`serve run` exited with code {process.returncode}; see above")
             try:
                 if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
                     break
@@ -218,22 +234,36 @@ def cmd_up(args: argparse.Namespace) -> int:
             raise CliError(f"the app did not become healthy within {args.wait_s:g} s")
         print(_ready_message(base), file=sys.stderr)
         return process.wait()
-    except KeyboardInterrupt:
+    except _StopRequested as stop:
+        print(f"\n{stop}: stopping the app (this takes a few seconds)", file=sys.stderr)
         return 0
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not orphan Ray
         if process.poll() is None:
-            process.send_signal(signal.SIGINT)  # serve run shuts the app down cleanly on SIGINT
+            process.send_signal(signal.SIGINT)
             try:
                 process.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 process.kill()
+                process.wait()
+
+
+def _songserve_command() -> str:
+    """How to run this CLI from the current directory (`.venv/bin/songserve` for `make run`)."""
+    script = Path(sys.argv[0])
+    if shutil.which("songserve") == str(script.resolve()) or not script.exists():
+        return "songserve"
+    try:
+        return str(script.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
 
 
 def _ready_message(base: str) -> str:
     return f"""
 songserve is up at {base}  (Ray dashboard: http://127.0.0.1:8265)
 
-  songserve generate "a sunny indie-pop song about sailing home" --out sea.m4a
+  {_songserve_command()} generate "a sunny indie-pop song about sailing home" --out sea.m4a
 
   curl -s -X POST {base}/v1/songs -H 'Content-Type: application/json' \\
        -d '{{"prompt": "a sunny indie-pop song about sailing home", "duration_s": 30}}'
