@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 import av
 import numpy as np
 
+from pipeline.audio import checked_audio
+
 AUDIO_FORMATS = ("m4a", "mp3", "flac", "wav")
 CONTENT_TYPES = {"m4a": "audio/mp4", "mp3": "audio/mpeg", "flac": "audio/flac", "wav": "audio/wav"}
 
@@ -176,13 +178,7 @@ def _to_frame(chunk: np.ndarray, sample_format: str, layout: str) -> av.AudioFra
 
 
 def _clipped_float_audio(audio: np.ndarray) -> np.ndarray:
-    array = np.asarray(audio)
-    if array.ndim != 2 or array.shape[0] not in (1, 2):
-        raise ValueError(
-            f"audio must be [channels, n_samples] with 1 or 2 channels, got {array.shape}"
-        )
-    if not np.issubdtype(array.dtype, np.floating):
-        raise ValueError(f"audio must be floating point, got {array.dtype}")
+    array = checked_audio(audio, allow_non_finite=True)
     if array.shape[1] == 0:
         raise ValueError("audio has no samples; there is nothing to encode")
     # NaN would survive clipping and become an arbitrary integer; silence is the safe reading.

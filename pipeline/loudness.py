@@ -20,6 +20,8 @@ from pyloudnorm.iirfilter import IIRfilter
 from scipy.ndimage import maximum_filter1d, minimum_filter1d, uniform_filter1d
 from scipy.signal import firwin, lfilter
 
+from pipeline.audio import checked_audio
+
 # Reported loudness of silence and of anything quieter: the BS.1770 absolute gate.
 SILENCE_LUFS = -70.0
 # Reported true peak of digital silence (below the 24-bit noise floor of -144 dBFS).
@@ -80,7 +82,7 @@ def measure_loudness_lufs(audio: np.ndarray, sample_rate: int) -> float:
     shorter than one 400 ms gating block is measured by repeating it periodically to one block,
     i.e. its ungated K-weighted power.
     """
-    signal = _as_float_audio(audio)
+    signal = checked_audio(audio)
     if signal.shape[1] == 0 or not np.any(signal):
         return SILENCE_LUFS
     block_len = math.ceil(_BLOCK_S * sample_rate) + 1
@@ -100,7 +102,7 @@ def true_peak_dbtp(audio: np.ndarray, sample_rate: int, oversample: int = 4) -> 
     relative to the sample grid) and is kept so every audio function has the same shape.
     """
     del sample_rate
-    peak = _true_peak_amplitude(_as_float_audio(audio), oversample)
+    peak = _true_peak_amplitude(checked_audio(audio), oversample)
     return _amplitude_to_db(peak, SILENCE_DBTP)
 
 
@@ -126,7 +128,7 @@ def normalize_loudness(
     already down when a peak arrives, and recovers with a 60 ms one-pole release.
     """
     # A copy: the result never aliases the caller's array, whichever path returns it.
-    signal = np.array(_as_float_audio(audio), dtype=np.float32, order="C", copy=True)
+    signal = np.array(checked_audio(audio), dtype=np.float32, order="C", copy=True)
     if signal.shape[1] == 0 or not np.any(signal):
         return MasteredAudio(signal, SILENCE_LUFS, SILENCE_DBTP, 0.0)
 
@@ -431,20 +433,6 @@ def _true_peak_amplitude(signal: np.ndarray, oversample: int) -> float:
     candidates = np.flatnonzero(reach * gain_bound >= top * (1.0 - 1e-6))
     interpolated = _interpolated_peaks(signal, kernels, candidates)
     return max(top, float(interpolated.max(initial=0.0)))
-
-
-def _as_float_audio(audio: np.ndarray) -> np.ndarray:
-    """`audio` as an array after checking the `[channels, n_samples]` float convention."""
-    array = np.asarray(audio)
-    if array.ndim != 2 or array.shape[0] not in (1, 2):
-        raise ValueError(
-            f"audio must be [channels, n_samples] with 1 or 2 channels, got {array.shape}"
-        )
-    if not np.issubdtype(array.dtype, np.floating):
-        raise ValueError(f"audio must be floating point, got {array.dtype}")
-    if not np.isfinite(array).all():
-        raise ValueError("audio contains NaN or infinite samples")
-    return array
 
 
 def _amplitude_to_db(amplitude: float, floor_db: float) -> float:

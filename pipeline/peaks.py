@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.audio import checked_audio
+
 # 480 input samples per peak: 100 peaks per second at 48 kHz, enough for a full-width waveform
 # of a 3-minute song (18,000 peaks) without shipping audio-sized JSON.
 DEFAULT_SAMPLES_PER_PEAK = 480
@@ -27,7 +29,7 @@ def compute_peaks(
     audio function has the same shape. Raises ValueError for samples_per_peak < 1.
     """
     del sample_rate
-    samples = _float_audio(audio)
+    samples = checked_audio(audio)
     if samples_per_peak < 1:
         raise ValueError(f"samples_per_peak must be >= 1, got {samples_per_peak}")
     n_channels, n_samples = samples.shape
@@ -60,17 +62,3 @@ def peaks_document(
         "samples_per_peak": int(samples_per_peak),
         "peaks": rounded.tolist(),
     }
-
-
-def _float_audio(audio: np.ndarray) -> np.ndarray:
-    array = np.asarray(audio)
-    if array.ndim != 2 or array.shape[0] not in (1, 2):
-        raise ValueError(
-            f"audio must be [channels, n_samples] with 1 or 2 channels, got {array.shape}"
-        )
-    if not np.issubdtype(array.dtype, np.floating):
-        raise ValueError(f"audio must be floating point, got {array.dtype}")
-    if not np.isfinite(array).all():
-        # NaN would reach clients as invalid JSON; fail where the bad audio is.
-        raise ValueError("audio contains NaN or infinite samples")
-    return array

@@ -5,15 +5,30 @@ from __future__ import annotations
 import json
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def local_config_on_free_port(work_dir: Path) -> tuple[Path, int]:
+    """config/local.yaml rewritten to a free loopback port and a data dir under `work_dir`."""
+    config = yaml.safe_load((REPO / "config" / "local.yaml").read_text())
+    port = free_port()
+    config["http_options"]["port"] = port
+    config["applications"][0]["args"]["storage"]["data_dir"] = str(work_dir / "var")
+    path = work_dir / "local.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path, port
 
 
 def read_events(

@@ -11,28 +11,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
-from tests.helpers import free_port
+from tests.helpers import REPO, local_config_on_free_port
 
 pytestmark = pytest.mark.e2e
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _config_on_free_port(tmp_path: Path) -> tuple[Path, int]:
-    config = yaml.safe_load((REPO / "config" / "local.yaml").read_text())
-    port = free_port()
-    config["http_options"]["port"] = port
-    config["applications"][0]["args"]["storage"]["data_dir"] = str(tmp_path / "var")
-    path = tmp_path / "local.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path, port
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
 def test_up_serves_and_stops_on_a_signal(tmp_path: Path, stop_signal: signal.Signals) -> None:
-    config_path, port = _config_on_free_port(tmp_path)
+    config_path, port = local_config_on_free_port(tmp_path)
     log_path = tmp_path / "up.log"
     env = {**os.environ, "RAY_ADDRESS": "local", "RAY_USAGE_STATS_ENABLED": "0"}
 

@@ -13,26 +13,18 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import yaml
 
 from pipeline.encode import decode_audio
 from pipeline.loudness import measure_loudness_lufs
-from tests.helpers import free_port, wait_for_song
+from tests.helpers import REPO, local_config_on_free_port, wait_for_song
 
 pytestmark = pytest.mark.e2e
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     work = tmp_path_factory.mktemp("e2e")
-    config = yaml.safe_load((REPO / "config" / "local.yaml").read_text())
-    port = free_port()
-    config["http_options"]["port"] = port
-    config["applications"][0]["args"]["storage"]["data_dir"] = str(work / "var")
-    config_path = work / "local.yaml"
-    config_path.write_text(yaml.safe_dump(config))
+    config_path, port = local_config_on_free_port(work)
     log_path = work / "serve.log"
     env = {**os.environ, "RAY_ADDRESS": "local", "RAY_USAGE_STATS_ENABLED": "0"}
     with log_path.open("wb") as log:
