@@ -6,7 +6,6 @@ The engine sits behind `LyricsEngine`; `template` is the weight-free embedded de
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -81,4 +80,4 @@ class LyricsLLM:
         )
 
     async def check_health(self) -> None:
-        await asyncio.sleep(0)
+        await self._engine.write("health check", 10.0, style=None, language="en", seed=0)

@@ -194,16 +194,16 @@ class SongAPI:
         self._conductor, self._lyrics, self._tags = conductor, lyrics, tags
         self._models = ["auto", *config.models.served_models]
         # Keys are compared by hash so the owner id stored with jobs never reveals a key.
-        self._owners_by_key_hash = {
-            hashlib.sha256(key.get_secret_value().encode()).hexdigest(): None
+        self._api_key_hashes = frozenset(
+            hashlib.sha256(key.get_secret_value().encode()).hexdigest()
             for key in config.auth.api_keys
-        }
+        )
 
     # -- helpers ----------------------------------------------------------------------------------
 
     def owner(self, request: Request) -> str:
         """The caller's owner id; raises 401 when the caller may not use the API."""
-        if not self._owners_by_key_hash:
+        if not self._api_key_hashes:
             client = request.client.host if request.client else None
             if _is_loopback(client):
                 return LOCAL_OWNER
@@ -217,7 +217,7 @@ class SongAPI:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         digest = hashlib.sha256(token.strip().encode()).hexdigest()
         if scheme.lower() == "bearer" and any(
-            hmac.compare_digest(digest, known) for known in self._owners_by_key_hash
+            hmac.compare_digest(digest, known) for known in self._api_key_hashes
         ):
             return f"key_{digest[:16]}"
         raise ApiError(
@@ -370,7 +370,9 @@ class SongAPI:
             variations=body.variations,
             idempotency_key=idempotency_key,
         )
-        if not created and job.request | {"seed": None} != stored_request | {"seed": None}:
+        # A retry without a seed matches the job whatever seed the server chose for it.
+        ignore_seed = {"seed": None} if body.seed is None else {}
+        if not created and job.request | ignore_seed != stored_request | ignore_seed:
             raise ApiError(
                 409,
                 "idempotency_key_reused",

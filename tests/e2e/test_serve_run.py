@@ -167,6 +167,18 @@ def test_bodies_that_are_not_json_objects(client: httpx.Client) -> None:
     assert broken.status_code == 422 and broken.json()["error"]["field"] == "body"
 
 
+def test_oversized_bodies_are_refused_unread(client: httpx.Client) -> None:
+    huge = client.post(
+        "/v1/songs", content=b"x" * 300_000, headers={"Content-Type": "application/json"}
+    )
+    assert huge.status_code == 413
+    assert huge.json()["error"] == {
+        "code": "request_too_large",
+        "message": "the request body is over 262144 bytes",
+        "field": "body",
+    }
+
+
 def test_unknown_ids_are_404(client: httpx.Client) -> None:
     for path in (
         "/v1/songs/song_nope",

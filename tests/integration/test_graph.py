@@ -131,6 +131,8 @@ def test_idempotency_key_returns_the_same_job(deploy: DeployFn) -> None:
     assert first.status_code == again.status_code == 202
     assert first.json()["id"] == again.json()["id"]
     conflict = app.client.post("/v1/songs", json={**body, "duration_s": 6}, headers=headers)
+    reseeded = app.client.post("/v1/songs", json={**body, "seed": 7}, headers=headers)
+    assert reseeded.status_code == 409  # an explicit, different seed is a different request
     assert conflict.status_code == 409
     assert conflict.json()["error"]["field"] == "Idempotency-Key"
     wait_for_song(app.client, first.json()["id"])
