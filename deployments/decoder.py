@@ -1,9 +1,15 @@
 """`SongDecoder` — one decoder pool: a song model on one kind of hardware.
 
-The same class is deployed once per pool in `models.pools` (e.g. `Sketch`, later `DiT_CUDA` and
-`DiT_MPS`); the builder names each deployment and applies its resources. `render` is a streaming
-method: it yields `RenderProgress` while the model works and one `RenderedSong` at the end, so
-progress reaches the song's SSE stream while the audio is still being made.
+The same class is deployed once per pool in `models.pools` (e.g. `Sketch`, `DiT_CUDA`, `DiT_MPS`);
+the builder names each deployment and applies its resources. `render` is a streaming method: it
+yields `RenderProgress` while the model works and one `RenderedSong` at the end, so progress
+reaches the song's SSE stream while the audio is still being made.
+
+Requests are batched across callers with `serve.batch` (size and wait live-tunable through the
+pool's `batching` settings, applied in `reconfigure`), and LoRA adapters are loaded per replica
+through `serve.multiplexed` (LRU of `ace_step.lora_cache_size`). The router sets the multiplexed
+id only for LoRA requests, so Serve routes them to replicas that already hold the adapter and splits
+batches by adapter; base requests stay free to balance.
 """
 
 from __future__ import annotations
@@ -11,28 +17,97 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import tempfile
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from serve.loras import LORA_WEIGHTS_NAME, lora_weights_key
+from serve.objects import open_object_store
 
 from .song_models import RenderedSong, RenderProgress, RenderRequest, load_song_model
 
 if TYPE_CHECKING:
-    from serve.config import DecoderPoolConfig
+    from serve.config import DecoderPoolConfig, StorageConfig
+
+    from .song_models import SongModel
+
+
+class LoadedLora:
+    """A LoRA resident in one replica's model. Multiplexing evicts the least recently used one
+    by calling `__del__`, which queues the unload on the replica's model thread: after any render
+    already queued there, before any later load (idempotent: GC may call it again)."""
+
+    def __init__(self, model: SongModel, lora_id: str, model_thread: ThreadPoolExecutor) -> None:
+        self.model = model
+        self.lora_id = lora_id
+        self._model_thread = model_thread
+        self._unloaded = False
+
+    def __del__(self) -> None:
+        if not self._unloaded:
+            self._unloaded = True
+            self._model_thread.submit(self.model.unload_lora, self.lora_id)
 
 
 class SongDecoder:
-    def __init__(self, pool: DecoderPoolConfig) -> None:
+    def __init__(self, pool: DecoderPoolConfig, storage: StorageConfig) -> None:
+        from ray import serve
+
         self._pool = pool
         self._model = load_song_model(pool)
+        self._objects = open_object_store(storage.storage_url)
         self._replica = f"{pool.name}@{socket.gethostname()}:{os.getpid()}"
+        self._lora_dir = Path(tempfile.mkdtemp(prefix=f"songserve-loras-{pool.name}-"))
+        # Every call into the model (renders, adapter loads and unloads) runs on this one thread,
+        # in order: an adapter can never change under a render, and the event loop never blocks.
+        self._model_thread = ThreadPoolExecutor(1, thread_name_prefix=f"{pool.name}-model")
+
+        # serve.batch and serve.multiplexed keep per-wrapper state, so they wrap closures made
+        # here (with sizes from config) rather than decorating the class with constants.
+        async def render_batch(
+            requests: list[RenderRequest],
+        ) -> AsyncIterator[list[RenderProgress | RenderedSong]]:
+            async for items in self._render_batch(requests):
+                yield items
+
+        async def load_lora(lora_id: str) -> LoadedLora:
+            return await self._load_lora(lora_id)
+
+        # Ray's stubs do not describe generator batch functions; the wrapper is typed as Any.
+        batch: Any = serve.batch(
+            max_batch_size=pool.batching.max_batch_size,
+            batch_wait_timeout_s=pool.batching.batch_wait_timeout_s,
+        )
+        self._batched_render: Any = batch(render_batch)
+        cache_size = pool.ace_step.lora_cache_size if pool.ace_step else 1
+        self._lora = serve.multiplexed(max_num_models_per_replica=cache_size)(load_lora)
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Live batching changes from the pool's `batching` settings (Serve `user_config`)."""
+        from serve.config import BatchingConfig
+
+        batching = BatchingConfig.model_validate(user_config)
+        self._batched_render.set_max_batch_size(batching.max_batch_size)
+        self._batched_render.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
 
     async def render(self, request: RenderRequest) -> AsyncIterator[RenderProgress | RenderedSong]:
-        """Render one variation, streaming progress and then the song.
+        """Render one variation (batched with concurrent requests), streaming progress then the
+        song."""
+        async for item in self._batched_render(request):
+            yield item
 
-        The model runs on a worker thread so the replica stays responsive to health checks and
-        metrics while it computes.
-        """
+    async def _render_batch(
+        self, requests: list[RenderRequest]
+    ) -> AsyncIterator[list[RenderProgress | RenderedSong]]:
+        """One model call for a batch; every yield holds one item per request, as serve.batch
+        wants. The model runs on a worker thread so the replica keeps answering health checks."""
+        # Resolve adapters right before rendering: an LRU eviction between routing and now is
+        # undone by reloading. (Batches run one at a time, so none is evicted before this render.)
+        for lora_id in sorted({r.lora_id for r in requests if r.lora_id}):
+            await self._lora(lora_id)
         loop = asyncio.get_running_loop()
         progress: asyncio.Queue[RenderProgress] = asyncio.Queue()
 
@@ -40,28 +115,47 @@ class SongDecoder:
             loop.call_soon_threadsafe(progress.put_nowait, RenderProgress(step, steps))
 
         started_at = time.time()
-        rendering = asyncio.ensure_future(
-            asyncio.to_thread(self._model.render, [request], on_progress)
+        rendering = loop.run_in_executor(
+            self._model_thread, self._model.render, requests, on_progress
         )
         while not rendering.done():
             next_progress = asyncio.ensure_future(progress.get())
-            await asyncio.wait({next_progress, rendering}, return_when=asyncio.FIRST_COMPLETED)
+            waiting: set[asyncio.Future[Any]] = {next_progress, rendering}
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             if next_progress.done():
-                yield next_progress.result()
+                yield [next_progress.result()] * len(requests)
             else:
                 next_progress.cancel()
         while not progress.empty():
-            yield progress.get_nowait()
-        (audio,) = rendering.result()
-        yield RenderedSong(
-            audio=audio,
-            sample_rate=self._model.sample_rate,
-            model=self._model.name,
-            model_version=self._model.version,
-            replica=self._replica,
-            render_started_at=started_at,
-            render_finished_at=time.time(),
-        )
+            yield [progress.get_nowait()] * len(requests)
+        audios = rendering.result()
+        finished_at = time.time()
+        yield [
+            RenderedSong(
+                audio=audio,
+                sample_rate=self._model.sample_rate,
+                model=self._model.name,
+                model_version=self._model.version,
+                replica=self._replica,
+                render_started_at=started_at,
+                render_finished_at=finished_at,
+                batch_size=len(requests),
+            )
+            for audio in audios
+        ]
+
+    async def _load_lora(self, lora_id: str) -> LoadedLora:
+        """Fetch a registered LoRA from the object store and load it into the model."""
+        try:
+            data = await self._objects.get(lora_weights_key(lora_id))
+        except KeyError as error:
+            raise KeyError(f"LoRA {lora_id!r} is not registered (POST /v1/loras)") from error
+        path = self._lora_dir / lora_id / LORA_WEIGHTS_NAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(path.write_bytes, data)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._model_thread, self._model.load_lora, lora_id, path)
+        return LoadedLora(self._model, lora_id, self._model_thread)
 
     async def check_health(self) -> None:
         self._model.check_health()

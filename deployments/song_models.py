@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from pipeline.lyrics import LyricSection
@@ -59,6 +60,7 @@ class RenderedSong:
     replica: str
     render_started_at: float
     render_finished_at: float
+    batch_size: int = 1  # requests rendered in the same model call
 
 
 class SongModel(Protocol):
@@ -77,6 +79,14 @@ class SongModel(Protocol):
 
     def check_health(self) -> None:
         """Raise if the model cannot render (e.g. a lost device)."""
+        ...
+
+    def load_lora(self, lora_id: str, weights_path: Path) -> None:
+        """Make a LoRA available to requests naming `lora_id`; raises for models without LoRA."""
+        ...
+
+    def unload_lora(self, lora_id: str) -> None:
+        """Forget a LoRA; a no-op for one that is not loaded."""
         ...
 
 
@@ -116,9 +126,19 @@ class SketchSongModel:
     def check_health(self) -> None:
         return None
 
+    def load_lora(self, lora_id: str, weights_path: Path) -> None:
+        raise ValueError("the sketch model does not take LoRAs")
+
+    def unload_lora(self, lora_id: str) -> None:
+        return None
+
 
 def load_song_model(pool: DecoderPoolConfig) -> SongModel:
     """Build the model a pool serves; raises with the setting to fix when it cannot load."""
     if pool.model == "sketch":
         return SketchSongModel(sample_rate=pool.sample_rate)
+    if pool.model == "ace-step":
+        from .ace_step import AceStepSongModel
+
+        return AceStepSongModel(pool)
     raise ValueError(f"models.pools[{pool.name}].model: unknown song model {pool.model!r}")

@@ -16,6 +16,8 @@ import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
+from serve.config import LORA_MODELS
+
 from .failures import describe_failure
 from .song_models import RenderedSong, RenderProgress, RenderRequest
 
@@ -42,13 +44,14 @@ class SongRouter:
             for model, names in self._pools_by_model.items()
         }
 
-    def candidates(self, model: str) -> list[str]:
-        """Pool names to try for `model`, best first."""
-        models = (
-            [m for m in self._models.auto_order if m in self._pools_by_model]
-            if model == "auto"
-            else [model]
-        )
+    def candidates(self, model: str, *, with_lora: bool = False) -> list[str]:
+        """Pool names to try for `model`, best first; only LoRA-capable ones `with_lora`."""
+        if model == "auto":
+            models = [m for m in self._models.auto_order if m in self._pools_by_model]
+        else:
+            models = [model]
+        if with_lora:
+            models = [m for m in models if m in LORA_MODELS]
         chosen: list[str] = []
         for name in models:
             pools = self._pools_by_model.get(name, [])
@@ -63,12 +66,17 @@ class SongRouter:
         """Stream one variation's render from the first pool that delivers it."""
         from ray.serve.exceptions import BackPressureError
 
-        candidates = self.candidates(model)
+        candidates = self.candidates(model, with_lora=request.lora_id is not None)
         if not candidates:
             raise NoDecoderAvailable(f"no decoder pool serves model {model!r}")
         failures: list[str] = []
         for pool_name in candidates:
-            stream = self._pools[pool_name].options(stream=True).render.remote(request)
+            handle = self._pools[pool_name].options(stream=True)
+            if request.lora_id:
+                # Only adapter requests carry a multiplexed id, so base traffic stays balanced
+                # and adapter traffic goes to replicas that already hold the adapter.
+                handle = handle.options(multiplexed_model_id=request.lora_id)
+            stream = handle.render.remote(request)
             try:
                 async for item in stream:
                     yield item

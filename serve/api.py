@@ -14,19 +14,26 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import logging
 import secrets
 from collections.abc import AsyncIterator
+from dataclasses import asdict
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
-from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi import Depends, FastAPI, File, Form, Header, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .config import LORA_MODELS
 from .jobs import JobRecord, VariationRecord, open_job_store
+from .loras import LoraInfo, LoraRegistry, LoraValidator
 from .objects import open_object_store
 from .schemas import (
+    LoraList,
+    LoraOut,
     LyricsOut,
     LyricsRequest,
     SectionOut,
@@ -42,6 +49,8 @@ from .schemas import (
 
 if TYPE_CHECKING:
     from .config import AppConfig
+
+logger = logging.getLogger("ray.serve")
 
 LOCAL_OWNER = "local"
 # Every JSON body the API takes is small (lyrics ≤ 5000 characters): refuse huge ones unread.
@@ -89,9 +98,10 @@ def error_response(
 @app.middleware("http")
 async def _limit_request_size(request: Request, call_next: Any) -> Response:
     length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > MAX_REQUEST_BYTES:
+    limit = current_api().max_upload_bytes if request.url.path == "/v1/loras" else MAX_REQUEST_BYTES
+    if length.isdigit() and int(length) > limit:
         return error_response(
-            413, "request_too_large", f"the request body is over {MAX_REQUEST_BYTES} bytes", "body"
+            413, "request_too_large", f"the request body is over {limit} bytes", "body"
         )
     response: Response = await call_next(request)
     return response
@@ -193,6 +203,13 @@ class SongAPI:
         self._objects = open_object_store(config.storage.storage_url)
         self._conductor, self._lyrics, self._tags = conductor, lyrics, tags
         self._models = ["auto", *config.models.served_models]
+        self._loras = LoraRegistry(self._objects)
+        self._lora_validator: LoraValidator | None = None
+        self.max_upload_bytes = config.loras.max_upload_bytes
+        if config.loras.preload:
+            # Registering validates each file against the base checkpoint: do it off the
+            # constructor so the replica comes up at once.
+            self._preloading = asyncio.get_running_loop().create_task(self._preload_loras())
         # Keys are compared by hash so the owner id stored with jobs never reveals a key.
         self._api_key_hashes = frozenset(
             hashlib.sha256(key.get_secret_value().encode()).hexdigest()
@@ -277,8 +294,9 @@ class SongAPI:
             variations=[self._variation_out(job.id, v) for v in job.variations],
         )
 
-    def _check_song_request(self, body: SongRequest) -> SongRequest:
-        """Cross-field rules pydantic cannot name a field for; returns the cleaned request."""
+    async def _check_song_request(self, body: SongRequest) -> SongRequest:
+        """Rules pydantic cannot name a field for, and what depends on this server (models,
+        registered LoRAs); returns the cleaned request."""
         body = body.model_copy(
             update={name: getattr(body, name) or None for name in ("prompt", "lyrics", "style")}
         )
@@ -301,13 +319,30 @@ class SongAPI:
                 "model",
             )
         if body.lora is not None:
+            await self._check_lora(body.lora.id, body.model)
+        return body
+
+    async def _check_lora(self, lora_id: str, model: str) -> None:
+        """A LoRA request must name a registered LoRA and a model that takes LoRAs; checked
+        here, before any decoding."""
+        lora_models = [m for m in self._config.models.served_models if m in LORA_MODELS]
+        if (model != "auto" and model not in LORA_MODELS) or not lora_models:
             raise ApiError(
                 422,
                 "invalid_request",
-                f"unknown LoRA {body.lora.id!r}: no LoRAs are registered on this server",
+                f"model {model!r} does not take LoRAs"
+                + (f"; use one of: {', '.join(lora_models)}" if lora_models else ""),
                 "lora.id",
             )
-        return body
+        if await self._loras.get(lora_id) is None:
+            known = [info.id for info in await self._loras.list()]
+            raise ApiError(
+                422,
+                "invalid_request",
+                f"unknown LoRA {lora_id!r}; registered: {', '.join(known) or 'none'} "
+                "(upload with POST /v1/loras)",
+                "lora.id",
+            )
 
     async def _call(self, response: Any) -> Any:
         """Await a deployment call, turning back-pressure into 503 + Retry-After."""
@@ -352,7 +387,7 @@ class SongAPI:
     async def create_song(
         self, body: SongRequest, owner: str, idempotency_key: str | None
     ) -> SongAccepted:
-        body = self._check_song_request(body)
+        body = await self._check_song_request(body)
         if await self._jobs.count_jobs("queued") >= self._config.jobs.max_queued_jobs:
             raise ApiError(
                 429,
@@ -524,6 +559,66 @@ class SongAPI:
         )
         return _tags_out(tags.to_dict())
 
+    # -- LoRA registry ----------------------------------------------------------------------------
+
+    def _validator(self) -> LoraValidator:
+        """Checks uploads against the base checkpoint (imports torch on first use only)."""
+        if self._lora_validator is None:
+            checkpoint = self._config.models.lora_checkpoint
+            if checkpoint is None:
+                raise ApiError(
+                    409,
+                    "no_lora_model",
+                    "no pool on this server serves a model that takes LoRAs (models.pools)",
+                    None,
+                )
+            from deployments.ace_step import lora_validator
+
+            self._lora_validator = lora_validator(checkpoint, max_rank=self._config.loras.max_rank)
+        return self._lora_validator
+
+    async def register_lora(self, lora_id: str, weights: bytes) -> LoraInfo:
+        validate = self._validator()
+        if len(weights) > self._config.loras.max_upload_bytes:
+            raise ApiError(
+                413,
+                "request_too_large",
+                f"LoRA files are limited to {self._config.loras.max_upload_bytes} bytes "
+                "(loras.max_upload_bytes)",
+                "file",
+            )
+        try:
+            return await self._loras.register(
+                lora_id,
+                weights,
+                model="ace-step",
+                validate=validate,
+            )
+        except ValueError as error:
+            field = "id" if "LoRA ids" in str(error) else "file"
+            raise ApiError(422, "invalid_lora", str(error), field) from error
+
+    async def list_loras(self) -> list[LoraInfo]:
+        return await self._loras.list()
+
+    async def delete_lora(self, lora_id: str) -> None:
+        if not await self._loras.delete(lora_id):
+            raise ApiError(404, "not_found", f"no LoRA with id {lora_id!r}", "id")
+
+    async def _preload_loras(self) -> None:
+        for lora in self._config.loras.preload:
+            if await self._loras.get(lora.id) is not None:
+                continue
+            try:
+                weights = await asyncio.to_thread(Path(lora.path).read_bytes)
+                validate = self._validator()
+                await self._loras.register(lora.id, weights, model="ace-step", validate=validate)
+                logger.info("registered LoRA %s from %s", lora.id, lora.path)
+            except Exception as error:  # noqa: BLE001 - one bad file must not stop the others
+                logger.error(
+                    "loras.preload %s (%s) was not registered: %s", lora.id, lora.path, error
+                )
+
 
 def _tags_out(tags: dict[str, Any]) -> TagsOut:
     """The HTTP shape of StyleTags: `family` is internal to the song models."""
@@ -627,3 +722,28 @@ async def write_lyrics(body: LyricsRequest, request: Request, api: Api) -> Lyric
 async def normalize_tags(body: TagsRequest, request: Request, api: Api) -> TagsOut:
     api.owner(request)
     return await api.normalize_tags(body)
+
+
+@app.post("/v1/loras", status_code=201, response_model=LoraOut)
+async def upload_lora(
+    request: Request,
+    api: Api,
+    id: str = Form(..., max_length=64, description="The id requests will use in `lora.id`."),
+    file: UploadFile = File(..., description="A pytorch_lora_weights.safetensors file."),
+) -> LoraOut:
+    api.owner(request)
+    info = await api.register_lora(id, await file.read())
+    return LoraOut.model_validate(asdict(info))
+
+
+@app.get("/v1/loras", response_model=LoraList)
+async def list_loras(request: Request, api: Api) -> LoraList:
+    api.owner(request)
+    return LoraList(loras=[LoraOut.model_validate(asdict(i)) for i in await api.list_loras()])
+
+
+@app.delete("/v1/loras/{lora_id}", status_code=204)
+async def delete_lora(lora_id: str, request: Request, api: Api) -> Response:
+    api.owner(request)
+    await api.delete_lora(lora_id)
+    return Response(status_code=204)

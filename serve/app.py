@@ -43,7 +43,9 @@ def build_app(args: AppConfig) -> Application:
     lyrics = _deployment(LyricsLLM, "LyricsLLM", options.lyrics).bind(config.lyrics)
     tags = _deployment(TagNormalizer, "TagNormalizer", options.tags).bind(config.tags)
     pools = {
-        pool.name: _deployment(SongDecoder, pool.name, pool.deployment).bind(pool)
+        pool.name: _deployment(SongDecoder, pool.name, pool.deployment)
+        .options(user_config=pool.batching.model_dump())
+        .bind(pool, config.storage)
         for pool in config.models.pools
     }
     router = _deployment(SongRouter, "SongRouter", options.router).bind(config.models, pools)

@@ -294,6 +294,63 @@ class TagsConfig(_Strict):
     engine: Literal["lexical"] = Field("lexical", description="Tag normaliser engine.")
 
 
+class BatchingConfig(_Strict):
+    """Cross-request batching of a decoder pool; applied live through Serve's `user_config`."""
+
+    max_batch_size: int = Field(
+        1, ge=1, le=64, description="Requests rendered in one model call (1: no batching)."
+    )
+    batch_wait_timeout_s: float = Field(
+        0.05, ge=0, le=5, description="How long a batch waits to fill before it runs."
+    )
+
+
+class AceStepConfig(_Strict):
+    """An ACE-Step 1.5 / XL checkpoint in diffusers format, served through AceStepPipeline."""
+
+    path: str = Field(
+        ...,
+        min_length=1,
+        description="Local diffusers-format directory (e.g. a download of "
+        "ACE-Step/acestep-v15-xl-turbo-diffusers), or a hub id on a machine with internet.",
+    )
+    device: Literal["auto", "cuda", "mps", "cpu"] = Field(
+        "auto", description="Where the pipeline runs; auto picks cuda, then mps, then cpu."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="Weights dtype; auto is bfloat16 on cuda, float16 on mps, float32 on cpu.",
+    )
+    num_inference_steps: int = Field(8, ge=1, le=200, description="Denoising steps (turbo: 8).")
+    shift: float = Field(3.0, gt=0, description="Flow-matching timestep shift (turbo: 3.0).")
+    lora_cache_size: int = Field(
+        4, ge=1, le=64, description="LoRAs kept loaded per replica (multiplexing LRU size)."
+    )
+
+
+# Song models whose pools can hot-swap LoRA adapters per request.
+LORA_MODELS = frozenset({"ace-step"})
+
+
+class PreloadedLora(_Strict):
+    """A LoRA registered from a local file when the API starts (if not registered yet)."""
+
+    id: str = Field(..., description="The id requests use in `lora.id`.")
+    path: str = Field(..., description="A pytorch_lora_weights.safetensors file.")
+
+
+class LorasConfig(_Strict):
+    """The LoRA registry."""
+
+    max_upload_bytes: int = Field(
+        512 * 1024 * 1024, ge=1024, description="Largest accepted LoRA weights file."
+    )
+    max_rank: int = Field(64, ge=1, le=1024, description="Largest accepted LoRA rank.")
+    preload: list[PreloadedLora] = Field(
+        default_factory=list, description="LoRAs registered at start-up, e.g. for a dev setup."
+    )
+
+
 class DecoderPoolConfig(_Strict):
     """One decoder deployment: a song model on one kind of hardware."""
 
@@ -302,8 +359,16 @@ class DecoderPoolConfig(_Strict):
         pattern=r"^[A-Za-z][A-Za-z0-9_]*$",
         description="Deployment name, e.g. Sketch, DiT_CUDA.",
     )
-    model: Literal["sketch"] = Field(..., description="The song model this pool serves.")
+    model: Literal["sketch", "ace-step"] = Field(
+        ..., description="The song model this pool serves."
+    )
     sample_rate: int = Field(48_000, description="Output sample rate in Hz.")
+    ace_step: AceStepConfig | None = Field(
+        None, description="The checkpoint and inference settings; required for model ace-step."
+    )
+    batching: BatchingConfig = Field(
+        default_factory=BatchingConfig, description="Cross-request batching (models that batch)."
+    )
     deployment: DeploymentOptions = Field(
         default_factory=lambda: DeploymentOptions(
             num_replicas=2, max_ongoing_requests=1, actor=ActorOptions(num_cpus=0.5)
@@ -311,12 +376,25 @@ class DecoderPoolConfig(_Strict):
         description="Ray Serve options; one render per replica at a time suits CPU models.",
     )
 
+    @model_validator(mode="after")
+    def _model_settings(self) -> DecoderPoolConfig:
+        if self.model == "ace-step" and self.ace_step is None:
+            raise ValueError(
+                f"models.pools[{self.name}]: model ace-step needs `ace_step: {{path: DIR}}`; "
+                "run scripts/make_tiny_acestep.py DIR for a tiny test checkpoint"
+            )
+        if self.model != "ace-step" and self.ace_step is not None:
+            raise ValueError(
+                f"models.pools[{self.name}]: `ace_step` settings apply only to model ace-step"
+            )
+        return self
+
 
 class ModelsConfig(_Strict):
     """Which song models exist and how `model: auto` chooses."""
 
     auto_order: list[str] = Field(
-        default_factory=lambda: ["sketch"],
+        default_factory=lambda: ["ace-step", "sketch"],
         description="Preference order for model 'auto'; the first with a configured pool wins, "
         "later ones are fallbacks.",
     )
@@ -347,6 +425,11 @@ class ModelsConfig(_Strict):
     def served_models(self) -> list[str]:
         """Model names requests may ask for, in pool order."""
         return list(dict.fromkeys(pool.model for pool in self.pools))
+
+    @property
+    def lora_checkpoint(self) -> str | None:
+        """The base checkpoint LoRAs are validated against: the first ace-step pool's."""
+        return next((p.ace_step.path for p in self.pools if p.ace_step is not None), None)
 
 
 AudioFormat = Literal["m4a", "mp3", "flac", "wav"]
@@ -386,6 +469,7 @@ class AppConfig(_Strict):
     postprocess: PostProcessConfig = Field(
         default_factory=PostProcessConfig, description="Mastering and encoding."
     )
+    loras: LorasConfig = Field(default_factory=LorasConfig, description="The LoRA registry.")
     deployments: DeploymentsConfig = Field(
         default_factory=DeploymentsConfig, description="Options of the fixed deployments."
     )
@@ -448,7 +532,34 @@ def resolve_config(config: AppConfig | dict[str, Any] | None) -> AppConfig:
     """Validate, apply environment overrides and make local paths absolute."""
     args = _dump_for_env(config) if isinstance(config, AppConfig) else dict(config or {})
     validated = AppConfig.model_validate(apply_env_overrides(args))
-    return validated.model_copy(update={"storage": validated.storage.resolved()})
+    return validated.model_copy(
+        update={
+            "storage": validated.storage.resolved(),
+            "models": _resolve_local_checkpoints(validated.models),
+            "loras": validated.loras.model_copy(
+                update={
+                    "preload": [
+                        lora.model_copy(update={"path": str(Path(lora.path).resolve())})
+                        for lora in validated.loras.preload
+                    ]
+                }
+            ),
+        }
+    )
+
+
+def _resolve_local_checkpoints(models: ModelsConfig) -> ModelsConfig:
+    """Checkpoint paths that exist here become absolute (replicas may run in another working
+    directory); anything else is left as written (a hub id, or an error the model reports)."""
+    pools = []
+    for pool in models.pools:
+        if pool.ace_step is not None and Path(pool.ace_step.path).expanduser().exists():
+            path = str(Path(pool.ace_step.path).expanduser().resolve())
+            pool = pool.model_copy(
+                update={"ace_step": pool.ace_step.model_copy(update={"path": path})}
+            )
+        pools.append(pool)
+    return models.model_copy(update={"pools": pools})
 
 
 def load_serve_config(path: str | Path) -> dict[str, Any]:

@@ -55,6 +55,10 @@ class ObjectStore(Protocol):
 
     async def delete_prefix(self, prefix: str) -> None: ...
 
+    async def list_keys(self, prefix: str) -> list[str]:
+        """Every key under `prefix` (a folder-like path ending in "/"), sorted."""
+        ...
+
 
 class FilesystemObjectStore:
     """`ObjectStore` on a local directory; writes go to a temp file and are renamed into place."""
@@ -125,6 +129,20 @@ class FilesystemObjectStore:
             await asyncio.to_thread(shutil.rmtree, path, True)
         else:
             path.unlink(missing_ok=True)
+
+    async def list_keys(self, prefix: str) -> list[str]:
+        base = self._path(prefix.rstrip("/"))
+        if not base.is_dir():
+            return []
+
+        def walk() -> list[str]:
+            return sorted(
+                str(path.relative_to(self._root))
+                for path in base.rglob("*")
+                if path.is_file() and not path.name.startswith(".")
+            )
+
+        return await asyncio.to_thread(walk)
 
 
 def open_object_store(storage_url: str) -> ObjectStore:

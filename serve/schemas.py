@@ -143,4 +143,17 @@ class PeaksOut(BaseModel):
     peaks: list[list[float]]
 
 
+class LoraOut(BaseModel):
+    id: str
+    model: str
+    rank: int
+    size_bytes: int
+    sha256: str
+    created_at: float
+
+
+class LoraList(BaseModel):
+    loras: list[LoraOut]
+
+
 SongOut.model_rebuild()

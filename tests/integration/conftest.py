@@ -27,7 +27,7 @@ def serve_url() -> Iterator[str]:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # More logical CPUs than cores: the graph's coordination replicas use slivers, and tests may
     # run two decoder and two post-processor replicas side by side.
-    ray.init(num_cpus=4, include_dashboard=False, namespace="songserve-tests")
+    ray.init(address="local", num_cpus=4, include_dashboard=False, namespace="songserve-tests")
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
