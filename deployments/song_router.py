@@ -11,6 +11,7 @@ persisted, retried and resumed on its own.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 from collections.abc import AsyncIterator
@@ -31,11 +32,19 @@ class NoDecoderAvailable(RuntimeError):
     """Every candidate pool for a variation was saturated or failed."""
 
 
+# How often the router re-checks which pools the cluster can place (nodes join and leave).
+PLACEMENT_REFRESH_S = 15.0
+
+
 class SongRouter:
     def __init__(self, models: ModelsConfig, pools: dict[str, Any]) -> None:
         """`pools` maps pool name → DeploymentHandle of that pool's SongDecoder."""
         self._models = models
         self._pools = pools
+        # A pool no node can host stays DEPLOYING in Serve with no error, and a call to it would
+        # wait forever: such pools are skipped, with the reason kept for /v1/pools.
+        self._unplaceable: dict[str, str] = {}
+        self._placement_check = asyncio.get_running_loop().create_task(self._watch_placement())
         self._pools_by_model: dict[str, list[str]] = {}
         for pool in models.pools:
             self._pools_by_model.setdefault(pool.model, []).append(pool.name)
@@ -43,6 +52,32 @@ class SongRouter:
             model: itertools.cycle(range(len(names)))
             for model, names in self._pools_by_model.items()
         }
+
+    async def _watch_placement(self) -> None:
+        from serve.placement import cluster_nodes, unplaceable_pools
+
+        while True:
+            try:
+                nodes = await asyncio.to_thread(cluster_nodes)
+                unplaceable = unplaceable_pools(self._models.pools, nodes)
+                for name in sorted(set(unplaceable) - set(self._unplaceable)):
+                    logger.error("decoder pool %s cannot be placed: %s", name, unplaceable[name])
+                self._unplaceable = unplaceable
+            except Exception:
+                logger.exception("checking pool placement failed")
+            await asyncio.sleep(PLACEMENT_REFRESH_S)
+
+    async def pools(self) -> list[dict[str, Any]]:
+        """Every decoder pool with its model and whether the cluster can place it (and why not)."""
+        return [
+            {
+                "name": pool.name,
+                "model": pool.model,
+                "placeable": pool.name not in self._unplaceable,
+                "reason": self._unplaceable.get(pool.name),
+            }
+            for pool in self._models.pools
+        ]
 
     def candidates(self, model: str, *, with_lora: bool = False) -> list[str]:
         """Pool names to try for `model`, best first; only LoRA-capable ones `with_lora`."""
@@ -58,7 +93,7 @@ class SongRouter:
             if pools:
                 start = next(self._rotation[name])
                 chosen.extend(pools[start:] + pools[:start])
-        return chosen
+        return [name for name in chosen if name not in self._unplaceable]
 
     async def generate(
         self, request: RenderRequest, model: str
@@ -68,7 +103,11 @@ class SongRouter:
 
         candidates = self.candidates(model, with_lora=request.lora_id is not None)
         if not candidates:
-            raise NoDecoderAvailable(f"no decoder pool serves model {model!r}")
+            reasons = "; ".join(f"{name}: {why}" for name, why in self._unplaceable.items())
+            raise NoDecoderAvailable(
+                f"no placeable decoder pool serves model {model!r}"
+                + (f" (unplaceable: {reasons})" if reasons else "")
+            )
         failures: list[str] = []
         for pool_name in candidates:
             handle = self._pools[pool_name].options(stream=True)

@@ -36,6 +36,8 @@ from .schemas import (
     LoraOut,
     LyricsOut,
     LyricsRequest,
+    PoolList,
+    PoolOut,
     SectionOut,
     SongAccepted,
     SongLinks,
@@ -197,11 +199,13 @@ def _format_sse(seq: int, event_type: str, data: dict[str, Any]) -> str:
 class SongAPI:
     """What HTTP API v1 does; the route functions at the bottom of this module call into it."""
 
-    def __init__(self, config: AppConfig, conductor: Any, lyrics: Any, tags: Any) -> None:
+    def __init__(
+        self, config: AppConfig, conductor: Any, lyrics: Any, tags: Any, router: Any = None
+    ) -> None:
         self._config = config
         self._jobs = open_job_store(config.storage.database_url)
         self._objects = open_object_store(config.storage.storage_url)
-        self._conductor, self._lyrics, self._tags = conductor, lyrics, tags
+        self._conductor, self._lyrics, self._tags, self._router = conductor, lyrics, tags, router
         self._models = ["auto", *config.models.served_models]
         self._loras = LoraRegistry(self._objects)
         self._lora_validator: LoraValidator | None = None
@@ -559,6 +563,10 @@ class SongAPI:
         )
         return _tags_out(tags.to_dict())
 
+    async def pools(self) -> list[dict[str, Any]]:
+        pools: list[dict[str, Any]] = await self._call(self._router.pools.remote())
+        return pools
+
     # -- LoRA registry ----------------------------------------------------------------------------
 
     def _validator(self) -> LoraValidator:
@@ -747,3 +755,11 @@ async def delete_lora(lora_id: str, request: Request, api: Api) -> Response:
     api.owner(request)
     await api.delete_lora(lora_id)
     return Response(status_code=204)
+
+
+@app.get("/v1/pools", response_model=PoolList)
+async def list_pools(request: Request, api: Api) -> PoolList:
+    """Decoder pools and whether the cluster can place them (an operator's first question when
+    songs of one model never start)."""
+    api.owner(request)
+    return PoolList(pools=[PoolOut.model_validate(p) for p in await api.pools()])

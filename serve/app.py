@@ -14,6 +14,7 @@ queue limits, shutdown grace, actor resources and placement) is applied here fro
 
 # No `from __future__ import annotations` here: Serve reads the builder's parameter annotation
 # as a class to validate `args:` into it.
+import logging
 from typing import Any
 
 from ray import serve
@@ -29,6 +30,9 @@ from deployments.tag_normalizer import TagNormalizer
 from .api import SongAPI
 from .api import app as fastapi_app
 from .config import AppConfig, DeploymentOptions, resolve_config
+from .placement import cluster_nodes, unplaceable_pools, unplaceable_reason
+
+logger = logging.getLogger("ray.serve")
 
 
 def _deployment(cls: type, name: str, options: DeploymentOptions) -> Any:
@@ -39,6 +43,7 @@ def build_app(args: AppConfig) -> Application:
     """The application for a Serve config's `args:` (or an `AppConfig` when called directly)."""
     config = resolve_config(args)
     options = config.deployments
+    _report_unplaceable(config)
 
     lyrics = _deployment(LyricsLLM, "LyricsLLM", options.lyrics).bind(config.lyrics)
     tags = _deployment(TagNormalizer, "TagNormalizer", options.tags).bind(config.tags)
@@ -56,4 +61,32 @@ def build_app(args: AppConfig) -> Application:
         config, lyrics, tags, router, postprocessor
     )
     ingress = serve.ingress(fastapi_app)(SongAPI)
-    return _deployment(ingress, "SongAPI", options.api).bind(config, conductor, lyrics, tags)
+    return _deployment(ingress, "SongAPI", options.api).bind(
+        config, conductor, lyrics, tags, router
+    )
+
+
+def _report_unplaceable(config: AppConfig) -> None:
+    """Name every deployment no node of the cluster can host: Serve would leave it DEPLOYING
+    without a word. Only when a cluster is connected (building offline checks nothing)."""
+    import ray
+
+    if not ray.is_initialized():
+        return
+    try:
+        nodes = cluster_nodes()
+        reasons = unplaceable_pools(config.models.pools, nodes)
+        for name, options in config.deployments:
+            reason = unplaceable_reason(options.actor, nodes)
+            if reason:
+                reasons[f"deployments.{name}"] = reason
+    except Exception:
+        logger.exception("could not check deployment placement")
+        return
+    for name, reason in sorted(reasons.items()):
+        logger.error(
+            "deployment %s cannot be placed on this cluster: %s. It will stay DEPLOYING until "
+            "a node that fits joins; fix its `actor` options or start such a node.",
+            name,
+            reason,
+        )

@@ -156,4 +156,15 @@ class LoraList(BaseModel):
     loras: list[LoraOut]
 
 
+class PoolOut(BaseModel):
+    name: str
+    model: str
+    placeable: bool
+    reason: str | None
+
+
+class PoolList(BaseModel):
+    pools: list[PoolOut]
+
+
 SongOut.model_rebuild()

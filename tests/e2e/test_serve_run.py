@@ -64,8 +64,11 @@ def client(server: str) -> Iterator[httpx.Client]:
         yield http
 
 
-def test_healthz(client: httpx.Client) -> None:
+def test_healthz_and_pools(client: httpx.Client) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/v1/pools").json() == {
+        "pools": [{"name": "Sketch", "model": "sketch", "placeable": True, "reason": None}]
+    }
 
 
 def test_a_30_second_song_in_every_format(client: httpx.Client) -> None:
