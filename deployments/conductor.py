@@ -338,6 +338,7 @@ class Conductor:
             objects=processed.objects,
             render={
                 "replica": rendered.replica,
+                "batch_size": rendered.batch_size,
                 "render_started_at": rendered.render_started_at,
                 "render_finished_at": rendered.render_finished_at,
                 "postprocess_s": processed.timings_s,

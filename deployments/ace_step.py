@@ -1,0 +1,572 @@
+"""ACE-Step 1.5 / XL behind the `SongModel` interface, through `diffusers.AceStepPipeline`.
+
+The pipeline is the DiT half of ACE-Step (text + lyric conditioning → latents → Oobleck VAE →
+48 kHz stereo); the 5 Hz planner LM is not part of it. LoRAs are PEFT adapters on the
+transformer's attention projections, loaded by id and switched per render group.
+
+How a `render` call maps onto pipeline calls (measured on the tiny checkpoint of
+`scripts/make_tiny_acestep.py`, 2-core CPU shared with other work, 8 steps, best of 7):
+
+- Requests are grouped by everything the pipeline takes as ONE value per call or that changes
+  other rows of the batch: LoRA (id, scale), duration, bpm, key, and the text conditioning
+  (caption, lyrics, language). Each group is one pipeline call; a group is typically the
+  variations of one job (same text, different seeds).
+- Mixed durations: one call per duration, not one call at the longest duration trimmed.
+  Measured for 4 requests of 10, 10, 20 and 30 s: grouped (3 calls) 1.32 s, longest + trim
+  (1 call) 3.92 s — trimming renders 120 s of audio for 70 s wanted, and the VAE decode and
+  attention grow with length. Grouping is also the only correct choice: the duration is part of
+  the conditioning ("- duration: N seconds" in the prompt, and the latent length the DiT
+  attends over), so the first 10 s of a 30 s render is a different song from a 10 s render
+  (relative RMS difference 9 %), and a request's audio would depend on its batch mates.
+- Text: `bpm`, `keyscale` and `timesignature` are scalars per call, and the DiT's cross-attention
+  runs without a mask over the padded condition sequence, so a request batched with a longer
+  caption or lyrics renders differently (relative RMS difference 1.9 % on the tiny model).
+  Requests with different captions or lyrics are therefore never batched together. Rows of
+  identical conditioning are independent: a request renders the same audio alone or in a batch
+  up to float rounding of batched kernels (max |Δ| 3e-7 on CPU), and bit-identical audio for the
+  same batch.
+- Batching pays off on accelerators, not on this CPU: 10 s at batch 1 takes 0.16 s, 4 × 10 s in
+  one call 0.83 s vs 0.74 s as 4 calls.
+- Seeds: one CPU `torch.Generator` per request. CPU generators draw the same initial noise on
+  every device, so a seed means the same starting point on a CUDA pool and on a Mac pool.
+
+LoRA state is guarded by one lock: between calls the transformer always runs as the base model
+(LoRA layers disabled); a LoRA group enables exactly its adapter at its scale and restores the
+base state afterwards, even when the render fails.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+import struct
+import threading
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+import numpy as np
+
+from pipeline.lyrics import format_lyrics
+
+if TYPE_CHECKING:
+    from deployments.song_models import ProgressCallback, RenderRequest
+    from serve.config import AceStepConfig, DecoderPoolConfig
+
+SAMPLE_RATE = 48_000
+TIME_SIGNATURE = "4"  # 4/4: the pipeline's metadata takes the beats per bar
+INSTRUMENTAL_LYRICS = "[Instrumental]"  # ACE-Step's own marker for a song without vocals
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+MAX_LORA_FILE_BYTES = 1 << 30
+"""Default size limit of `validate_lora_file` (the registry passes `loras.max_upload_bytes`):
+rank 64 on every attention projection of the XL DiT in float32 is about 0.35 GB."""
+MAX_LORA_RANK = 1024
+"""Rank limit `load_lora` applies by default: the largest `loras.max_rank` allows. The registry
+enforces the configured limit when a LoRA is uploaded."""
+LORA_TARGET_SUFFIXES = ("to_q", "to_k", "to_v", "to_out.0")
+_REQUIRED_COMPONENTS = (
+    "vae",
+    "text_encoder",
+    "tokenizer",
+    "transformer",
+    "condition_encoder",
+    "scheduler",
+)
+_SAFETENSORS_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
+_MAX_SAFETENSORS_HEADER_BYTES = 100 * 1024 * 1024  # the format's own limit
+_LORA_KEY = re.compile(r"^transformer\.(?P<module>.+)\.lora_(?P<part>[AB])\.weight$")
+
+
+@dataclass(frozen=True)
+class _GroupKey:
+    """What requests must share to be rendered by one pipeline call (see the module docstring)."""
+
+    lora_id: str | None
+    lora_scale: float
+    duration_s: float
+    bpm: int
+    key: str
+    caption: str
+    lyrics: str
+    language: str
+
+
+def _lyrics_text(request: RenderRequest) -> str:
+    if request.instrumental:
+        return INSTRUMENTAL_LYRICS
+    return format_lyrics(request.sections)
+
+
+def _group_key(request: RenderRequest) -> _GroupKey:
+    # Scale 0 is the base model: rendered with LoRAs disabled, batched with base requests.
+    uses_lora = request.lora_id is not None and request.lora_scale != 0.0
+    return _GroupKey(
+        lora_id=request.lora_id if uses_lora else None,
+        lora_scale=float(request.lora_scale) if uses_lora else 0.0,
+        duration_s=float(request.duration_s),
+        bpm=int(request.tags.bpm),
+        key=request.tags.key,
+        caption=request.tags.caption,
+        lyrics=_lyrics_text(request),
+        language=request.language,
+    )
+
+
+def _checkpoint_error(path: str, pool_name: str, problem: str) -> ValueError:
+    return ValueError(
+        f"ACE-Step checkpoint {problem} at {path}: set models.pools[{pool_name}].ace_step.path to "
+        f"a diffusers-format directory (model_index.json plus vae/, text_encoder/, tokenizer/, "
+        f"transformer/, condition_encoder/, scheduler/), or run "
+        f"scripts/make_tiny_acestep.py {path} for a tiny test model"
+    )
+
+
+def _looks_like_hub_id(path: str) -> bool:
+    return re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", path) is not None
+
+
+def _pick_device(setting: str) -> str:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    mps = bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
+    if setting == "auto":
+        return "cuda" if cuda else "mps" if mps else "cpu"
+    if (setting == "cuda" and not cuda) or (setting == "mps" and not mps):
+        raise ValueError(
+            f"ace_step.device is {setting!r} but no {setting} device is available here: "
+            "use 'auto' or 'cpu', or pin the pool to nodes that have one"
+        )
+    return setting
+
+
+def _pick_dtype(setting: str, device: str) -> Any:
+    import torch
+
+    if setting == "auto":
+        return {"cuda": torch.bfloat16, "mps": torch.float16}.get(device, torch.float32)
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    return dtypes[setting]
+
+
+def lora_target_modules(checkpoint: Path) -> dict[str, tuple[int, int]]:
+    """The attention projections of a checkpoint's transformer a LoRA may adapt, as
+    {module name: (in_features, out_features)}, read without loading any weights: the
+    transformer is built from `checkpoint/transformer/config.json` on the meta device.
+
+    Raises ValueError when the checkpoint has no readable transformer config.
+    """
+    import torch
+    from diffusers import AceStepTransformer1DModel
+
+    config_path = Path(checkpoint) / "transformer" / "config.json"
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read the transformer config {config_path}: {exc}") from exc
+    with torch.device("meta"):
+        transformer = AceStepTransformer1DModel.from_config(config)
+    return _linear_targets(transformer)
+
+
+def _linear_targets(transformer: Any) -> dict[str, tuple[int, int]]:
+    import torch
+
+    targets: dict[str, tuple[int, int]] = {}
+    for name, module in transformer.named_modules():
+        # A model with LoRAs loaded wraps each target: the original Linear is `<name>.base_layer`.
+        name = name.removesuffix(".base_layer")
+        if isinstance(module, torch.nn.Linear) and name.endswith(LORA_TARGET_SUFFIXES):
+            targets[name] = (module.in_features, module.out_features)
+    return targets
+
+
+def _read_safetensors_header(
+    handle: BinaryIO, size: int, label: str, max_bytes: int
+) -> dict[str, Any]:
+    """The JSON header of a safetensors stream of `size` bytes, checked for consistency (every
+    tensor a float, its byte range inside the data); `label` names the file in errors."""
+    if size > max_bytes:
+        raise ValueError(f"{label} is {size} bytes; the limit is {max_bytes}")
+    prefix = handle.read(8)
+    if prefix[:2] == b"PK" or prefix[:1] == b"\x80":
+        raise ValueError(
+            f"{label} is a pickled PyTorch checkpoint, not safetensors; pickles can run code on "
+            "load and are refused: convert it with safetensors.torch.save_file"
+        )
+    if len(prefix) < 8:
+        raise ValueError(f"{label} is not a safetensors file (too short)")
+    (header_length,) = struct.unpack("<Q", prefix)
+    if header_length > min(_MAX_SAFETENSORS_HEADER_BYTES, size - 8):
+        raise ValueError(f"{label} is not a safetensors file (bad header length)")
+    raw = handle.read(header_length)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"{label} is not a safetensors file (bad header)") from exc
+    if not isinstance(header, dict):
+        raise ValueError(f"{label} is not a safetensors file (bad header)")
+    data_bytes = size - 8 - header_length
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        try:
+            dtype, shape, (start, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
+        except (TypeError, KeyError, ValueError) as exc:
+            raise ValueError(f"{label}: malformed header entry {key!r}") from exc
+        if dtype not in _SAFETENSORS_DTYPE_BYTES:
+            raise ValueError(f"{label}: tensor {key!r} has dtype {dtype}, not a float")
+        expected = math.prod(shape) * _SAFETENSORS_DTYPE_BYTES[dtype]
+        if not (0 <= start <= end <= data_bytes and end - start == expected):
+            raise ValueError(f"{label}: tensor {key!r} has inconsistent offsets")
+    return header
+
+
+def validate_lora_file(
+    path: Path,
+    *,
+    max_rank: int,
+    expected_modules: Mapping[str, tuple[int, int]] | Collection[str],
+    max_bytes: int = MAX_LORA_FILE_BYTES,
+) -> dict[str, Any]:
+    """Check a LoRA file before it is stored or loaded; reads only the file's header.
+
+    Accepts the diffusers PEFT format AceStepPipeline.load_lora_weights reads: a safetensors file
+    (pickles and anything else are refused from the header bytes, never unpickled) of at most
+    `max_bytes`, whose every tensor is `transformer.<module>.lora_A.weight` ([rank, in]) or
+    `...lora_B.weight` ([out, rank]) with both halves present for each module, `<module>` one of
+    `expected_modules` (names, or {name: (in_features, out_features)} to check shapes too — see
+    `lora_target_modules` and `AceStepSongModel.lora_target_modules`), and rank ≤ `max_rank`.
+    `path` may be the file or a directory holding `pytorch_lora_weights.safetensors`.
+
+    Returns {"rank": largest rank, "keys": tensor count, "modules": sorted module names}.
+    Raises ValueError naming the file and the problem otherwise.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / LORA_WEIGHT_NAME
+    if not path.is_file():
+        raise ValueError(f"LoRA file {path} does not exist")
+    with path.open("rb") as handle:
+        header = _read_safetensors_header(
+            handle, path.stat().st_size, f"LoRA file {path}", max_bytes
+        )
+    return _check_lora_header(header, f"LoRA file {path}", max_rank, expected_modules)
+
+
+def lora_validator(
+    checkpoint: str | Path, *, max_rank: int, max_bytes: int = MAX_LORA_FILE_BYTES
+) -> Callable[[bytes], dict[str, Any]]:
+    """A validator for uploaded LoRA bytes against `checkpoint`'s transformer (module names and
+    shapes read once, on the meta device: no weights are loaded). The returned callable applies
+    the checks of `validate_lora_file` to an in-memory file and returns its report."""
+    expected = lora_target_modules(Path(checkpoint).expanduser())
+
+    def validate(weights: bytes) -> dict[str, Any]:
+        label = "the LoRA file"
+        header = _read_safetensors_header(io.BytesIO(weights), len(weights), label, max_bytes)
+        return _check_lora_header(header, label, max_rank, expected)
+
+    return validate
+
+
+def _check_lora_header(
+    header: dict[str, Any],
+    label: str,
+    max_rank: int,
+    expected_modules: Mapping[str, tuple[int, int]] | Collection[str],
+) -> dict[str, Any]:
+    tensors = {key: entry for key, entry in header.items() if key != "__metadata__"}
+    if not tensors:
+        raise ValueError(f"{label} holds no tensors")
+
+    shapes: dict[str, dict[str, list[int]]] = {}
+    for key, entry in tensors.items():
+        match = _LORA_KEY.match(key)
+        if match is None:
+            raise ValueError(
+                f"{label}: key {key!r} is not a diffusers LoRA key "
+                "(transformer.<module>.lora_A.weight / lora_B.weight)"
+            )
+        module = match["module"]
+        if module not in expected_modules:
+            raise ValueError(
+                f"{label}: key {key!r} targets {module!r}, which is not an attention "
+                "projection of this model's transformer (wrong base model?)"
+            )
+        shape = list(entry["shape"])
+        if len(shape) != 2:
+            raise ValueError(f"{label}: {key!r} has shape {shape}, expected 2-D")
+        shapes.setdefault(module, {})[match["part"]] = shape
+
+    rank = 0
+    for module, parts in shapes.items():
+        if set(parts) != {"A", "B"}:
+            raise ValueError(f"{label}: {module!r} lacks its lora_A or lora_B half")
+        (module_rank, in_features), (out_features, b_rank) = parts["A"], parts["B"]
+        if module_rank != b_rank or module_rank < 1:
+            raise ValueError(
+                f"{label}: {module!r} has lora_A rank {module_rank} but lora_B rank {b_rank}"
+            )
+        if isinstance(expected_modules, Mapping) and (in_features, out_features) != tuple(
+            expected_modules[module]
+        ):
+            raise ValueError(
+                f"{label}: {module!r} maps {in_features}→{out_features} features, "
+                f"the model's layer {expected_modules[module][0]}→"
+                f"{expected_modules[module][1]} (trained for another model size?)"
+            )
+        if module_rank > max_rank:
+            raise ValueError(
+                f"{label}: rank {module_rank} (at {module!r}) exceeds the limit "
+                f"{max_rank} (loras.max_rank)"
+            )
+        rank = max(rank, module_rank)
+    return {"rank": rank, "keys": len(tensors), "modules": sorted(shapes)}
+
+
+class AceStepSongModel:
+    """ACE-Step through diffusers' AceStepPipeline, with per-request LoRAs.
+
+    Thread-safe: renders, LoRA loads and unloads serialise on one lock; `check_health` does not
+    wait for it.
+    """
+
+    name = "ace-step"
+    sample_rate = SAMPLE_RATE
+
+    def __init__(self, pool: DecoderPoolConfig) -> None:
+        """Load the checkpoint of `pool.ace_step` onto its device.
+
+        Raises ValueError naming the path and the setting to fix when the checkpoint is missing
+        or malformed, or when the configured device is not available.
+        """
+        import torch
+        from diffusers import AceStepPipeline
+
+        if pool.ace_step is None:
+            raise ValueError(
+                f"models.pools[{pool.name}]: model ace-step needs `ace_step: {{path: DIR}}`"
+            )
+        self._config: AceStepConfig = pool.ace_step
+        self.device = _pick_device(self._config.device)
+        self.dtype = _pick_dtype(self._config.dtype, self.device)
+
+        location = str(Path(self._config.path).expanduser())
+        local = Path(location)
+        if local.exists():
+            if not (local / "model_index.json").is_file():
+                raise _checkpoint_error(location, pool.name, "has no model_index.json")
+        elif not _looks_like_hub_id(self._config.path):
+            raise _checkpoint_error(location, pool.name, "not found")
+        try:
+            pipeline = AceStepPipeline.from_pretrained(location, dtype=self.dtype)
+        # Any loader failure (missing file, bad config, shape mismatch) is a broken checkpoint.
+        except Exception as exc:
+            raise _checkpoint_error(
+                location, pool.name, f"could not be loaded ({type(exc).__name__}: {exc})"
+            ) from exc
+        missing = [c for c in _REQUIRED_COMPONENTS if getattr(pipeline, c, None) is None]
+        if missing:
+            raise _checkpoint_error(location, pool.name, f"lacks components {missing}")
+        pipeline.to(self.device)
+        pipeline.set_progress_bar_config(disable=True)
+        self._pipeline = pipeline
+        self._torch = torch
+        self._lock = threading.Lock()
+        self._loras: dict[str, Path] = {}
+
+        model_version = pipeline.transformer.config.get("model_version") or (
+            "turbo" if pipeline.is_turbo else "base"
+        )
+        self.version = f"{local.name or location}:{model_version}"
+        # Turbo checkpoints have guidance distilled in; the pipeline warns on any scale > 1.
+        self._guidance_scale: float | None = 1.0 if pipeline.is_turbo else None
+
+    # ----------------------------------------------------------------------------------------
+    # Rendering
+
+    def render(
+        self, requests: list[RenderRequest], on_progress: ProgressCallback
+    ) -> list[np.ndarray]:
+        """Render every request; float32 `[2, round(duration_s * 48000)]` arrays in request
+        order. One pipeline call per group of requests with the same conditioning and LoRA (see
+        the module docstring); progress runs 1..(groups × num_inference_steps) across the calls.
+
+        Raises KeyError for a LoRA id that is not loaded (before any rendering), ValueError for a
+        non-positive or non-finite duration.
+        """
+        if not requests:
+            return []
+        for request in requests:
+            if not (math.isfinite(request.duration_s) and request.duration_s > 0):
+                raise ValueError(
+                    f"job {request.job_id} variation {request.variation}: duration_s must be a "
+                    f"positive number of seconds, got {request.duration_s!r}"
+                )
+        groups: dict[_GroupKey, list[int]] = {}
+        for index, request in enumerate(requests):
+            groups.setdefault(_group_key(request), []).append(index)
+
+        steps = self._config.num_inference_steps
+        total_steps = steps * len(groups)
+        outputs: list[np.ndarray | None] = [None] * len(requests)
+        with self._lock:
+            for request in requests:
+                if request.lora_id is not None and request.lora_id not in self._loras:
+                    raise KeyError(self._unknown_lora_message(request.lora_id))
+            try:
+                for group_index, (key, indices) in enumerate(groups.items()):
+                    self._activate(key)
+                    audio = self._call_pipeline(
+                        key,
+                        [requests[i].seed for i in indices],
+                        on_progress,
+                        steps_before=group_index * steps,
+                        total_steps=total_steps,
+                    )
+                    samples = round(key.duration_s * self.sample_rate)
+                    for row, index in enumerate(indices):
+                        outputs[index] = self._to_numpy(audio[row], samples)
+            finally:
+                self._restore_base()
+        return [output for output in outputs if output is not None]
+
+    def _call_pipeline(
+        self,
+        key: _GroupKey,
+        seeds: list[int],
+        on_progress: ProgressCallback,
+        *,
+        steps_before: int,
+        total_steps: int,
+    ) -> Any:
+        torch = self._torch
+        # CPU generators: the same seed gives the same initial noise on every device.
+        generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in seeds]
+
+        def step_end(_pipe: Any, step_index: int, _timestep: Any, _tensors: dict) -> dict:
+            on_progress(steps_before + step_index + 1, total_steps)
+            return {}
+
+        extra: dict[str, Any] = {}
+        if self._guidance_scale is not None:
+            extra["guidance_scale"] = self._guidance_scale
+        count = len(seeds)
+        return self._pipeline(
+            prompt=[key.caption] * count,
+            lyrics=[key.lyrics] * count,
+            vocal_language=[key.language] * count,
+            audio_duration=key.duration_s,
+            bpm=key.bpm,
+            keyscale=key.key,
+            timesignature=TIME_SIGNATURE,
+            num_inference_steps=self._config.num_inference_steps,
+            shift=self._config.shift,
+            generator=generators,
+            output_type="pt",
+            callback_on_step_end=step_end,
+            **extra,
+        ).audios
+
+    def _to_numpy(self, audio: Any, samples: int) -> np.ndarray:
+        """[2, n] float32 of exactly `samples`: the latent grid (1920 samples per frame) rounds
+        the pipeline's length up, so the tail is cut (or, defensively, zero-padded)."""
+        array = audio.detach().to("cpu", dtype=self._torch.float32).numpy()
+        if array.shape[-1] >= samples:
+            return np.ascontiguousarray(array[:, :samples])
+        return np.pad(array, ((0, 0), (0, samples - array.shape[-1])))
+
+    # ----------------------------------------------------------------------------------------
+    # LoRA adapters (PEFT through diffusers). Invariant: outside the lock, LoRA layers are off.
+
+    def load_lora(self, lora_id: str, weights_path: Path, *, max_rank: int = MAX_LORA_RANK) -> None:
+        """Load a LoRA (a `pytorch_lora_weights.safetensors` file, or a directory holding one)
+        as adapter `lora_id`; loading an id again replaces it. The file is validated first
+        (`validate_lora_file` against this transformer): ValueError if it is refused.
+        Loading does not change what base requests render."""
+        path = Path(weights_path)
+        if path.is_dir():
+            path = path / LORA_WEIGHT_NAME
+        with self._lock:
+            validate_lora_file(
+                path,
+                max_rank=max_rank,
+                expected_modules=_linear_targets(self._pipeline.transformer),
+            )
+            if lora_id in self._loras:
+                self._delete_adapter(lora_id)
+            try:
+                self._pipeline.load_lora_weights(
+                    str(path.parent), weight_name=path.name, adapter_name=lora_id
+                )
+            except Exception:
+                self._remove_untracked_adapters()
+                raise
+            finally:
+                self._restore_base()
+            self._loras[lora_id] = path
+
+    def unload_lora(self, lora_id: str) -> None:
+        """Remove adapter `lora_id` and free its weights; a no-op for an id that is not loaded
+        (eviction may race with a failed load)."""
+        with self._lock:
+            if lora_id not in self._loras:
+                return
+            self._delete_adapter(lora_id)
+            self._restore_base()
+
+    def loaded_loras(self) -> list[str]:
+        """Ids of the loaded LoRAs, in load order."""
+        return list(self._loras)
+
+    def lora_target_modules(self) -> dict[str, tuple[int, int]]:
+        """{module: (in_features, out_features)} a LoRA for this model may adapt; pass it to
+        `validate_lora_file`."""
+        return _linear_targets(self._pipeline.transformer)
+
+    def _unknown_lora_message(self, lora_id: str) -> str:
+        loaded = ", ".join(self._loras) or "none"
+        return f"LoRA {lora_id!r} is not loaded on this replica (loaded: {loaded})"
+
+    def _adapter_names(self) -> list[str]:
+        return list(self._pipeline.get_list_adapters().get("transformer", []))
+
+    def _delete_adapter(self, lora_id: str) -> None:
+        self._pipeline.delete_adapters([lora_id])
+        self._loras.pop(lora_id, None)
+
+    def _remove_untracked_adapters(self) -> None:
+        # A load that failed half-way must not leave its adapter in the transformer.
+        stray = [name for name in self._adapter_names() if name not in self._loras]
+        if stray:
+            self._pipeline.delete_adapters(stray)
+
+    def _activate(self, key: _GroupKey) -> None:
+        if key.lora_id is None:
+            self._restore_base()
+            return
+        # disable_lora() sets a flag set_adapters() does not clear: enable first.
+        self._pipeline.enable_lora()
+        self._pipeline.set_adapters([key.lora_id], [key.lora_scale])
+
+    def _restore_base(self) -> None:
+        if self._adapter_names():
+            self._pipeline.disable_lora()
+
+    # ----------------------------------------------------------------------------------------
+
+    def check_health(self) -> None:
+        """Raise if the device is lost or the weights are corrupt: one small op on the
+        transformer's device (synchronising it) and a finiteness check of one weight."""
+        torch = self._torch
+        transformer = self._pipeline.transformer
+        parameter = transformer.scale_shift_table
+        probe = torch.ones(4, device=parameter.device, dtype=parameter.dtype).sum()
+        if float(probe.item()) != 4.0:
+            raise RuntimeError(f"ACE-Step device {parameter.device} computes wrong results")
+        if not bool(torch.isfinite(parameter).all().item()):
+            raise RuntimeError("ACE-Step transformer weights are not finite")
