@@ -64,6 +64,7 @@ class SongDecoder:
         # Every call into the model (renders, adapter loads and unloads) runs on this one thread,
         # in order: an adapter can never change under a render, and the event loop never blocks.
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix=f"{pool.name}-model")
+        self._counters = {"batches": 0, "requests": 0, "lora_loads": 0}
 
         # serve.batch and serve.multiplexed keep per-wrapper state, so they wrap closures made
         # here (with sizes from config) rather than decorating the class with constants.
@@ -115,6 +116,8 @@ class SongDecoder:
             loop.call_soon_threadsafe(progress.put_nowait, RenderProgress(step, steps))
 
         started_at = time.time()
+        self._counters["batches"] += 1
+        self._counters["requests"] += len(requests)
         rendering = loop.run_in_executor(
             self._model_thread, self._model.render, requests, on_progress
         )
@@ -155,7 +158,12 @@ class SongDecoder:
         await asyncio.to_thread(path.write_bytes, data)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._model_thread, self._model.load_lora, lora_id, path)
+        self._counters["lora_loads"] += 1
         return LoadedLora(self._model, lora_id, self._model_thread)
+
+    async def stats(self) -> dict[str, Any]:
+        """This replica's counters: model calls, requests rendered, LoRA loads (cache misses)."""
+        return {"replica": self._replica, **self._counters}
 
     async def check_health(self) -> None:
         self._model.check_health()
