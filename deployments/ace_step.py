@@ -25,8 +25,10 @@ How a `render` call maps onto pipeline calls (measured on the tiny checkpoint of
   identical conditioning are independent: a request renders the same audio alone or in a batch
   up to float rounding of batched kernels (max |Δ| 3e-7 on CPU), and bit-identical audio for the
   same batch.
-- Batching pays off on accelerators, not on this CPU: 10 s at batch 1 takes 0.16 s, 4 × 10 s in
-  one call 0.83 s vs 0.74 s as 4 calls.
+- On CPU the Oobleck VAE decode is most of a call (84 % at batch 1 on the tiny model) and gets
+  slower per song when batched (memory-bound over B × 480k samples per 10 s), so CPU pools batch
+  the DiT steps and decode one song at a time; accelerator pools decode the batch at once.
+  Figures and the profile: docs/benchmarks.md ("Decoder pool").
 - Seeds: one CPU `torch.Generator` per request. CPU generators draw the same initial noise on
   every device, so a seed means the same starting point on a CUDA pool and on a Mac pool.
 
@@ -383,6 +385,8 @@ class AceStepSongModel:
             "turbo" if pipeline.is_turbo else "base"
         )
         self.version = f"{local.name or location}:{model_version}"
+        # Batched VAE decodes are slower per song on CPU (see the module docstring).
+        self._decode_one_at_a_time = self.device == "cpu"
         # Turbo checkpoints have guidance distilled in; the pipeline warns on any scale > 1.
         self._guidance_scale: float | None = 1.0 if pipeline.is_turbo else None
 
@@ -456,7 +460,7 @@ class AceStepSongModel:
         if self._guidance_scale is not None:
             extra["guidance_scale"] = self._guidance_scale
         count = len(seeds)
-        return self._pipeline(
+        output = self._pipeline(
             prompt=[key.caption] * count,
             lyrics=[key.lyrics] * count,
             vocal_language=[key.language] * count,
@@ -467,10 +471,25 @@ class AceStepSongModel:
             num_inference_steps=self._config.num_inference_steps,
             shift=self._config.shift,
             generator=generators,
-            output_type="pt",
+            output_type="latent" if self._decode_one_at_a_time else "pt",
             callback_on_step_end=step_end,
             **extra,
         ).audios
+        if not self._decode_one_at_a_time:
+            return output
+        return [self._decode_latents(output[row : row + 1])[0] for row in range(count)]
+
+    def _decode_latents(self, latents: Any) -> Any:
+        """Latents `[B, T, C]` → audio `[B, 2, n]` exactly as AceStepPipeline post-processes
+        them (diffusers 0.42: VAE decode, then per-song peak normalisation to -1 dBFS); a test
+        pins this against the pipeline's own output."""
+        torch = self._torch
+        audio = self._pipeline.vae.decode(latents.transpose(1, 2)).sample.float()
+        peak = audio.abs().amax(dim=[1, 2], keepdim=True)
+        if torch.any(peak > 1.0):
+            audio = audio / peak.clamp(min=1.0)
+        peak = audio.abs().amax(dim=[1, 2], keepdim=True).clamp(min=1e-6)
+        return audio * (10.0 ** (-1.0 / 20.0) / peak)
 
     def _to_numpy(self, audio: Any, samples: int) -> np.ndarray:
         """[2, n] float32 of exactly `samples`: the latent grid (1920 samples per frame) rounds

@@ -441,3 +441,18 @@ def test_lora_validator_checks_uploaded_bytes(checkpoint: Path) -> None:
         validate(b"\x80\x04\x95" + b"\0" * 64)
     with pytest.raises(ValueError, match=r"cannot read the transformer config"):
         lora_validator(checkpoint / "missing", max_rank=4)
+
+
+def test_one_at_a_time_decode_equals_the_pipelines_batched_decode(model: AceStepSongModel) -> None:
+    # CPU pools take latents from the pipeline and decode each song alone; that must give what
+    # the pipeline's own decode and normalisation give for the whole batch.
+    requests = [request(seed=s, duration_s=5.0) for s in (1, 2, 3)]
+    assert model._decode_one_at_a_time  # this machine has no GPU
+    one_at_a_time = model.render(requests, no_progress)
+    model._decode_one_at_a_time = False
+    try:
+        batched = model.render(requests, no_progress)
+    finally:
+        model._decode_one_at_a_time = True
+    for mine, theirs in zip(one_at_a_time, batched, strict=True):
+        np.testing.assert_allclose(mine, theirs, atol=1e-5)
