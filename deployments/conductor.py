@@ -71,9 +71,6 @@ class Conductor:
         """A job was queued: look for work now instead of at the next poll."""
         self._wake.set()
 
-    async def active_jobs(self) -> list[str]:
-        return sorted(self._active)
-
     async def __del__(self) -> None:
         """Serve awaits this on graceful shutdown (scale-down, redeploy): stop claiming and hand
         unfinished jobs back so another replica resumes them now, not after their leases expire.

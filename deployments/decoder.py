@@ -41,7 +41,7 @@ class LoadedLora:
     already queued there, before any later load (idempotent: GC may call it again)."""
 
     def __init__(self, model: SongModel, lora_id: str, model_thread: ThreadPoolExecutor) -> None:
-        self.model = model
+        self._model = model
         self.lora_id = lora_id
         self._model_thread = model_thread
         self._unloaded = False
@@ -49,7 +49,7 @@ class LoadedLora:
     def __del__(self) -> None:
         if not self._unloaded:
             self._unloaded = True
-            self._model_thread.submit(self.model.unload_lora, self.lora_id)
+            self._model_thread.submit(self._model.unload_lora, self.lora_id)
 
 
 class SongDecoder:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from serve.objects import open_object_store, variation_key
@@ -91,14 +91,7 @@ class PostProcessor:
             await self._objects.put(key, data, content_type)
             objects[name.removeprefix("audio.").removesuffix(".json")] = key
         timings = {**summary.timings_s, "store": time.perf_counter() - started}
-        return ProcessedVariation(
-            duration_s=summary.duration_s,
-            sample_rate=summary.sample_rate,
-            loudness_lufs=summary.loudness_lufs,
-            true_peak_dbtp=summary.true_peak_dbtp,
-            objects=objects,
-            timings_s=timings,
-        )
+        return replace(summary, objects=objects, timings_s=timings)
 
     async def check_health(self) -> None:
         return None

@@ -73,14 +73,9 @@ def _pool(checkpoint: Path, max_batch_size: int, replicas: int = 1) -> DecoderPo
 def _deploy(pool: DecoderPoolConfig, storage: StorageConfig) -> Any:
     from ray import serve
 
-    from deployments.decoder import SongDecoder
+    from serve.app import decoder_deployment
 
-    app = (
-        serve.deployment(SongDecoder, name=pool.name, **pool.deployment.to_serve())
-        .options(user_config=pool.batching.model_dump())
-        .bind(pool, storage)
-    )
-    return serve.run(app, name="bench-dit", route_prefix=None)
+    return serve.run(decoder_deployment(pool, storage), name="bench-dit", route_prefix=None)
 
 
 async def _render(handle: Any, request: RenderRequest) -> RenderedSong:

@@ -29,7 +29,13 @@ from deployments.tag_normalizer import TagNormalizer
 
 from .api import SongAPI
 from .api import app as fastapi_app
-from .config import AppConfig, DeploymentOptions, resolve_config
+from .config import (
+    AppConfig,
+    DecoderPoolConfig,
+    DeploymentOptions,
+    StorageConfig,
+    resolve_config,
+)
 from .placement import cluster_nodes, unplaceable_pools, unplaceable_reason
 
 logger = logging.getLogger("ray.serve")
@@ -37,6 +43,16 @@ logger = logging.getLogger("ray.serve")
 
 def _deployment(cls: type, name: str, options: DeploymentOptions) -> Any:
     return serve.deployment(cls, name=name, **options.to_serve())
+
+
+def decoder_deployment(pool: DecoderPoolConfig, storage: StorageConfig) -> Application:
+    """One decoder pool as a bound deployment: its Serve options, and its batching settings as
+    `user_config` so they can be changed live. Benchmarks deploy pools through this too."""
+    return (
+        _deployment(SongDecoder, pool.name, pool.deployment)
+        .options(user_config=pool.batching.model_dump())
+        .bind(pool, storage)
+    )
 
 
 def build_app(args: AppConfig) -> Application:
@@ -47,12 +63,7 @@ def build_app(args: AppConfig) -> Application:
 
     lyrics = _deployment(LyricsLLM, "LyricsLLM", options.lyrics).bind(config.lyrics)
     tags = _deployment(TagNormalizer, "TagNormalizer", options.tags).bind(config.tags)
-    pools = {
-        pool.name: _deployment(SongDecoder, pool.name, pool.deployment)
-        .options(user_config=pool.batching.model_dump())
-        .bind(pool, config.storage)
-        for pool in config.models.pools
-    }
+    pools = {pool.name: decoder_deployment(pool, config.storage) for pool in config.models.pools}
     router = _deployment(SongRouter, "SongRouter", options.router).bind(config.models, pools)
     postprocessor = _deployment(PostProcessor, "PostProcessor", options.postprocess).bind(
         config.postprocess, config.storage
