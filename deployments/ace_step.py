@@ -7,10 +7,18 @@ transformer's attention projections, loaded by id and switched per render group.
 How a `render` call maps onto pipeline calls (measured on the tiny checkpoint of
 `scripts/make_tiny_acestep.py`, 2-core CPU shared with other work, 8 steps, best of 7):
 
-- Requests are grouped by everything the pipeline takes as ONE value per call or that changes
-  other rows of the batch: LoRA (id, scale), duration, bpm, key, and the text conditioning
-  (caption, lyrics, language). Each group is one pipeline call; a group is typically the
-  variations of one job (same text, different seeds).
+- Requests of different songs share a call when they share what the pipeline takes as ONE value
+  per call: LoRA (id, scale) and duration. Caption, lyrics, language, bpm and key are per row:
+  the pipeline is `BucketedAceStepPipeline`, which formats each row's prompt with its own
+  metadata.
+- Padding buckets: the DiT's cross-attention runs WITHOUT a mask over the padded text and lyric
+  sequence (as in ACE-Step's own handler, which pads a batch to its longest row), so padding is
+  part of the conditioning: padded "to the longest row", a request renders differently next to a
+  longer caption (relative RMS difference 1.9 % on the tiny model). Each row is therefore padded
+  to its own bucket — its token count rounded up to `ace_step.text_pad_multiple` /
+  `lyrics_pad_multiple` — and only rows of the same buckets share a call. A request renders the
+  same audio alone or next to any batch mates (up to float rounding of batched kernels, max |Δ|
+  ~1e-6 on CPU), whatever their text.
 - Mixed durations: one call per duration, not one call at the longest duration trimmed.
   Measured for 4 requests of 10, 10, 20 and 30 s: grouped (3 calls) 1.32 s, longest + trim
   (1 call) 3.92 s — trimming renders 120 s of audio for 70 s wanted, and the VAE decode and
@@ -18,13 +26,6 @@ How a `render` call maps onto pipeline calls (measured on the tiny checkpoint of
   the conditioning ("- duration: N seconds" in the prompt, and the latent length the DiT
   attends over), so the first 10 s of a 30 s render is a different song from a 10 s render
   (relative RMS difference 9 %), and a request's audio would depend on its batch mates.
-- Text: `bpm`, `keyscale` and `timesignature` are scalars per call, and the DiT's cross-attention
-  runs without a mask over the padded condition sequence, so a request batched with a longer
-  caption or lyrics renders differently (relative RMS difference 1.9 % on the tiny model).
-  Requests with different captions or lyrics are therefore never batched together. Rows of
-  identical conditioning are independent: a request renders the same audio alone or in a batch
-  up to float rounding of batched kernels (max |Δ| 3e-7 on CPU), and bit-identical audio for the
-  same batch.
 - On CPU the Oobleck VAE decode is most of a call (84 % at batch 1 on the tiny model) and gets
   slower per song when batched (memory-bound over B × 480k samples per 10 s), so CPU pools batch
   the DiT steps and decode one song at a time; accelerator pools decode the batch at once.
@@ -39,6 +40,7 @@ base state afterwards, even when the render fails.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
@@ -89,11 +91,8 @@ class _GroupKey:
     lora_id: str | None
     lora_scale: float
     duration_s: float
-    bpm: int
-    key: str
-    caption: str
-    lyrics: str
-    language: str
+    text_tokens: int  # the padded length (bucket) of the formatted caption + metadata
+    lyric_tokens: int  # the padded length (bucket) of the formatted lyrics
 
 
 def _lyrics_text(request: RenderRequest) -> str:
@@ -102,19 +101,141 @@ def _lyrics_text(request: RenderRequest) -> str:
     return format_lyrics(request.sections)
 
 
-def _group_key(request: RenderRequest) -> _GroupKey:
-    # Scale 0 is the base model: rendered with LoRAs disabled, batched with base requests.
-    uses_lora = request.lora_id is not None and request.lora_scale != 0.0
-    return _GroupKey(
-        lora_id=request.lora_id if uses_lora else None,
-        lora_scale=float(request.lora_scale) if uses_lora else 0.0,
-        duration_s=float(request.duration_s),
-        bpm=int(request.tags.bpm),
-        key=request.tags.key,
-        caption=request.tags.caption,
-        lyrics=_lyrics_text(request),
-        language=request.language,
-    )
+def _padded_length(tokens: int, multiple: int) -> int:
+    return -(-tokens // multiple) * multiple
+
+
+@functools.cache
+def bucketed_pipeline_class() -> Any:
+    """`BucketedAceStepPipeline`: diffusers' AceStepPipeline whose prompt encoding takes metadata
+    per row and pads every row to its own bucket (see the module docstring). Built on first use so
+    importing this module does not import diffusers."""
+    from diffusers.pipelines.ace_step.pipeline_ace_step import AceStepPipeline
+
+    class BucketedAceStepPipeline(AceStepPipeline):
+        """AceStepPipeline with two changes to `encode_prompt`, and nothing else:
+
+        - `bpm` and `keyscale` may be lists, one value per row (the base class takes one value
+          for the whole call);
+        - text and lyric tokens are padded to a multiple of `text_pad_multiple` and
+          `lyrics_pad_multiple` (the base class pads to the longest row). Calls whose rows share
+          their buckets then pad each row exactly as it would be padded alone.
+
+        With multiples of 1 and scalar metadata it returns exactly what the base class returns
+        (a test pins this).
+        """
+
+        text_pad_multiple = 1
+        lyrics_pad_multiple = 1
+        tokenizer: Any  # components, registered by DiffusionPipeline at load time
+        text_encoder: Any
+
+        def format_rows(
+            self,
+            prompt: list[str],
+            lyrics: list[str],
+            vocal_language: list[str],
+            audio_duration: float,
+            instruction: str | None,
+            bpm: int | list[int] | None,
+            keyscale: str | list[str] | None,
+            timesignature: str | None,
+        ) -> tuple[list[str], list[str]]:
+            """The text-encoder input and the lyric input of every row."""
+            rows = len(prompt)
+            bpms = bpm if isinstance(bpm, list) else [bpm] * rows
+            keys = keyscale if isinstance(keyscale, list) else [keyscale] * rows
+            formatted = [
+                self._format_prompt(
+                    prompt=prompt[i],
+                    lyrics=lyrics[i],
+                    vocal_language=vocal_language[i],
+                    audio_duration=audio_duration,
+                    instruction=instruction,
+                    bpm=bpms[i],
+                    keyscale=keys[i],
+                    timesignature=timesignature,
+                )
+                for i in range(rows)
+            ]
+            return [text for text, _ in formatted], [lyric for _, lyric in formatted]
+
+        def padded_lengths(
+            self, text: str, lyric: str, max_text_length: int = 256, max_lyric_length: int = 2048
+        ) -> tuple[int, int]:
+            """The bucket of one row: its text and lyric token counts once padded."""
+            text_tokens = len(
+                self.tokenizer(text, truncation=True, max_length=max_text_length).input_ids
+            )
+            lyric_tokens = len(
+                self.tokenizer(lyric, truncation=True, max_length=max_lyric_length).input_ids
+            )
+            return (
+                _padded_length(text_tokens, self.text_pad_multiple),
+                _padded_length(lyric_tokens, self.lyrics_pad_multiple),
+            )
+
+        def encode_prompt(  # type: ignore[override]
+            self,
+            prompt: str | list[str],
+            lyrics: str | list[str],
+            device: Any,
+            vocal_language: str | list[str] = "en",
+            audio_duration: float = 60.0,
+            instruction: str | None = None,
+            bpm: int | list[int] | None = None,
+            keyscale: str | list[str] | None = None,
+            timesignature: str | None = None,
+            max_text_length: int = 256,
+            max_lyric_length: int = 2048,
+        ) -> tuple[Any, Any, Any, Any]:
+            # The body of AceStepPipeline.encode_prompt (diffusers 0.42), with per-row metadata
+            # and `pad_to_multiple_of`.
+            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+            lyric_list = [lyrics] if isinstance(lyrics, str) else list(lyrics)
+            languages = (
+                [vocal_language] * len(prompts)
+                if isinstance(vocal_language, str)
+                else list(vocal_language)
+            )
+            texts, lyric_strs = self.format_rows(
+                prompts,
+                lyric_list,
+                languages,
+                audio_duration,
+                instruction,
+                bpm,
+                keyscale,
+                timesignature,
+            )
+            text_inputs = self.tokenizer(
+                texts,
+                padding="longest",
+                pad_to_multiple_of=self.text_pad_multiple,
+                truncation=True,
+                max_length=max_text_length,
+                return_tensors="pt",
+            )
+            lyric_inputs = self.tokenizer(
+                lyric_strs,
+                padding="longest",
+                pad_to_multiple_of=self.lyrics_pad_multiple,
+                truncation=True,
+                max_length=max_lyric_length,
+                return_tensors="pt",
+            )
+            text_input_ids = text_inputs.input_ids.to(device)
+            lyric_input_ids = lyric_inputs.input_ids.to(device)
+            text_hidden_states = self.text_encoder(input_ids=text_input_ids).last_hidden_state
+            lyric_hidden_states = self.text_encoder.get_input_embeddings()(lyric_input_ids)
+            return (
+                text_hidden_states,
+                text_inputs.attention_mask.to(device).bool(),
+                lyric_hidden_states,
+                lyric_inputs.attention_mask.to(device).bool(),
+            )
+
+    return BucketedAceStepPipeline
 
 
 def _checkpoint_error(path: str, pool_name: str, problem: str) -> ValueError:
@@ -347,7 +468,6 @@ class AceStepSongModel:
         or malformed, or when the configured device is not available.
         """
         import torch
-        from diffusers import AceStepPipeline
 
         if pool.ace_step is None:
             raise ValueError(
@@ -365,7 +485,7 @@ class AceStepSongModel:
         elif not _looks_like_hub_id(self._config.path):
             raise _checkpoint_error(location, pool.name, "not found")
         try:
-            pipeline = AceStepPipeline.from_pretrained(location, dtype=self.dtype)
+            pipeline = bucketed_pipeline_class().from_pretrained(location, dtype=self.dtype)
         # Any loader failure (missing file, bad config, shape mismatch) is a broken checkpoint.
         except Exception as exc:
             raise _checkpoint_error(
@@ -376,6 +496,8 @@ class AceStepSongModel:
             raise _checkpoint_error(location, pool.name, f"lacks components {missing}")
         pipeline.to(self.device)
         pipeline.set_progress_bar_config(disable=True)
+        pipeline.text_pad_multiple = self._config.text_pad_multiple
+        pipeline.lyrics_pad_multiple = self._config.lyrics_pad_multiple
         self._pipeline = pipeline
         self._torch = torch
         self._lock = threading.Lock()
@@ -411,10 +533,7 @@ class AceStepSongModel:
                     f"job {request.job_id} variation {request.variation}: duration_s must be a "
                     f"positive number of seconds, got {request.duration_s!r}"
                 )
-        groups: dict[_GroupKey, list[int]] = {}
-        for index, request in enumerate(requests):
-            groups.setdefault(_group_key(request), []).append(index)
-
+        groups = self._groups(requests)
         steps = self._config.num_inference_steps
         total_steps = steps * len(groups)
         outputs: list[np.ndarray | None] = [None] * len(requests)
@@ -427,7 +546,7 @@ class AceStepSongModel:
                     self._activate(key)
                     audio = self._call_pipeline(
                         key,
-                        [requests[i].seed for i in indices],
+                        [requests[i] for i in indices],
                         on_progress,
                         steps_before=group_index * steps,
                         total_steps=total_steps,
@@ -439,10 +558,43 @@ class AceStepSongModel:
                 self._restore_base()
         return [output for output in outputs if output is not None]
 
+    def model_calls(self, requests: list[RenderRequest]) -> list[list[int]]:
+        """How `render` splits `requests` into pipeline calls: request indices per call, in
+        call order."""
+        return list(self._groups(requests).values())
+
+    def _groups(self, requests: list[RenderRequest]) -> dict[_GroupKey, list[int]]:
+        groups: dict[_GroupKey, list[int]] = {}
+        for index, request in enumerate(requests):
+            groups.setdefault(self._group_key(request), []).append(index)
+        return groups
+
+    def _group_key(self, request: RenderRequest) -> _GroupKey:
+        # Scale 0 is the base model: rendered with LoRAs disabled, batched with base requests.
+        uses_lora = request.lora_id is not None and request.lora_scale != 0.0
+        (text,), (lyric,) = self._pipeline.format_rows(
+            [request.tags.caption],
+            [_lyrics_text(request)],
+            [request.language],
+            request.duration_s,
+            None,
+            int(request.tags.bpm),
+            request.tags.key,
+            TIME_SIGNATURE,
+        )
+        text_tokens, lyric_tokens = self._pipeline.padded_lengths(text, lyric)
+        return _GroupKey(
+            lora_id=request.lora_id if uses_lora else None,
+            lora_scale=float(request.lora_scale) if uses_lora else 0.0,
+            duration_s=float(request.duration_s),
+            text_tokens=text_tokens,
+            lyric_tokens=lyric_tokens,
+        )
+
     def _call_pipeline(
         self,
         key: _GroupKey,
-        seeds: list[int],
+        requests: list[RenderRequest],
         on_progress: ProgressCallback,
         *,
         steps_before: int,
@@ -450,7 +602,7 @@ class AceStepSongModel:
     ) -> Any:
         torch = self._torch
         # CPU generators: the same seed gives the same initial noise on every device.
-        generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in seeds]
+        generators = [torch.Generator("cpu").manual_seed(int(r.seed)) for r in requests]
 
         def step_end(_pipe: Any, step_index: int, _timestep: Any, _tensors: dict) -> dict:
             on_progress(steps_before + step_index + 1, total_steps)
@@ -459,14 +611,13 @@ class AceStepSongModel:
         extra: dict[str, Any] = {}
         if self._guidance_scale is not None:
             extra["guidance_scale"] = self._guidance_scale
-        count = len(seeds)
         output = self._pipeline(
-            prompt=[key.caption] * count,
-            lyrics=[key.lyrics] * count,
-            vocal_language=[key.language] * count,
+            prompt=[r.tags.caption for r in requests],
+            lyrics=[_lyrics_text(r) for r in requests],
+            vocal_language=[r.language for r in requests],
             audio_duration=key.duration_s,
-            bpm=key.bpm,
-            keyscale=key.key,
+            bpm=[int(r.tags.bpm) for r in requests],
+            keyscale=[r.tags.key for r in requests],
             timesignature=TIME_SIGNATURE,
             num_inference_steps=self._config.num_inference_steps,
             shift=self._config.shift,
@@ -477,7 +628,7 @@ class AceStepSongModel:
         ).audios
         if not self._decode_one_at_a_time:
             return output
-        return [self._decode_latents(output[row : row + 1])[0] for row in range(count)]
+        return [self._decode_latents(output[row : row + 1])[0] for row in range(len(requests))]
 
     def _decode_latents(self, latents: Any) -> Any:
         """Latents `[B, T, C]` → audio `[B, 2, n]` exactly as AceStepPipeline post-processes

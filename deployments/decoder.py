@@ -10,6 +10,13 @@ pool's `batching` settings, applied in `reconfigure`), and LoRA adapters are loa
 through `serve.multiplexed` (LRU of `ace_step.lora_cache_size`). The router sets the multiplexed
 id only for LoRA requests, so Serve routes them to replicas that already hold the adapter and splits
 batches by adapter; base requests stay free to balance.
+
+Metrics (Ray's Prometheus export, tagged with deployment = pool, replica and application; Serve
+adds `serve_actual_batch_size` for the requests each `serve.batch` call gathered):
+- `songserve_decoder_songs_per_model_call` — how many songs each model call rendered together,
+  after the model split the batch by what it cannot mix (durations, LoRAs, padding buckets);
+- `songserve_decoder_songs` — songs rendered, tagged `lora` = "base" or "adapter";
+- `songserve_decoder_lora_loads` — adapters loaded into this replica (multiplex cache misses).
 """
 
 from __future__ import annotations
@@ -52,6 +59,28 @@ class LoadedLora:
             self._model_thread.submit(self._model.unload_lora, self.lora_id)
 
 
+class _DecoderMetrics:
+    """The decoder's Ray metrics (see the module docstring); created inside the replica."""
+
+    def __init__(self) -> None:
+        from ray.serve.metrics import Counter, Histogram
+
+        self.songs_per_model_call = Histogram(
+            "songserve_decoder_songs_per_model_call",
+            description="Songs rendered together by one model call (the real batch size).",
+            boundaries=[1, 2, 3, 4, 6, 8, 12, 16, 24, 32],
+        )
+        self.songs = Counter(
+            "songserve_decoder_songs",
+            description="Songs rendered, by whether a LoRA adapter was used.",
+            tag_keys=("lora",),
+        )
+        self.lora_loads = Counter(
+            "songserve_decoder_lora_loads",
+            description="LoRA adapters loaded into a replica (multiplex cache misses).",
+        )
+
+
 class SongDecoder:
     def __init__(self, pool: DecoderPoolConfig, storage: StorageConfig) -> None:
         from ray import serve
@@ -65,6 +94,7 @@ class SongDecoder:
         # in order: an adapter can never change under a render, and the event loop never blocks.
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix=f"{pool.name}-model")
         self._counters = {"batches": 0, "requests": 0, "lora_loads": 0}
+        self._metrics = _DecoderMetrics()
 
         # serve.batch and serve.multiplexed keep per-wrapper state, so they wrap closures made
         # here (with sizes from config) rather than decorating the class with constants.
@@ -118,6 +148,11 @@ class SongDecoder:
         started_at = time.time()
         self._counters["batches"] += 1
         self._counters["requests"] += len(requests)
+        call_size = [0] * len(requests)
+        for call in self._model.model_calls(requests):
+            self._metrics.songs_per_model_call.observe(len(call))
+            for index in call:
+                call_size[index] = len(call)
         rendering = loop.run_in_executor(
             self._model_thread, self._model.render, requests, on_progress
         )
@@ -142,10 +177,12 @@ class SongDecoder:
                 replica=self._replica,
                 render_started_at=started_at,
                 render_finished_at=finished_at,
-                batch_size=len(requests),
+                batch_size=size,
             )
-            for audio in audios
+            for audio, size in zip(audios, call_size, strict=True)
         ]
+        for request in requests:
+            self._metrics.songs.inc(tags={"lora": "adapter" if request.lora_id else "base"})
 
     async def _load_lora(self, lora_id: str) -> LoadedLora:
         """Fetch a registered LoRA from the object store and load it into the model."""
@@ -159,6 +196,7 @@ class SongDecoder:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._model_thread, self._model.load_lora, lora_id, path)
         self._counters["lora_loads"] += 1
+        self._metrics.lora_loads.inc()
         return LoadedLora(self._model, lora_id, self._model_thread)
 
     async def stats(self) -> dict[str, Any]:

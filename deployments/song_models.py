@@ -77,6 +77,11 @@ class SongModel(Protocol):
         request order. Deterministic for a request's seed."""
         ...
 
+    def model_calls(self, requests: list[RenderRequest]) -> list[list[int]]:
+        """How `render` splits `requests` into model calls: the request indices of each call, in
+        call order (what batching achieved, for diagnostics and metrics)."""
+        ...
+
     def check_health(self) -> None:
         """Raise if the model cannot render (e.g. a lost device)."""
         ...
@@ -122,6 +127,9 @@ class SketchSongModel:
             )
             outputs.append(rendered.mix)
         return outputs
+
+    def model_calls(self, requests: list[RenderRequest]) -> list[list[int]]:
+        return [[index] for index in range(len(requests))]  # one song per call
 
     def check_health(self) -> None:
         return None

@@ -36,7 +36,17 @@ from pipeline.lyrics import parse_lyrics  # noqa: E402
 from pipeline.tags import normalize_style  # noqa: E402
 from serve.config import DecoderPoolConfig, StorageConfig  # noqa: E402
 
-TAGS = normalize_style("synthwave, dreamy, female vocals")
+# Traffic of different songs: each request takes the next style (its own caption, bpm and key),
+# so a batch mixes conditioning as real traffic does.
+STYLES = [
+    normalize_style(style)
+    for style in (
+        "synthwave, dreamy, female vocals",
+        "lofi hip hop, chill, rainy",
+        "deep house, groovy, late night",
+        "indie folk, warm, acoustic guitar",
+    )
+]
 SECTIONS = parse_lyrics("[verse]\nneon lights over the bay\n[chorus]\nwe drive all night")
 
 
@@ -46,7 +56,7 @@ def _request(seed: int, duration_s: float, lora_id: str | None = None) -> Render
         variation=0,
         seed=seed,
         duration_s=duration_s,
-        tags=TAGS,
+        tags=STYLES[seed % len(STYLES)],
         sections=SECTIONS,
         instrumental=False,
         language="en",
@@ -153,7 +163,8 @@ def main() -> int:
     rows: list[tuple[str, str]] = []
 
     # 1. Throughput, batching on and off; 4. the batch of 4 through the one-replica deployment.
-    batch = [_request(k, options.duration) for k in range(4)]
+    # Seeds 0, 4, 8, 12 share a style, so the batch is one model call.
+    batch = [_request(len(STYLES) * k, options.duration) for k in range(4)]
     for max_batch_size in (1, 8):
         handle = _deploy(_pool(checkpoint, max_batch_size), storage)
         rows += asyncio.run(_throughput_rows(handle, max_batch_size, options))

@@ -326,6 +326,22 @@ class AceStepConfig(_Strict):
     lora_cache_size: int = Field(
         4, ge=1, le=64, description="LoRAs kept loaded per replica (multiplexing LRU size)."
     )
+    # The DiT attends to padding, so a request's padded length is part of its conditioning:
+    # requests batch together only within one bucket (see deployments/ace_step.py).
+    text_pad_multiple: int = Field(
+        64,
+        ge=1,
+        le=256,
+        description="Caption + metadata tokens are padded to a multiple of this; requests of "
+        "different songs batch together when their padded lengths match. Larger: more "
+        "batching, more padding attended to.",
+    )
+    lyrics_pad_multiple: int = Field(
+        256,
+        ge=1,
+        le=2048,
+        description="Lyric tokens are padded to a multiple of this (see text_pad_multiple).",
+    )
 
 
 # Song models whose pools can hot-swap LoRA adapters per request.

@@ -17,6 +17,8 @@ from serve.jobs import JobRecord, SQLiteJobStore
 from tests.helpers import free_port
 
 APP_NAME = "songserve"
+METRICS_PORT = free_port()
+"""Where the session's Ray exports Prometheus metrics (`metric_samples` reads them)."""
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +29,15 @@ def serve_url() -> Iterator[str]:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # More logical CPUs than cores: the graph's coordination replicas use slivers, and tests may
     # run two decoder and two post-processor replicas side by side.
-    ray.init(address="local", num_cpus=4, include_dashboard=False, namespace="songserve-tests")
+    ray.init(
+        address="local",
+        num_cpus=4,
+        include_dashboard=False,
+        namespace="songserve-tests",
+        _metrics_export_port=METRICS_PORT,
+        # Replicas report metrics every 10 s by default; tests read them within seconds.
+        _system_config={"metrics_report_interval_ms": 500},
+    )
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
@@ -35,6 +45,20 @@ def serve_url() -> Iterator[str]:
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+def metric_samples(name: str, **labels: str) -> list[tuple[dict[str, str], float]]:
+    """Every sample of Prometheus metric `name` (e.g. `ray_serve_actual_batch_size_bucket`)
+    the session's Ray exports now, whose labels include `labels`."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10).text
+    return [
+        (sample.labels, sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    ]
 
 
 def test_args(data_dir: Path, **overrides: Any) -> dict[str, Any]:

@@ -197,6 +197,94 @@ def test_batch_of_three_in_one_call_matches_solo(model: AceStepSongModel) -> Non
         np.testing.assert_allclose(output, render_one(model, request(seed)), atol=1e-5)
 
 
+OTHER_TAGS = dataclasses.replace(
+    TAGS,
+    genre="techno",
+    caption="dark techno, hypnotic, analog synth, deep bass",
+    bpm=130,
+    key="A minor",
+)
+OTHER_SECTIONS = [LyricSection("chorus", ["Lights go down", "Into the night we run"])]
+
+
+def other_song(seed: int) -> RenderRequest:
+    """A request of another song: caption, bpm, key, lyrics and language all differ."""
+    return dataclasses.replace(
+        request(seed), tags=OTHER_TAGS, sections=OTHER_SECTIONS, language="es"
+    )
+
+
+def test_bucketed_encoding_is_the_pipelines_own(model: AceStepSongModel) -> None:
+    # With multiples of 1 and one bpm/key for the call, the subclass must encode exactly as
+    # diffusers' AceStepPipeline does: same formatting, tokens, hidden states and masks.
+    from diffusers import AceStepPipeline
+
+    pipeline = model._pipeline
+    arguments = {
+        "prompt": [TAGS.caption, OTHER_TAGS.caption],
+        "lyrics": ["[verse]\nSailing home tonight", "[chorus]\nLights go down low"],
+        "device": "cpu",
+        "vocal_language": ["en", "es"],
+        "audio_duration": 5.0,
+        "bpm": 118,
+        "keyscale": "F# minor",
+        "timesignature": "4",
+    }
+    saved = pipeline.text_pad_multiple, pipeline.lyrics_pad_multiple
+    pipeline.text_pad_multiple = pipeline.lyrics_pad_multiple = 1
+    try:
+        mine = pipeline.encode_prompt(**arguments)
+    finally:
+        pipeline.text_pad_multiple, pipeline.lyrics_pad_multiple = saved
+    theirs = AceStepPipeline.encode_prompt(pipeline, **arguments)
+    for my_tensor, their_tensor in zip(mine, theirs, strict=True):
+        assert my_tensor.shape == their_tensor.shape
+        assert bool((my_tensor == their_tensor).all())
+
+
+def test_different_songs_share_a_call_and_render_as_alone(model: AceStepSongModel) -> None:
+    mine, theirs = request(5), other_song(9)
+    assert model.model_calls([mine, theirs]) == [[0, 1]]
+    steps_seen: list[tuple[int, int]] = []
+    batch = model.render([mine, theirs], lambda s, n: steps_seen.append((s, n)))
+    assert steps_seen == [(s, STEPS) for s in range(1, STEPS + 1)]  # one pipeline call
+    np.testing.assert_allclose(batch[0], render_one(model, mine), atol=1e-5)
+    np.testing.assert_allclose(batch[1], render_one(model, theirs), atol=1e-5)
+    assert np.abs(batch[0] - batch[1]).max() > 0.1
+
+
+def test_padding_to_the_longest_row_would_leak_between_requests(model: AceStepSongModel) -> None:
+    # Why rows are padded to buckets: padded only to the batch's longest row (the base
+    # pipeline's behaviour), a request's audio depends on its batch mate's text length.
+    pipeline = model._pipeline
+    longer = dataclasses.replace(
+        other_song(9), tags=dataclasses.replace(OTHER_TAGS, caption=OTHER_TAGS.caption * 3)
+    )
+    saved = pipeline.text_pad_multiple, pipeline.lyrics_pad_multiple
+    pipeline.text_pad_multiple = pipeline.lyrics_pad_multiple = 1
+    try:
+        alone = render_one(model, request(5))
+        beside_longer = model._call_pipeline(
+            model._group_key(request(5)),
+            [request(5), longer],
+            no_progress,
+            steps_before=0,
+            total_steps=STEPS,
+        )
+    finally:
+        pipeline.text_pad_multiple, pipeline.lyrics_pad_multiple = saved
+    leaked = model._to_numpy(beside_longer[0], alone.shape[-1])
+    assert np.abs(leaked - alone).max() > 1e-3
+
+
+def test_rows_of_different_buckets_get_separate_calls(model: AceStepSongModel) -> None:
+    long_caption = dataclasses.replace(TAGS, caption=", ".join([TAGS.caption] * 8))
+    requests = [request(1), request(2, tags=long_caption), other_song(3)]
+    assert model.model_calls(requests) == [[0, 2], [1]]
+    outputs = model.render(requests, no_progress)
+    np.testing.assert_allclose(outputs[1], render_one(model, requests[1]), atol=1e-5)
+
+
 def test_progress_counts_across_groups(model: AceStepSongModel) -> None:
     steps_seen: list[tuple[int, int]] = []
     model.render([request(1, 5.0), request(2, 6.0)], lambda s, n: steps_seen.append((s, n)))
