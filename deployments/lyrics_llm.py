@@ -23,6 +23,40 @@ class WrittenLyrics:
     model: str
 
 
+ChatMessage = dict[str, str]
+"""{"role": "system" | "user" | "assistant", "content": "..."} as in OpenAI's chat API."""
+
+
+class LyricsEngineError(RuntimeError):
+    """An LLM engine could not produce an answer (server down, retries exhausted, timeout, bad
+    response). The message names the engine, the model and the cause; the writer falls back to
+    the template engine and records it."""
+
+
+class ChatEngine(Protocol):
+    """An LLM that answers a chat: the seam between the lyrics writer and vLLM, mlx-lm or an
+    OpenAI-compatible server. No tools, no functions: text in, text out."""
+
+    name: str  # "openai", "mlx" or "vllm"
+    model: str  # the model as configured (path or served name)
+
+    async def chat(
+        self,
+        messages: list[ChatMessage],
+        *,
+        max_tokens: int,
+        temperature: float,
+        top_p: float,
+        seed: int,
+    ) -> str:
+        """The assistant's answer to `messages`. Raises LyricsEngineError when none can be had."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections, threads and device memory."""
+        ...
+
+
 class LyricsEngine(Protocol):
     name: str
     model: str

