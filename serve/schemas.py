@@ -161,6 +161,13 @@ class PoolOut(BaseModel):
     model: str
     placeable: bool
     reason: str | None
+    replicas: int | None = Field(
+        None, description="RUNNING replicas as last seen by the router (null until known)."
+    )
+    capacity: int = Field(
+        ..., description="Renders the pool runs at once: replicas × max_ongoing_requests."
+    )
+    in_flight: int = Field(..., description="Renders the answering router has running there.")
 
 
 class PoolList(BaseModel):

@@ -66,9 +66,23 @@ def client(server: str) -> Iterator[httpx.Client]:
 
 def test_healthz_and_pools(client: httpx.Client) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
-    assert client.get("/v1/pools").json() == {
-        "pools": [{"name": "Sketch", "model": "sketch", "placeable": True, "reason": None}]
+    (pool,) = client.get("/v1/pools").json()["pools"]
+    assert {key: pool[key] for key in ("name", "model", "placeable", "reason")} == {
+        "name": "Sketch",
+        "model": "sketch",
+        "placeable": True,
+        "reason": None,
     }
+    assert pool["in_flight"] == 0
+    # local.yaml: 2 Sketch replicas × max_ongoing_requests 1, once the router has counted the
+    # running replicas (it refreshes every 15 s; until then a pool counts as one replica).
+    deadline = time.monotonic() + 40
+    while pool["replicas"] != 2:
+        assert pool["capacity"] == 1, pool
+        assert time.monotonic() < deadline, pool
+        time.sleep(1)
+        (pool,) = client.get("/v1/pools").json()["pools"]
+    assert pool["capacity"] == 2
 
 
 def test_a_30_second_song_in_every_format(client: httpx.Client) -> None:
