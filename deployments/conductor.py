@@ -222,7 +222,13 @@ class Conductor:
                 language=request["language"],
                 seed=job.seed,
             )
-            text, source = written.text, {"engine": written.engine, "model": written.model}
+            text = written.text
+            source = {
+                "engine": written.engine,
+                "model": written.model,
+                "fallback_reason": written.fallback_reason,
+                "repairs": written.repairs,
+            }
         await self._store.update_job(job.id, self._lease_owner, lyrics=text, lyrics_source=source)
         return parse_lyrics(text)
 

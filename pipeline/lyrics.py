@@ -166,6 +166,13 @@ def _section_tag(label: str) -> str:
     return "verse"
 
 
+def known_section_tag(label: str) -> str | None:
+    """The canonical tag of a section label when it names a known section ("Verse 2" → verse,
+    "HOOK x2" → chorus), else None ("Guitar Solo", "Spoken word")."""
+    tag = _section_tag(label)
+    return tag if tag != "verse" or "verse" in label.lower() else None
+
+
 def _tag_of_line(line: str) -> str | None:
     """The canonical tag if the line is a section header, else None. "[...]" is always a header;
     "(...)" and "Label:" only when the label is a known section word, since "(ooh, ooh)" is a

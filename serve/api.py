@@ -36,6 +36,7 @@ from .schemas import (
     LoraOut,
     LyricsOut,
     LyricsRequest,
+    LyricsSourceOut,
     PoolList,
     PoolOut,
     SectionOut,
@@ -553,6 +554,12 @@ class SongAPI:
         return LyricsOut(
             lyrics=written.text,
             sections=[SectionOut(tag=s.tag, lines=list(s.lines)) for s in written.sections],
+            source=LyricsSourceOut(
+                engine=written.engine,
+                model=written.model,
+                fallback_reason=written.fallback_reason,
+                repairs=written.repairs,
+            ),
         )
 
     async def normalize_tags(self, body: TagsRequest) -> TagsOut:

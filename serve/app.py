@@ -61,7 +61,7 @@ def build_app(args: AppConfig) -> Application:
     options = config.deployments
     _report_unplaceable(config)
 
-    lyrics = _deployment(LyricsLLM, "LyricsLLM", options.lyrics).bind(config.lyrics)
+    lyrics = _deployment(LyricsLLM, "LyricsLLM", options.lyrics).bind(config.lyrics, config.storage)
     tags = _deployment(TagNormalizer, "TagNormalizer", options.tags).bind(config.tags)
     pools = {pool.name: decoder_deployment(pool, config.storage) for pool in config.models.pools}
     router = _deployment(SongRouter, "SongRouter", options.router).bind(config.models, pools)

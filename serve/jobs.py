@@ -159,6 +159,14 @@ class JobStore(Protocol):
         """Events with seq > after_seq, oldest first."""
         ...
 
+    async def cache_get(self, namespace: str, key: str) -> Any | None:
+        """A value `cache_put` stored under (namespace, key), or None."""
+        ...
+
+    async def cache_put(self, namespace: str, key: str, value: Any) -> None:
+        """Store a JSON-serialisable value under (namespace, key), replacing any older one."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -203,6 +211,13 @@ CREATE TABLE IF NOT EXISTS variations (
     render TEXT NOT NULL DEFAULT '{}',
     error TEXT,
     PRIMARY KEY (job_id, idx)
+);
+CREATE TABLE IF NOT EXISTS cache (
+    namespace TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (namespace, key)
 );
 CREATE TABLE IF NOT EXISTS events (
     job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
@@ -622,6 +637,25 @@ class SQLiteJobStore:
             job_fields,
         )
         return seq
+
+    async def cache_get(self, namespace: str, key: str) -> Any | None:
+        def read() -> Any | None:
+            row = self._db.execute(
+                "SELECT value FROM cache WHERE namespace = ? AND key = ?", (namespace, key)
+            ).fetchone()
+            return None if row is None else json.loads(row["value"])
+
+        return await self._run(read)
+
+    async def cache_put(self, namespace: str, key: str, value: Any) -> None:
+        def write(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT OR REPLACE INTO cache (namespace, key, value, created_at) "
+                "VALUES (?, ?, ?, ?)",
+                (namespace, key, json.dumps(value), time.time()),
+            )
+
+        await self._run(self._transaction, write)
 
     async def close(self) -> None:
         def _close() -> None:

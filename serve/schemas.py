@@ -77,8 +77,14 @@ class ApiErrorBody(BaseModel):
 
 
 class LyricsSourceOut(BaseModel):
-    engine: str
+    engine: str = Field(..., description="Who wrote the lyrics: user, template or the LLM engine.")
     model: str | None
+    fallback_reason: str | None = Field(
+        None, description="Why the configured LLM's lyrics were not used (template took over)."
+    )
+    repairs: list[str] = Field(
+        default_factory=list, description="What was fixed in the LLM's answer."
+    )
 
 
 class SongOut(BaseModel):
@@ -117,6 +123,7 @@ class SectionOut(BaseModel):
 class LyricsOut(BaseModel):
     lyrics: str
     sections: list[SectionOut]
+    source: LyricsSourceOut
 
 
 class TagsRequest(_Request):

@@ -103,7 +103,12 @@ def test_a_30_second_song_in_every_format(client: httpx.Client) -> None:
     assert song["status"] == "succeeded", song
     assert song["stage"] == "done" and song["progress"] == 1.0
     assert "[verse]" in song["lyrics"] and "[chorus]" in song["lyrics"]
-    assert song["lyrics_source"] == {"engine": "template", "model": "template-v1"}
+    assert song["lyrics_source"] == {
+        "engine": "template",
+        "model": "template-v1",
+        "fallback_reason": None,
+        "repairs": [],
+    }
     assert song["tags"]["genre"] and song["tags"]["caption"]
     assert len(song["variations"]) == 2
     for variation in song["variations"]:
@@ -218,6 +223,7 @@ def test_list_lyrics_and_tags(client: httpx.Client) -> None:
     tags = [s["tag"] for s in lyrics["sections"]]
     assert "verse" in tags and "chorus" in tags
     assert lyrics["lyrics"].startswith("[")
+    assert lyrics["source"]["engine"] == "template" and lyrics["source"]["fallback_reason"] is None
 
     normalized = client.post("/v1/tags/normalize", json={"text": "chill lofi beats, 85 bpm"})
     assert normalized.status_code == 200

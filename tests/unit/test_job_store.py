@@ -199,3 +199,22 @@ def test_release_hands_a_job_back_without_counting_an_attempt(store: SQLiteJobSt
         assert taken is not None and taken.lease_owner == "B" and taken.attempts == 1
 
     run(scenario())
+
+
+def test_cache_round_trips_replaces_and_survives_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+
+    async def scenario() -> None:
+        store = SQLiteJobStore(path)
+        assert await store.cache_get("lyrics", "k") is None
+        await store.cache_put("lyrics", "k", {"text": "[verse]\na", "repairs": []})
+        await store.cache_put("lyrics", "k", {"text": "[verse]\nb", "repairs": ["x"]})
+        await store.cache_put("other", "k", 1)
+        assert await store.cache_get("lyrics", "k") == {"text": "[verse]\nb", "repairs": ["x"]}
+        await store.close()
+        reopened = SQLiteJobStore(path)
+        assert await reopened.cache_get("lyrics", "k") == {"text": "[verse]\nb", "repairs": ["x"]}
+        assert await reopened.cache_get("other", "k") == 1
+        await reopened.close()
+
+    run(scenario())
