@@ -125,6 +125,7 @@ def make_chat_engine(config: LyricsConfig) -> ChatEngine:
 
 
 CACHE_NAMESPACE = "lyrics"
+STYLE_CACHE_NAMESPACE = "style-rewrite"
 ATTEMPTS = 2  # the first answer, then one stricter retry
 
 
@@ -164,6 +165,34 @@ class LyricsLLM:
                 CACHE_NAMESPACE, key, {"text": written.text, "repairs": written.repairs}
             )
         return written
+
+    async def rewrite_style(self, style: str, language: str = "en") -> str | None:
+        """The style description rewritten by the LLM as plain comma-separated music tags (for
+        `tags.llm_rewrite`), or None when there is no LLM or it gave no usable answer. Cached."""
+        from pipeline.lyrics_prompt import build_style_messages, clean_style_answer
+
+        if self._chat is None or not style.strip():
+            return None
+        key = self._cache_key(self._chat, style, 0.0, None, language, 0)
+        if self._cache is not None:
+            hit = await self._cache.cache_get(STYLE_CACHE_NAMESPACE, key)
+            if hit is not None:
+                return str(hit)
+        try:
+            answer = await self._chat.chat(
+                build_style_messages(style),
+                max_tokens=128,
+                temperature=0.0,
+                top_p=1.0,
+                seed=0,
+            )
+        except LyricsEngineError as error:
+            logger.warning("style rewrite failed, using the text as given: %s", error)
+            return None
+        rewritten = clean_style_answer(answer)
+        if rewritten and self._cache is not None:
+            await self._cache.cache_put(STYLE_CACHE_NAMESPACE, key, rewritten)
+        return rewritten
 
     async def _write_with_llm(
         self,

@@ -157,3 +157,29 @@ def test_every_engine_answer_has_verse_and_chorus_and_grows_with_duration(
     assert "verse" in tags and "chorus" in tags
     planned = sum(lines for _, lines in planned_structure(duration_s))
     assert sum(len(s.lines) for s in written.sections) >= planned / 2
+
+
+def test_style_rewrite_asks_the_llm_and_caches(
+    chat_server: ScriptedChatServer, tmp_path: Path
+) -> None:
+    async def rewrite(llm: LyricsLLM, style: str) -> str | None:
+        try:
+            return await llm.rewrite_style(style)
+        finally:
+            await llm.close()
+
+    chat_server.script("**Tags:** synthwave, nostalgic, analog synth, 100 bpm")
+    style = "music for a rainy night drive"
+    assert asyncio.run(rewrite(writer(chat_server, tmp_path), style)) == (
+        "synthwave, nostalgic, analog synth, 100 bpm"
+    )
+    (request,) = chat_server.requests
+    assert f"<style>{style}</style>" in request["messages"][1]["content"]
+    assert asyncio.run(rewrite(writer(chat_server, tmp_path), style)) == (
+        "synthwave, nostalgic, analog synth, 100 bpm"
+    )
+    assert len(chat_server.requests) == 1  # the second came from the cache
+    chat_server.script(None, None)
+    assert asyncio.run(rewrite(writer(chat_server, tmp_path), "other words")) is None
+    template = LyricsLLM(LyricsConfig(), None)
+    assert asyncio.run(rewrite(template, style)) is None
