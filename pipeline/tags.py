@@ -470,11 +470,7 @@ def normalize_style(
     """
     raw = text or ""
     words = tuple(_correct_word(word) for word in _phrase_tokens(raw))
-    language_code = (language or "").strip().lower()
-    language_code = language_code if _LANGUAGE.fullmatch(language_code) else "en"
-    fingerprint = " ".join(words)
-
-    matches, used = _find_matches(words)
+    matches, _ = _find_matches(words)
     genre, subgenre = _resolve_genre(matches, words)
 
     moods: list[str] = []
@@ -483,6 +479,28 @@ def normalize_style(
             moods.append(match.target.name)
     moods = moods[:MAX_MOODS]
 
+    return style_for(raw, genre, subgenre, moods, language=language, instrumental=instrumental)
+
+
+def style_for(
+    text: str | None,
+    genre: Genre,
+    subgenre: SubGenre | None,
+    moods: list[str],
+    *,
+    language: str = "en",
+    instrumental: bool = False,
+) -> StyleTags:
+    """The tags of `text` once its genre, sub-genre and moods are decided (by `normalize_style`,
+    or by another matcher): instruments, vocal, bpm, key and caption follow from them and from
+    `text` by the lexicon's rules, with the same per-text fingerprint, so the same decision gives
+    the same tags whoever made it."""
+    raw = text or ""
+    words = tuple(_correct_word(word) for word in _phrase_tokens(raw))
+    language_code = (language or "").strip().lower()
+    language_code = language_code if _LANGUAGE.fullmatch(language_code) else "en"
+    fingerprint = " ".join(words)
+    matches, used = _find_matches(words)
     instruments = _instruments(matches, words, used, genre, subgenre)
     vocal = "instrumental" if instrumental else _vocal(matches, genre)
 

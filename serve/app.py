@@ -62,7 +62,9 @@ def build_app(args: AppConfig) -> Application:
     _report_unplaceable(config)
 
     lyrics = _deployment(LyricsLLM, "LyricsLLM", options.lyrics).bind(config.lyrics, config.storage)
-    tags = _deployment(TagNormalizer, "TagNormalizer", options.tags).bind(config.tags)
+    tags = _deployment(TagNormalizer, "TagNormalizer", options.tags).bind(
+        config.tags, lyrics if config.tags.llm_rewrite else None
+    )
     pools = {pool.name: decoder_deployment(pool, config.storage) for pool in config.models.pools}
     router = _deployment(SongRouter, "SongRouter", options.router).bind(config.models, pools)
     postprocessor = _deployment(PostProcessor, "PostProcessor", options.postprocess).bind(

@@ -567,6 +567,15 @@ class AppConfig(_Strict):
         default_factory=DeploymentsConfig, description="Options of the fixed deployments."
     )
 
+    @model_validator(mode="after")
+    def _rewrite_needs_an_llm(self) -> AppConfig:
+        if self.tags.llm_rewrite and self.lyrics.engine == "template":
+            raise ValueError(
+                "tags.llm_rewrite needs an LLM: set lyrics.engine to openai, mlx or vllm, "
+                "or turn tags.llm_rewrite off"
+            )
+        return self
+
 
 # --------------------------------------------------------------------------------------------------
 # Loading

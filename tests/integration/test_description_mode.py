@@ -88,3 +88,21 @@ def test_random_mlx_lyrics_fall_back_and_the_song_says_why(
     assert source["engine"] == "template"
     assert source["fallback_reason"].startswith(f"mlx ({tiny_qwen3}): ")
     assert "[verse]" in song["lyrics"] and "[chorus]" in song["lyrics"]
+
+
+def test_the_llm_rewrites_the_style_into_tags_when_asked(
+    deploy: DeployFn, chat_server: ScriptedChatServer
+) -> None:
+    app = deploy(
+        lyrics={"engine": "openai", "model": "lyricist-1", "base_url": chat_server.base_url},
+        tags={"llm_rewrite": True},
+    )
+    chat_server.script("Tags: synthwave, nostalgic, analog synth, 100 bpm")
+    text = {"text": "music for a rainy night drive"}
+    tags = app.client.post("/v1/tags/normalize", json=text).json()
+    assert (tags["genre"], tags["bpm"]) == ("synthwave", 100)
+    assert "nostalgic" in tags["moods"]
+    (request,) = chat_server.requests
+    assert "<style>music for a rainy night drive</style>" in request["messages"][1]["content"]
+    assert app.client.post("/v1/tags/normalize", json=text).json() == tags  # cached rewrite
+    assert len(chat_server.requests) == 1

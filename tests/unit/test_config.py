@@ -172,3 +172,15 @@ def test_every_config_file_validates(path: Path) -> None:
     serve_config = load_serve_config(path)
     config = resolve_config(app_args_from_serve_config(serve_config))
     assert config.models.pools
+
+
+def test_style_rewrite_needs_an_llm_engine() -> None:
+    with pytest.raises(ValidationError, match=r"tags\.llm_rewrite needs an LLM"):
+        AppConfig.model_validate({"tags": {"llm_rewrite": True}})
+    config = AppConfig.model_validate(
+        {
+            "tags": {"llm_rewrite": True},
+            "lyrics": {"engine": "openai", "model": "m", "base_url": "http://127.0.0.1:1/v1"},
+        }
+    )
+    assert config.tags.llm_rewrite
