@@ -55,13 +55,13 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import numpy as np
 
 from pipeline.lyrics import format_lyrics
+from pipeline.semantic_tags import ace_step_metadata
 
 if TYPE_CHECKING:
     from deployments.song_models import ProgressCallback, RenderRequest
     from serve.config import AceStepConfig, DecoderPoolConfig
 
 SAMPLE_RATE = 48_000
-TIME_SIGNATURE = "4"  # 4/4: the pipeline's metadata takes the beats per bar
 INSTRUMENTAL_LYRICS = "[Instrumental]"  # ACE-Step's own marker for a song without vocals
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 MAX_LORA_FILE_BYTES = 1 << 30
@@ -572,15 +572,16 @@ class AceStepSongModel:
     def _group_key(self, request: RenderRequest) -> _GroupKey:
         # Scale 0 is the base model: rendered with LoRAs disabled, batched with base requests.
         uses_lora = request.lora_id is not None and request.lora_scale != 0.0
+        metadata = ace_step_metadata(request.tags)
         (text,), (lyric,) = self._pipeline.format_rows(
             [request.tags.caption],
             [_lyrics_text(request)],
             [request.language],
             request.duration_s,
             None,
-            int(request.tags.bpm),
-            request.tags.key,
-            TIME_SIGNATURE,
+            metadata["bpm"],
+            metadata["keyscale"],
+            metadata["timesignature"],
         )
         text_tokens, lyric_tokens = self._pipeline.padded_lengths(text, lyric)
         return _GroupKey(
@@ -611,14 +612,16 @@ class AceStepSongModel:
         extra: dict[str, Any] = {}
         if self._guidance_scale is not None:
             extra["guidance_scale"] = self._guidance_scale
+        metadata = [ace_step_metadata(r.tags) for r in requests]
         output = self._pipeline(
             prompt=[r.tags.caption for r in requests],
             lyrics=[_lyrics_text(r) for r in requests],
             vocal_language=[r.language for r in requests],
             audio_duration=key.duration_s,
-            bpm=[int(r.tags.bpm) for r in requests],
-            keyscale=[r.tags.key for r in requests],
-            timesignature=TIME_SIGNATURE,
+            bpm=[m["bpm"] for m in metadata],
+            keyscale=[m["keyscale"] for m in metadata],
+            # One value per call: 4/4 for every song (ace_step_metadata's default).
+            timesignature=metadata[0]["timesignature"],
             num_inference_steps=self._config.num_inference_steps,
             shift=self._config.shift,
             generator=generators,

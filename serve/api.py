@@ -636,8 +636,19 @@ class SongAPI:
 
 
 def _tags_out(tags: dict[str, Any]) -> TagsOut:
-    """The HTTP shape of StyleTags: `family` is internal to the song models."""
-    return TagsOut.model_validate({k: v for k, v in tags.items() if k != "family"})
+    """The HTTP shape of StyleTags (`family` is internal to the song models), with the forms
+    each song model takes."""
+    from pipeline.semantic_tags import ace_step_metadata, yue_genre_tags
+    from pipeline.tags import StyleTags
+
+    style = StyleTags.from_dict(tags)
+    yue = yue_genre_tags(style)
+    models = {
+        "ace_step": {"caption": style.caption, **ace_step_metadata(style)},
+        "yue": {"tags": yue, "prompt": " ".join(yue)},
+    }
+    fields = {k: v for k, v in tags.items() if k != "family"}
+    return TagsOut.model_validate({**fields, "models": models})
 
 
 # --------------------------------------------------------------------------------------------------

@@ -132,6 +132,25 @@ class TagsRequest(_Request):
     instrumental: bool = Field(False, description="No vocals.")
 
 
+class AceStepTagsOut(BaseModel):
+    caption: str
+    bpm: int
+    keyscale: str
+    timesignature: str
+
+
+class YueTagsOut(BaseModel):
+    tags: list[str] = Field(..., description="genre, instruments, moods, gender, timbre.")
+    prompt: str = Field(..., description="The tags as YuE's genre prompt.")
+
+
+class ModelTagsOut(BaseModel):
+    """The style in the form each song model was trained on."""
+
+    ace_step: AceStepTagsOut
+    yue: YueTagsOut
+
+
 class TagsOut(BaseModel):
     genre: str
     subgenre: str | None
@@ -142,6 +161,7 @@ class TagsOut(BaseModel):
     vocal: str
     language: str
     caption: str
+    models: ModelTagsOut
 
 
 class PeaksOut(BaseModel):

@@ -238,8 +238,18 @@ def test_list_lyrics_and_tags(client: httpx.Client) -> None:
         "vocal",
         "language",
         "caption",
+        "models",
     }
     assert data["bpm"] == 85
+    assert data["models"]["ace_step"] == {
+        "caption": data["caption"],
+        "bpm": 85,
+        "keyscale": data["key"],
+        "timesignature": "4",
+    }
+    yue = data["models"]["yue"]
+    assert yue["tags"][0] == data["genre"].replace("hip hop", "hip-hop")
+    assert yue["prompt"] == " ".join(yue["tags"])
 
 
 def test_cli_generate_writes_playable_files(server: str, tmp_path: Path) -> None:
