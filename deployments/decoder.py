@@ -148,8 +148,11 @@ class SongDecoder:
         started_at = time.time()
         self._counters["batches"] += 1
         self._counters["requests"] += len(requests)
+        # On the model thread: planning calls may use the model's tokenizer, which must not run
+        # on two threads at once.
+        calls = await loop.run_in_executor(self._model_thread, self._model.model_calls, requests)
         call_size = [0] * len(requests)
-        for call in self._model.model_calls(requests):
+        for call in calls:
             self._metrics.songs_per_model_call.observe(len(call))
             for index in call:
                 call_size[index] = len(call)

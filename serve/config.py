@@ -323,7 +323,7 @@ class LyricsConfig(_Strict):
     cache: bool = Field(
         True,
         description="Reuse lyrics written before for the same engine, model, prompt, style, "
-        "duration and language (kept in the job store).",
+        "duration, language and seed (kept in the job store).",
     )
 
     @model_validator(mode="after")
