@@ -166,14 +166,14 @@ class LyricsLLM:
             )
         return written
 
-    async def rewrite_style(self, style: str, language: str = "en") -> str | None:
+    async def rewrite_style(self, style: str) -> str | None:
         """The style description rewritten by the LLM as plain comma-separated music tags (for
         `tags.llm_rewrite`), or None when there is no LLM or it gave no usable answer. Cached."""
         from pipeline.lyrics_prompt import build_style_messages, clean_style_answer
 
         if self._chat is None or not style.strip():
             return None
-        key = self._cache_key(self._chat, style, 0.0, None, language, 0)
+        key = self._cache_key(self._chat, style, 0.0, None, "en", 0)  # tags are English
         if self._cache is not None:
             hit = await self._cache.cache_get(STYLE_CACHE_NAMESPACE, key)
             if hit is not None:

@@ -180,7 +180,7 @@ class TagNormalizer:
         self, text: str | None, *, language: str = "en", instrumental: bool = False
     ) -> StyleTags:
         if self._lyrics is not None and text and text.strip():
-            rewritten = await self._lyrics.rewrite_style.remote(text, language)
+            rewritten = await self._lyrics.rewrite_style.remote(text)
             text = rewritten or text  # None: no usable answer, so the user's words as given
         # Off the event loop: the semantic engine runs a sentence encoder (milliseconds of CPU).
         return await asyncio.to_thread(
