@@ -528,8 +528,73 @@ class ModelsConfig(_Strict):
 AudioFormat = Literal["m4a", "mp3", "flac", "wav"]
 
 
+class WatermarkConfig(_Strict):
+    """AudioSeal watermarking of every delivered file (skipped, and said so, without weights)."""
+
+    generator_path: str | None = Field(
+        None,
+        description="AudioSeal generator checkpoint (e.g. audioseal_wm_16bits.pth); unset: no "
+        "watermark, and songs say watermark: not configured.",
+    )
+    detector_path: str | None = Field(
+        None, description="AudioSeal detector checkpoint (e.g. audioseal_detector_16bits.pth)."
+    )
+    threshold: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="Detection score at or above which audio counts as watermarked; choose it "
+        "for a false-positive rate on your own audio.",
+    )
+
+
+class C2paConfig(_Strict):
+    """C2PA content credentials on every delivered file."""
+
+    enabled: bool = Field(True, description="Sign every delivered file.")
+    cert_path: str = Field(
+        "{data_dir}/certs/chain.pem",
+        description="PEM certificate chain (signer first). `songserve certs dev` writes a "
+        "self-signed development chain here; use a real CA-issued chain in production.",
+    )
+    key_path: str = Field("{data_dir}/certs/signer.key", description="PEM private key.")
+    algorithm: Literal["es256", "es384", "ps256", "ed25519"] = Field(
+        "es256", description="Signing algorithm matching the key."
+    )
+    tsa_url: str | None = Field(
+        None, description="RFC 3161 time-stamp authority URL; unset: no trusted timestamp."
+    )
+    create_dev_chain: bool = Field(
+        True,
+        description="When cert_path and key_path do not exist, write a development chain there "
+        "at start-up (as `songserve certs dev` does). Turn off in production.",
+    )
+
+
+class StemsConfig(_Strict):
+    """Stem separation on demand."""
+
+    demucs_checkpoint: str | None = Field(
+        None,
+        description="htdemucs checkpoint (.th, demucs' own format) for songs of models without "
+        "exact stems; unset: stems only for sketch songs.",
+    )
+    device: Literal["auto", "cuda", "mps", "cpu"] = Field(
+        "auto", description="Where Demucs runs; auto picks cuda, then mps, then cpu."
+    )
+
+
 class PostProcessConfig(_Strict):
     """Mastering and delivery of every variation."""
+
+    watermark: WatermarkConfig = Field(
+        default_factory=WatermarkConfig, description="AudioSeal watermark."
+    )
+    c2pa: C2paConfig = Field(default_factory=C2paConfig, description="Content credentials.")
+    stems: StemsConfig = Field(default_factory=StemsConfig, description="Stem separation.")
+    hls_segment_s: float = Field(
+        4.0, ge=1, le=30, description="Length of HLS segments (AAC) in seconds."
+    )
 
     formats: list[AudioFormat] = Field(
         default_factory=lambda: list[AudioFormat](["m4a", "mp3", "flac", "wav"]),
@@ -634,9 +699,11 @@ def resolve_config(config: AppConfig | dict[str, Any] | None) -> AppConfig:
     """Validate, apply environment overrides and make local paths absolute."""
     args = _dump_for_env(config) if isinstance(config, AppConfig) else dict(config or {})
     validated = AppConfig.model_validate(apply_env_overrides(args))
+    storage = validated.storage.resolved()
     return validated.model_copy(
         update={
-            "storage": validated.storage.resolved(),
+            "storage": storage,
+            "postprocess": _resolve_postprocess_paths(validated.postprocess, storage.data_dir),
             "models": _resolve_local_checkpoints(validated.models),
             "loras": validated.loras.model_copy(
                 update={
@@ -645,6 +712,34 @@ def resolve_config(config: AppConfig | dict[str, Any] | None) -> AppConfig:
                         for lora in validated.loras.preload
                     ]
                 }
+            ),
+        }
+    )
+
+
+def _resolve_postprocess_paths(config: PostProcessConfig, data_dir: str) -> PostProcessConfig:
+    """`{data_dir}` substituted and local paths made absolute in the provenance and stems
+    settings (replicas may run in another working directory)."""
+
+    def absolute(path: str | None) -> str | None:
+        if path is None:
+            return None
+        return str(Path(path.replace("{data_dir}", data_dir)).expanduser().resolve())
+
+    watermark, c2pa, stems = config.watermark, config.c2pa, config.stems
+    return config.model_copy(
+        update={
+            "watermark": watermark.model_copy(
+                update={
+                    "generator_path": absolute(watermark.generator_path),
+                    "detector_path": absolute(watermark.detector_path),
+                }
+            ),
+            "c2pa": c2pa.model_copy(
+                update={"cert_path": absolute(c2pa.cert_path), "key_path": absolute(c2pa.key_path)}
+            ),
+            "stems": stems.model_copy(
+                update={"demucs_checkpoint": absolute(stems.demucs_checkpoint)}
             ),
         }
     )
