@@ -123,14 +123,17 @@ def _encode_into(
     out.mux(stream.encode(None))
 
 
-def decode_audio(data: bytes) -> tuple[np.ndarray, int]:
-    """Decode a whole audio file (format probed by FFmpeg) to float32 `[channels, n]` and rate.
+def decode_audio(data: bytes, *, max_duration_s: float | None = None) -> tuple[np.ndarray, int]:
+    """Decode an audio file (format probed by FFmpeg) to float32 `[channels, n]` and rate.
 
     Takes the first audio stream. Encoder priming and padding are dropped where the file
     records them (MP4 edit list and last-sample duration, LAME info frame), so lossy round
-    trips keep their length. Raises ValueError if the data holds no decodable audio.
+    trips keep their length. With `max_duration_s`, decoding stops after that much audio (the
+    result is cut to it): untrusted uploads cannot make the decoder run for long. Raises
+    ValueError if the data holds no decodable audio.
     """
     chunks: list[np.ndarray] = []
+    decoded = 0
     try:
         with av.open(io.BytesIO(data), mode="r") as container:
             if not container.streams.audio:
@@ -147,11 +150,17 @@ def decode_audio(data: bytes) -> tuple[np.ndarray, int]:
                 converted = [f.to_ndarray() for f in resampler.resample(frame)]
                 if converted:
                     chunks.append(_trimmed_to_duration(np.concatenate(converted, axis=1), frame))
+                    decoded += chunks[-1].shape[-1]
+                if max_duration_s is not None and decoded >= max_duration_s * sample_rate:
+                    break
     except av.error.FFmpegError as error:
         raise ValueError(f"undecodable audio: {error}") from error
     if not chunks:
         raise ValueError("no audio frames in data")
-    return np.concatenate(chunks, axis=1).astype(np.float32, copy=False), sample_rate
+    audio = np.concatenate(chunks, axis=1).astype(np.float32, copy=False)
+    if max_duration_s is not None:
+        audio = audio[:, : round(max_duration_s * sample_rate)]
+    return audio, sample_rate
 
 
 def _trimmed_to_duration(samples: np.ndarray, frame: av.AudioFrame) -> np.ndarray:

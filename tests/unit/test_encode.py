@@ -184,3 +184,13 @@ def test_empty_audio_and_refused_rates_raise_value_error() -> None:
 def test_garbage_does_not_decode() -> None:
     with pytest.raises(ValueError):
         decode_audio(b"definitely not audio" * 100)
+
+
+@pytest.mark.parametrize("fmt", AUDIO_FORMATS)
+def test_decoding_can_be_capped(fmt: str) -> None:
+    audio = _song_like(2)
+    data = encode_audio(audio, SR, fmt)
+    capped, rate = decode_audio(data, max_duration_s=0.5)
+    assert rate == SR and capped.shape == (2, SR // 2)
+    whole, _ = decode_audio(data)
+    np.testing.assert_array_equal(capped, whole[:, : SR // 2])
