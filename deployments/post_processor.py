@@ -61,6 +61,15 @@ class PostProcessor:
             )
             artefacts[f"audio.{fmt}"] = (data, CONTENT_TYPES[fmt])
             timings[f"encode_{fmt}"] = time.perf_counter() - started
+        if "audio.m4a" in artefacts:
+            # HLS from the m4a's own AAC frames: no second encode, same audio as the download.
+            from pipeline.hls import hls_content_type, hls_from_m4a
+
+            started = time.perf_counter()
+            hls = hls_from_m4a(artefacts["audio.m4a"][0], segment_s=self._config.hls_segment_s)
+            for name, data in hls.items():
+                artefacts[f"hls/{name}"] = (data, hls_content_type(name))
+            timings["hls"] = time.perf_counter() - started
         started = time.perf_counter()
         peaks = peaks_document(mastered.audio, rendered.sample_rate, self._config.samples_per_peak)
         artefacts["peaks.json"] = (
@@ -89,6 +98,10 @@ class PostProcessor:
         for name, (data, content_type) in artefacts.items():
             key = variation_key(job_id, index, name)
             await self._objects.put(key, data, content_type)
+            if name.startswith("hls/"):
+                if name == "hls/index.m3u8":  # segments sit next to their playlist
+                    objects["hls"] = key
+                continue
             objects[name.removeprefix("audio.").removesuffix(".json")] = key
         timings = {**summary.timings_s, "store": time.perf_counter() - started}
         return replace(summary, objects=objects, timings_s=timings)

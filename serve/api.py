@@ -15,6 +15,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import re
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import asdict
@@ -279,6 +280,8 @@ class SongAPI:
             true_peak_dbtp=variation.true_peak_dbtp,
             audio=audio,
             peaks=self._url(f"{prefix}/peaks") if "peaks" in variation.objects else None,
+            hls=self._url(f"{prefix}/hls/index.m3u8") if "hls" in variation.objects else None,
+            provenance=variation.render.get("provenance"),
             error=variation.error,
         )
 
@@ -512,6 +515,23 @@ class SongAPI:
             media_type=info.content_type,
         )
 
+    async def hls_file(self, song_id: str, index: int, name: str, owner: str) -> Response:
+        """A file of the variation's HLS rendition: the playlist or one of its segments (their
+        URLs in the playlist are relative, so they resolve to this same route)."""
+        if not _HLS_FILE.fullmatch(name):
+            raise ApiError(404, "not_found", f"{name!r} is not part of an HLS rendition", "name")
+        job = await self._owned_job(song_id, owner)
+        playlist_key = self._variation_object(job, index, "hls")
+        key = f"{playlist_key.rsplit('/', 1)[0]}/{name}"
+        info = await self._objects.stat(key)
+        if info is None:
+            raise ApiError(404, "not_found", f"variation {index} has no HLS file {name}", "name")
+        return Response(
+            await self._objects.get(key),
+            media_type=_HLS_CONTENT_TYPES.get(name.rsplit(".", 1)[-1], info.content_type),
+            headers={"Cache-Control": "private, max-age=31536000, immutable"},
+        )
+
     async def peaks(self, song_id: str, index: int, owner: str) -> bytes:
         job = await self._owned_job(song_id, owner)
         return await self._objects.get(self._variation_object(job, index, "peaks"))
@@ -714,6 +734,14 @@ async def song_events(
 
 
 _AUDIO_PATH = "/v1/songs/{song_id}/variations/{index}/audio.{fmt}"
+_HLS_FILE = re.compile(r"[A-Za-z0-9_-]{1,64}\.(m3u8|aac|ts|m4s|mp4)")
+_HLS_CONTENT_TYPES = {
+    "m3u8": "application/vnd.apple.mpegurl",
+    "aac": "audio/aac",
+    "ts": "video/mp2t",
+    "m4s": "audio/mp4",
+    "mp4": "audio/mp4",
+}
 
 
 @app.get(_AUDIO_PATH)
@@ -729,6 +757,14 @@ async def variation_audio(
         request.headers.get("range"),
         request.method == "HEAD",
     )
+
+
+@app.get("/v1/songs/{song_id}/variations/{index}/hls/{name}")
+async def variation_hls(
+    song_id: str, index: int, name: str, request: Request, api: Api
+) -> Response:
+    """HLS playback: `hls/index.m3u8`, then the segments it names."""
+    return await api.hls_file(song_id, index, name, api.owner(request))
 
 
 @app.get("/v1/songs/{song_id}/variations/{index}/peaks")

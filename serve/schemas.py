@@ -6,7 +6,7 @@ typo (`durationS`) is a 422 naming it rather than a silently ignored setting.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -68,6 +68,12 @@ class VariationOut(BaseModel):
     true_peak_dbtp: float | None
     audio: dict[str, str] = Field(default_factory=dict, description="Format → URL.")
     peaks: str | None = None
+    hls: str | None = Field(None, description="HLS playlist URL (AAC segments).")
+    provenance: dict[str, Any] | None = Field(
+        None,
+        description="What every delivered file carries: `watermark` (embedded, with the model, "
+        "or 'not configured') and `c2pa` (signed, with the signer).",
+    )
     error: dict[str, str | None] | None = None
 
 

@@ -138,6 +138,30 @@ def test_a_30_second_song_in_every_format(client: httpx.Client) -> None:
         assert all(low <= high for low, high in peaks["peaks"])
 
 
+def test_hls_plays_through_a_real_client(server: str, client: httpx.Client) -> None:
+    import av
+
+    song_id = client.post(
+        "/v1/songs", json={"style": "lofi hip hop", "duration_s": 10, "variations": 1}
+    ).json()["id"]
+    song = wait_for_song(client, song_id)
+    (variation,) = song["variations"]
+    playlist_url = variation["hls"]
+    assert playlist_url.endswith("/hls/index.m3u8")
+    playlist = client.get(playlist_url)
+    assert playlist.headers["content-type"] == "application/vnd.apple.mpegurl"
+    segments = [line for line in playlist.text.splitlines() if line and not line.startswith("#")]
+    assert segments and all("/" not in name for name in segments)  # relative to the playlist
+    # FFmpeg's HLS demuxer fetches the playlist and every segment over HTTP, like a player.
+    decoded = 0
+    with av.open(f"{server}{playlist_url}") as container:
+        for frame in container.decode(audio=0):
+            decoded += frame.samples
+    assert abs(decoded / 48_000 - variation["duration_s"]) < 0.1
+    for name in ("audio.wav", "..%2Faudio.m4a", "seg-99999.aac"):  # only this rendition's files
+        assert client.get(playlist_url.replace("index.m3u8", name)).status_code == 404
+
+
 def test_range_requests(client: httpx.Client) -> None:
     song_id = client.post(
         "/v1/songs", json={"style": "jazz trio", "duration_s": 6, "variations": 1}
