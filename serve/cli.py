@@ -3,6 +3,7 @@
     songserve up [--config config/local.yaml]
     songserve generate "a sunny indie-pop song about sailing home" --out sea.m4a
     songserve status SONG_ID
+    songserve certs dev [--dir var/certs]
 
 `generate` and `status` speak HTTP API v1 only (no Ray import), so they start instantly and work
 against any songserve server: `--url` or SONGSERVE_URL, `--api-key` or SONGSERVE_API_KEY.
@@ -183,6 +184,30 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_certs_dev(args: argparse.Namespace) -> int:
+    from serve.certs import write_dev_chain
+    from serve.config import C2paConfig, StorageConfig
+
+    if args.dir is not None:
+        cert_path, key_path = Path(args.dir) / "chain.pem", Path(args.dir) / "signer.key"
+    else:
+        defaults, data_dir = C2paConfig(), StorageConfig().data_dir
+        cert_path = Path(defaults.cert_path.replace("{data_dir}", data_dir))
+        key_path = Path(defaults.key_path.replace("{data_dir}", data_dir))
+    existing = [str(path) for path in (cert_path, key_path) if path.exists()]
+    if existing and not args.force:
+        raise CliError(f"{' and '.join(existing)} already exist; pass --force to replace them")
+    write_dev_chain(cert_path, key_path, algorithm=args.algorithm)
+    print(f"certificate chain  {cert_path}")
+    print(f"private key        {key_path}  (mode 0600)")
+    print(
+        "This chain is for development only: its root is on no trust list, so C2PA readers "
+        "report files signed with it as 'Valid', never 'Trusted'. Use a CA-issued chain in "
+        "production."
+    )
+    return 0
+
+
 def _serve_address(config_path: Path) -> tuple[str, int]:
     import yaml
 
@@ -314,6 +339,23 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="print a song's status as JSON")
     status.add_argument("song_id")
     status.set_defaults(handler=cmd_status)
+
+    certs = commands.add_parser("certs", help="C2PA signing certificates")
+    certs_commands = certs.add_subparsers(dest="certs_command", required=True)
+    certs_dev = certs_commands.add_parser(
+        "dev", help="write a development certificate chain and key (not for production)"
+    )
+    certs_dev.add_argument(
+        "--dir", help="where chain.pem and signer.key go (default: var/certs, as in the config)"
+    )
+    certs_dev.add_argument(
+        "--algorithm",
+        choices=("es256", "es384", "ps256", "ed25519"),
+        default="es256",
+        help="key type; must match postprocess.c2pa.algorithm",
+    )
+    certs_dev.add_argument("--force", action="store_true", help="replace existing files")
+    certs_dev.set_defaults(handler=cmd_certs_dev)
     return parser
 
 

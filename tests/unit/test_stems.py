@@ -1,0 +1,281 @@
+"""Stems: exact sketch stems, the resampling around htdemucs, and a real-format tiny htdemucs.
+
+The Demucs tests build a tiny random-weight checkpoint with `scripts/make_tiny_htdemucs.py` and
+load it through Demucs' own loader, so they run the real loading and `apply_model` code; the
+stems are noise-like, so they check the contract (names, shapes, rate, sum), not quality.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+from deployments.stem_separator import DemucsSeparator, pick_device
+from pipeline.lyrics import LyricSection
+from pipeline.sketch import SketchRender, render_sketch
+from pipeline.stems import (
+    MODEL_SAMPLE_RATE,
+    STEM_NAMES,
+    complete_to_mix,
+    from_model_rate,
+    resampled_length,
+    sketch_stems,
+    to_model_rate,
+)
+from pipeline.tags import StyleTags
+from serve.config import StemsConfig
+
+SAMPLE_RATE = 48_000
+ROOT = Path(__file__).resolve().parents[2]
+LYRICS = [
+    LyricSection("verse", [
+        "I walked along the river in the morning light",
+        "every shadow whispered that you'd be alright",
+    ]),
+    LyricSection("chorus", ["Hold on, hold on to me", "we are the fire in the sea"]),
+]  # fmt: skip
+
+
+def _rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+
+
+def _render(instrumental: bool = False) -> SketchRender:
+    tags = StyleTags(genre="pop", subgenre=None, family="pop", bpm=110, key="C major")
+    return render_sketch(tags, LYRICS, 8.0, 3, instrumental=instrumental)
+
+
+@pytest.fixture(scope="module")
+def sung() -> SketchRender:
+    return _render()
+
+
+# --- sketch stems ------------------------------------------------------------------------------
+
+
+def test_sketch_stems_sum_to_the_mix(sung: SketchRender) -> None:
+    stems = sketch_stems(sung)
+    assert tuple(stems) == STEM_NAMES
+    for stem in stems.values():
+        assert stem.shape == sung.mix.shape and stem.dtype == np.float32
+    total = stems["drums"] + stems["bass"] + stems["other"] + stems["vocals"]
+    assert float(np.max(np.abs(total - sung.mix))) <= 1e-6
+    np.testing.assert_array_equal(stems["vocals"], sung.stems["lead"])  # the mapping, exactly
+    np.testing.assert_array_equal(stems["other"], sung.stems["harmony"])
+
+
+def test_sketch_stems_are_audible_and_distinct(sung: SketchRender) -> None:
+    stems = sketch_stems(sung)
+    for name, stem in stems.items():
+        assert _rms(stem) > 0.01, name
+    names = list(stems)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            difference = _rms(stems[a] - stems[b])
+            assert difference > 0.5 * max(_rms(stems[a]), _rms(stems[b])), (a, b)
+
+
+def test_sketch_stems_are_copies(sung: SketchRender) -> None:
+    before = sung.mix.copy()
+    stems = sketch_stems(sung)
+    stems["drums"][:] = 0.0
+    np.testing.assert_array_equal(sung.mix, before)
+    assert _rms(sung.stems["drums"]) > 0.01
+
+
+def test_instrumental_lead_goes_to_other() -> None:
+    render = _render(instrumental=True)
+    stems = sketch_stems(render, instrumental=True)
+    assert not stems["vocals"].any()
+    np.testing.assert_allclose(
+        stems["other"], render.stems["harmony"] + render.stems["lead"], atol=1e-7
+    )
+    total = sum(stems.values(), np.zeros_like(render.mix))
+    assert float(np.max(np.abs(total - render.mix))) <= 1e-6
+
+
+def test_sketch_stems_need_the_sketch_tracks(sung: SketchRender) -> None:
+    partial = SketchRender(sung.sample_rate, sung.mix, {"drums": sung.stems["drums"]})
+    with pytest.raises(ValueError, match="harmony"):
+        sketch_stems(partial)
+
+
+# --- resampling and the residual ---------------------------------------------------------------
+
+
+def _tones(sample_rate: int, n: int) -> np.ndarray:
+    t = np.arange(n) / sample_rate
+    left = 0.4 * np.sin(2 * np.pi * 220.0 * t) + 0.2 * np.sin(2 * np.pi * 5_000.0 * t)
+    right = 0.3 * np.sin(2 * np.pi * 1_000.0 * t + 0.5) + 0.1 * np.sin(2 * np.pi * 15_000.0 * t)
+    return np.stack([left, right]).astype(np.float32)
+
+
+def test_resampling_round_trip_is_accurate() -> None:
+    n = 2 * SAMPLE_RATE + 7
+    audio = _tones(SAMPLE_RATE, n)
+    at_model = to_model_rate(audio, SAMPLE_RATE)
+    assert at_model.dtype == np.float32
+    assert at_model.shape == (2, resampled_length(n, SAMPLE_RATE, MODEL_SAMPLE_RATE))
+    assert at_model.shape[1] == -(-n * 147 // 160)
+    # The tones themselves at 44.1 kHz (away from the filter's edge transients).
+    inner = slice(2_000, at_model.shape[1] - 2_000)
+    expected = _tones(MODEL_SAMPLE_RATE, at_model.shape[1])
+    assert float(np.max(np.abs(at_model[:, inner] - expected[:, inner]))) < 2e-3
+
+    back = from_model_rate(at_model, SAMPLE_RATE, n)
+    assert back.shape == audio.shape and back.dtype == np.float32
+    inner = slice(2_000, n - 2_000)
+    error = back[:, inner] - audio[:, inner]
+    assert float(np.max(np.abs(error))) < 2e-3
+    assert _rms(error) < 1e-3 * _rms(audio)  # better than -60 dB
+
+
+def test_from_model_rate_keeps_leading_axes_and_pads() -> None:
+    stems = np.ones((4, 2, 441), dtype=np.float32)
+    back = from_model_rate(stems, SAMPLE_RATE, 500)
+    assert back.shape == (4, 2, 500)
+    assert not back[..., 481:].any()  # 441 samples at 44.1 kHz are 480 at 48 kHz, then zeros
+    np.testing.assert_array_equal(to_model_rate(stems, MODEL_SAMPLE_RATE), stems)
+
+
+def test_complete_to_mix_puts_the_residual_in_other() -> None:
+    rng = np.random.default_rng(0)
+    mix = rng.standard_normal((2, 1000)).astype(np.float32)
+    stems = {name: 0.2 * mix for name in STEM_NAMES}
+    completed = complete_to_mix(stems, mix)
+    for name in ("drums", "bass", "vocals"):
+        np.testing.assert_array_equal(completed[name], stems[name])
+    np.testing.assert_allclose(completed["other"], 0.4 * mix, atol=1e-6)
+    total = sum(completed.values(), np.zeros_like(mix))
+    assert float(np.max(np.abs(total - mix))) < 1e-5
+    with pytest.raises(ValueError, match="shape"):
+        complete_to_mix({**stems, "bass": mix[:, :10]}, mix)
+    with pytest.raises(ValueError, match="other"):
+        complete_to_mix({"drums": mix}, mix)
+
+
+# --- tiny htdemucs through Demucs' own loader --------------------------------------------------
+
+
+def _builder() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "make_tiny_htdemucs", ROOT / "scripts" / "make_tiny_htdemucs.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path: Path = _builder().build_tiny_htdemucs(tmp_path_factory.mktemp("demucs") / "tiny.th")
+    return path
+
+
+def test_tiny_checkpoint_is_a_real_demucs_package(tiny_checkpoint: Path) -> None:
+    import torch
+    from demucs.htdemucs import HTDemucs
+    from demucs.states import load_model
+
+    package = torch.load(tiny_checkpoint, map_location="cpu", weights_only=False)
+    assert set(package) >= {"klass", "args", "kwargs", "state", "training_args"}
+    assert package["klass"] is HTDemucs
+    model = load_model(tiny_checkpoint)
+    assert isinstance(model, HTDemucs)
+    assert model.sources == list(STEM_NAMES) and model.samplerate == MODEL_SAMPLE_RATE
+    assert sum(p.numel() for p in model.parameters()) < 200_000
+
+
+def test_tiny_builder_is_idempotent(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    builder = _builder()
+    modified = tiny_checkpoint.stat().st_mtime_ns
+    assert builder.build_tiny_htdemucs(tiny_checkpoint) == tiny_checkpoint
+    assert tiny_checkpoint.stat().st_mtime_ns == modified
+    foreign = tmp_path / "notes.th"
+    foreign.write_text("not a checkpoint")
+    with pytest.raises(FileExistsError):
+        builder.build_tiny_htdemucs(foreign)
+    assert builder.main([str(foreign)]) == 2
+
+
+@pytest.fixture(scope="module")
+def separator(tiny_checkpoint: Path) -> DemucsSeparator:
+    separator = DemucsSeparator.from_config(
+        StemsConfig(demucs_checkpoint=str(tiny_checkpoint), device="cpu")
+    )
+    assert separator is not None
+    return separator
+
+
+def test_separate_gives_exact_length_48k_stems_summing_to_input(separator: DemucsSeparator) -> None:
+    n = 5 * SAMPLE_RATE + 11
+    rng = np.random.default_rng(1)
+    audio = (_tones(SAMPLE_RATE, n) + 0.05 * rng.standard_normal((2, n))).astype(np.float32)
+    reports: list[tuple[int, int]] = []
+    stems = separator.separate(audio, SAMPLE_RATE, on_progress=lambda d, t: reports.append((d, t)))
+    assert tuple(stems) == STEM_NAMES == separator.sources
+    for stem in stems.values():
+        assert stem.shape == (2, n) and stem.dtype == np.float32
+        assert np.isfinite(stem).all() and _rms(stem) > 1e-4
+    assert _rms(stems["drums"] - stems["bass"]) > 1e-4
+    total = sum(stems.values(), np.zeros_like(audio))
+    assert float(np.max(np.abs(total - audio))) < 1e-5
+    assert reports and reports[-1][0] == reports[-1][1]
+    separator.check_health()
+
+
+def test_separate_mono_and_empty(separator: DemucsSeparator) -> None:
+    mono = _tones(SAMPLE_RATE, SAMPLE_RATE)[:1]
+    stems = separator.separate(mono, SAMPLE_RATE)
+    assert all(stem.shape == (1, SAMPLE_RATE) for stem in stems.values())
+    assert float(np.max(np.abs(sum(stems.values(), np.zeros_like(mono)) - mono))) < 1e-5
+    empty = separator.separate(np.zeros((2, 0), dtype=np.float32), SAMPLE_RATE)
+    assert all(stem.shape == (2, 0) for stem in empty.values())
+    with pytest.raises(ValueError, match="channels"):
+        separator.separate(np.zeros((3, 10), dtype=np.float32), SAMPLE_RATE)
+
+
+# --- configuration errors ----------------------------------------------------------------------
+
+
+def test_unset_checkpoint_means_no_separator() -> None:
+    assert DemucsSeparator.from_config(StemsConfig()) is None
+    with pytest.raises(ValueError, match=r"postprocess\.stems\.demucs_checkpoint"):
+        DemucsSeparator(None)
+
+
+def test_missing_checkpoint_names_the_setting(tmp_path: Path) -> None:
+    config = StemsConfig(demucs_checkpoint=str(tmp_path / "absent.th"), device="cpu")
+    with pytest.raises(ValueError, match=r"not found.*postprocess\.stems\.demucs_checkpoint") as e:
+        DemucsSeparator.from_config(config)
+    assert "make_tiny_htdemucs.py" in str(e.value)
+
+
+def test_broken_checkpoint_names_the_setting(tmp_path: Path) -> None:
+    import torch
+
+    garbage = tmp_path / "garbage.th"
+    garbage.write_bytes(b"\x00not a torch file")
+    not_a_package = tmp_path / "state_only.th"
+    torch.save({"weight": torch.zeros(3)}, not_a_package)
+    for path in (garbage, not_a_package):
+        config = StemsConfig(demucs_checkpoint=str(path), device="cpu")
+        with pytest.raises(
+            ValueError, match=r"not a loadable.*postprocess\.stems\.demucs_checkpoint"
+        ):
+            DemucsSeparator.from_config(config)
+
+
+def test_unavailable_device_names_the_setting() -> None:
+    import torch
+
+    assert pick_device("cpu") == "cpu"
+    assert pick_device("auto") in ("cuda", "mps", "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"postprocess\.stems\.device"):
+            pick_device("cuda")
