@@ -22,6 +22,7 @@ import secrets
 import socket
 import time
 from dataclasses import asdict
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from pipeline.lyrics import LyricSection, parse_lyrics
@@ -29,6 +30,7 @@ from pipeline.tags import StyleTags
 from serve.jobs import JobRecord, LeaseLost, VariationRecord, open_job_store
 
 from .failures import describe_failure
+from .post_processor import Provenance
 from .song_models import RenderedSong, RenderProgress, RenderRequest
 
 if TYPE_CHECKING:
@@ -325,7 +327,11 @@ class Conductor:
 
         await self._progress(job_id, "postprocessing", index, 0, 1, fractions)
         processed = await self._postprocessor.process.remote(
-            rendered, job_id=job_id, index=index, target_lufs=float(request["loudness_lufs"])
+            rendered,
+            job_id=job_id,
+            index=index,
+            target_lufs=float(request["loudness_lufs"]),
+            provenance=_provenance(job_id, render_request, request),
         )
         await self._store.update_variation(
             job_id,
@@ -345,6 +351,7 @@ class Conductor:
                 "render_started_at": rendered.render_started_at,
                 "render_finished_at": rendered.render_finished_at,
                 "postprocess_s": processed.timings_s,
+                "provenance": processed.provenance,
             },
             error=None,
         )
@@ -386,3 +393,18 @@ class Conductor:
         await self._store.append_event(
             job_id, "variation", asdict(record), lease_owner=self._lease_owner
         )
+
+
+def _provenance(job_id: str, render_request: RenderRequest, request: dict[str, Any]) -> Provenance:
+    """What the variation's content credentials say about its making. The user's text is only
+    hashed: the prompt in description mode, else the lyrics, else the style."""
+    from pipeline.provenance import prompt_sha256
+
+    text = request.get("prompt") or request.get("lyrics") or request.get("style") or ""
+    return Provenance(
+        title=f"songserve {job_id} variation {render_request.variation}",
+        seed=render_request.seed,
+        prompt_sha256=prompt_sha256(text),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        lora_id=render_request.lora_id,
+    )

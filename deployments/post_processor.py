@@ -1,7 +1,10 @@
-"""`PostProcessor` — masters, encodes and stores one variation.
+"""`PostProcessor` — masters, encodes, signs and stores one variation.
 
-Wraps the pure functions of `pipeline/` (loudness, encoders, peaks) and writes every artefact to the
-object store under deterministic keys, so a re-run after a crash overwrites rather than duplicates.
+Wraps the pure functions of `pipeline/` (loudness, encoders, HLS, C2PA, peaks) and writes every
+artefact to the object store under deterministic keys, so a re-run after a crash overwrites rather
+than duplicates. Order matters for provenance: master → encode each format → sign each file (C2PA,
+after its final encode; nothing re-encodes a signed file). HLS segments are cut from the m4a's AAC
+frames before signing: fragments cannot carry a C2PA manifest.
 The work is CPU-bound and runs on a worker thread; one variation per replica at a time is the
 intended setting (`max_ongoing_requests: 1`), scale with replicas.
 """
@@ -16,10 +19,34 @@ from typing import TYPE_CHECKING
 
 from serve.objects import open_object_store, variation_key
 
+
+def _songserve_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("songserve")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0+unknown"
+
+
+SONGSERVE_VERSION = _songserve_version()  # signed into every file's credentials
+
 if TYPE_CHECKING:
     from serve.config import PostProcessConfig, StorageConfig
 
     from .song_models import RenderedSong
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Who made a variation, for its content credentials. `prompt_sha256` is the SHA-256 of the
+    user's text (the prompt, else the lyrics, else the style): the text itself is never signed."""
+
+    title: str
+    seed: int
+    prompt_sha256: str
+    created: str  # ISO 8601 with zone
+    lora_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -28,17 +55,51 @@ class ProcessedVariation:
     sample_rate: int
     loudness_lufs: float
     true_peak_dbtp: float
-    objects: dict[str, str]  # format / "peaks" → object key
+    objects: dict[str, str]  # format / "peaks" / "hls" → object key
     timings_s: dict[str, float] = field(default_factory=dict)
+    provenance: dict[str, object] = field(default_factory=dict)  # watermark and c2pa status
 
 
 class PostProcessor:
     def __init__(self, config: PostProcessConfig, storage: StorageConfig) -> None:
+        """Raises ValueError naming the setting when signing is on but the chain is missing."""
+        from pathlib import Path
+
+        from .watermarker import AudioSealWatermarker
+
         self._config = config
         self._objects = open_object_store(storage.storage_url)
+        # None without weights: songs then say "not configured", never claim a watermark.
+        self._watermarker = AudioSealWatermarker.from_config(config.watermark)
+        c2pa = config.c2pa
+        if c2pa.enabled and not (Path(c2pa.cert_path).is_file() and Path(c2pa.key_path).is_file()):
+            raise ValueError(
+                f"postprocess.c2pa: no signing chain at {c2pa.cert_path} / {c2pa.key_path}: "
+                "run `songserve certs dev` for a development chain (or set "
+                "postprocess.c2pa.create_dev_chain), point cert_path/key_path at your chain, "
+                "or set postprocess.c2pa.enabled: false"
+            )
+
+    def _sign(
+        self, data: bytes, fmt: str, rendered: RenderedSong, provenance: Provenance, lufs: float
+    ) -> bytes:
+        from pipeline.provenance import SongCredentials, sign_audio
+
+        credentials = SongCredentials(
+            title=provenance.title,
+            model_id=rendered.model,
+            model_version=rendered.model_version,
+            seed=provenance.seed,
+            prompt_sha256=provenance.prompt_sha256,
+            created=provenance.created,
+            loudness_lufs=lufs,
+            songserve_version=SONGSERVE_VERSION,
+            lora_id=provenance.lora_id,
+        )
+        return sign_audio(data, fmt, credentials, self._config.c2pa)  # type: ignore[arg-type]
 
     def _master_and_encode(
-        self, rendered: RenderedSong, target_lufs: float
+        self, rendered: RenderedSong, target_lufs: float, provenance: Provenance
     ) -> tuple[dict[str, tuple[bytes, str]], ProcessedVariation]:
         from pipeline.encode import CONTENT_TYPES, encode_audio
         from pipeline.loudness import normalize_loudness
@@ -53,6 +114,16 @@ class PostProcessor:
             ceiling_dbtp=self._config.ceiling_dbtp,
         )
         timings["loudness"] = time.perf_counter() - started
+        watermark: object = "not configured"
+        if self._watermarker is not None:
+            # After mastering (the level the listener hears), before any encode. AudioSeal's
+            # delta sits tens of dB below the music, far inside the limiter's headroom.
+            started = time.perf_counter()
+            mastered = replace(
+                mastered, audio=self._watermarker.embed(mastered.audio, rendered.sample_rate)
+            )
+            timings["watermark"] = time.perf_counter() - started
+            watermark = {"embedded": True, "model": "audioseal"}
         artefacts: dict[str, tuple[bytes, str]] = {}
         for fmt in self._config.formats:
             started = time.perf_counter()
@@ -70,6 +141,18 @@ class PostProcessor:
             for name, data in hls.items():
                 artefacts[f"hls/{name}"] = (data, hls_content_type(name))
             timings["hls"] = time.perf_counter() - started
+        lufs = round(float(mastered.loudness_lufs), 2)
+        signed: dict[str, object] = {"signed": False}
+        if self._config.c2pa.enabled:
+            started = time.perf_counter()
+            for fmt in self._config.formats:
+                data, content_type = artefacts[f"audio.{fmt}"]
+                artefacts[f"audio.{fmt}"] = (
+                    self._sign(data, fmt, rendered, provenance, lufs),
+                    content_type,
+                )
+            timings["c2pa"] = time.perf_counter() - started
+            signed = {"signed": True, "formats": list(self._config.formats)}
         started = time.perf_counter()
         peaks = peaks_document(mastered.audio, rendered.sample_rate, self._config.samples_per_peak)
         artefacts["peaks.json"] = (
@@ -80,19 +163,29 @@ class PostProcessor:
         summary = ProcessedVariation(
             duration_s=mastered.audio.shape[-1] / rendered.sample_rate,
             sample_rate=rendered.sample_rate,
-            loudness_lufs=round(float(mastered.loudness_lufs), 2),
+            loudness_lufs=lufs,
             true_peak_dbtp=round(float(mastered.true_peak_dbtp), 2),
             objects={},
             timings_s=timings,
+            provenance={"watermark": watermark, "c2pa": signed},
         )
         return artefacts, summary
 
     async def process(
-        self, rendered: RenderedSong, *, job_id: str, index: int, target_lufs: float
+        self,
+        rendered: RenderedSong,
+        *,
+        job_id: str,
+        index: int,
+        target_lufs: float,
+        provenance: Provenance,
     ) -> ProcessedVariation:
-        """Master to `target_lufs` (true peak ≤ the ceiling), encode every configured format and
-        the waveform peaks, store them, and return the measurements and object keys."""
-        artefacts, summary = await asyncio.to_thread(self._master_and_encode, rendered, target_lufs)
+        """Master to `target_lufs` (true peak ≤ the ceiling), encode every configured format, sign
+        each file with its content credentials, cut the HLS rendition and the waveform peaks,
+        store them, and return the measurements, object keys and provenance status."""
+        artefacts, summary = await asyncio.to_thread(
+            self._master_and_encode, rendered, target_lufs, provenance
+        )
         started = time.perf_counter()
         objects: dict[str, str] = {}
         for name, (data, content_type) in artefacts.items():
@@ -105,6 +198,27 @@ class PostProcessor:
             objects[name.removeprefix("audio.").removesuffix(".json")] = key
         timings = {**summary.timings_s, "store": time.perf_counter() - started}
         return replace(summary, objects=objects, timings_s=timings)
+
+    async def verify(self, data: bytes, fmt: str, max_seconds: float) -> dict[str, object]:
+        """C2PA credentials of a file (`fmt` already sniffed by the API) and, when a watermark
+        detector is configured, its watermark in the first `max_seconds` of audio."""
+        return await asyncio.to_thread(self._verify, data, fmt, max_seconds)
+
+    def _verify(self, data: bytes, fmt: str, max_seconds: float) -> dict[str, object]:
+        from pipeline.encode import decode_audio
+        from pipeline.provenance import read_credentials
+
+        credentials = read_credentials(data, fmt)  # type: ignore[arg-type]
+        c2pa = {
+            key: credentials.get(key)
+            for key in ("present", "valid", "trusted", "manifest", "errors")
+        }
+        watermark: object = "not configured"
+        if self._watermarker is not None and self._watermarker.can_detect:
+            audio, sample_rate = decode_audio(data, max_duration_s=max_seconds)
+            found = self._watermarker.detect(audio, sample_rate)
+            watermark = {"detected": found["detected"], "score": found["score"]}
+        return {"format": fmt, "c2pa": c2pa, "watermark": watermark}
 
     async def check_health(self) -> None:
         return None

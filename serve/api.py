@@ -49,6 +49,7 @@ from .schemas import (
     TagsOut,
     TagsRequest,
     VariationOut,
+    VerifyOut,
 )
 
 if TYPE_CHECKING:
@@ -102,7 +103,11 @@ def error_response(
 @app.middleware("http")
 async def _limit_request_size(request: Request, call_next: Any) -> Response:
     length = request.headers.get("content-length", "")
-    limit = current_api().max_upload_bytes if request.url.path == "/v1/loras" else MAX_REQUEST_BYTES
+    api = current_api()
+    limit = {
+        "/v1/loras": api.max_upload_bytes,
+        "/v1/verify": api.max_verify_bytes,
+    }.get(request.url.path, MAX_REQUEST_BYTES)
     if length.isdigit() and int(length) > limit:
         return error_response(
             413, "request_too_large", f"the request body is over {limit} bytes", "body"
@@ -202,16 +207,24 @@ class SongAPI:
     """What HTTP API v1 does; the route functions at the bottom of this module call into it."""
 
     def __init__(
-        self, config: AppConfig, conductor: Any, lyrics: Any, tags: Any, router: Any = None
+        self,
+        config: AppConfig,
+        conductor: Any,
+        lyrics: Any,
+        tags: Any,
+        router: Any = None,
+        postprocessor: Any = None,
     ) -> None:
         self._config = config
         self._jobs = open_job_store(config.storage.database_url)
         self._objects = open_object_store(config.storage.storage_url)
         self._conductor, self._lyrics, self._tags, self._router = conductor, lyrics, tags, router
+        self._postprocessor = postprocessor
         self._models = ["auto", *config.models.served_models]
         self._loras = LoraRegistry(self._objects)
         self._lora_validator: LoraValidator | None = None
         self.max_upload_bytes = config.loras.max_upload_bytes
+        self.max_verify_bytes = config.api.max_verify_bytes
         if config.loras.preload:
             # Registering validates each file against the base checkpoint: do it off the
             # constructor so the replica comes up at once.
@@ -633,6 +646,32 @@ class SongAPI:
             field = "id" if "LoRA ids" in str(error) else "file"
             raise ApiError(422, "invalid_lora", str(error), field) from error
 
+    async def verify(self, data: bytes) -> dict[str, Any]:
+        """C2PA credentials and watermark of an uploaded audio file. The format is checked from
+        its first bytes before anything decodes it; the PostProcessor does the work."""
+        from pipeline.provenance import sniff_audio_format
+
+        if len(data) > self._config.api.max_verify_bytes:
+            raise ApiError(
+                413,
+                "request_too_large",
+                f"files are limited to {self._config.api.max_verify_bytes} bytes "
+                "(api.max_verify_bytes)",
+                "file",
+            )
+        fmt = sniff_audio_format(data)
+        if fmt is None:
+            raise ApiError(
+                415,
+                "unsupported_media_type",
+                "the file is not m4a, mp3, flac or wav audio; upload one of those",
+                "file",
+            )
+        result: dict[str, Any] = await self._call(
+            self._postprocessor.verify.remote(data, fmt, self._config.api.max_verify_seconds)
+        )
+        return result
+
     async def list_loras(self) -> list[LoraInfo]:
         return await self._loras.list()
 
@@ -796,6 +835,17 @@ async def upload_lora(
     api.owner(request)
     info = await api.register_lora(id, await file.read())
     return LoraOut.model_validate(asdict(info))
+
+
+@app.post("/v1/verify", response_model=VerifyOut)
+async def verify_audio(
+    request: Request,
+    api: Api,
+    file: UploadFile = File(..., description="An m4a, mp3, flac or wav file to check."),
+) -> VerifyOut:
+    """Does this file carry valid songserve content credentials, and a watermark?"""
+    api.owner(request)
+    return VerifyOut.model_validate(await api.verify(await file.read()))
 
 
 @app.get("/v1/loras", response_model=LoraList)

@@ -9,7 +9,8 @@ queue limits, shutdown grace, actor resources and placement) is applied here fro
              │              ├─▶ SongRouter ─▶ decoder pools (one SongDecoder deployment each)
              │              └─▶ PostProcessor
              ├─▶ LyricsLLM        (POST /v1/lyrics)
-             └─▶ TagNormalizer    (POST /v1/tags/normalize)
+             ├─▶ TagNormalizer    (POST /v1/tags/normalize)
+             └─▶ PostProcessor    (POST /v1/verify)
 """
 
 # No `from __future__ import annotations` here: Serve reads the builder's parameter annotation
@@ -60,6 +61,17 @@ def build_app(args: AppConfig) -> Application:
     config = resolve_config(args)
     options = config.deployments
     _report_unplaceable(config)
+    if config.postprocess.c2pa.enabled:
+        from serve.certs import ensure_dev_chain
+
+        # Here, once, not in each PostProcessor replica: concurrent replicas would race to write
+        # a key pair and could end with one replica's certificate and another's key.
+        if ensure_dev_chain(config.postprocess.c2pa):
+            logger.warning(
+                "wrote a DEVELOPMENT C2PA signing chain to %s (postprocess.c2pa.create_dev_chain);"
+                " use a CA-issued chain in production",
+                config.postprocess.c2pa.cert_path,
+            )
 
     lyrics = _deployment(LyricsLLM, "LyricsLLM", options.lyrics).bind(config.lyrics, config.storage)
     tags = _deployment(TagNormalizer, "TagNormalizer", options.tags).bind(
@@ -75,7 +87,7 @@ def build_app(args: AppConfig) -> Application:
     )
     ingress = serve.ingress(fastapi_app)(SongAPI)
     return _deployment(ingress, "SongAPI", options.api).bind(
-        config, conductor, lyrics, tags, router
+        config, conductor, lyrics, tags, router, postprocessor
     )
 
 

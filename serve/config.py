@@ -156,6 +156,15 @@ class ApiConfig(_Strict):
     overload_retry_after_s: int = Field(
         5, ge=1, description="Retry-After seconds sent with 429/503 when overloaded."
     )
+    max_verify_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="Largest file POST /v1/verify accepts."
+    )
+    max_verify_seconds: float = Field(
+        600.0,
+        gt=0,
+        le=3600,
+        description="POST /v1/verify decodes at most this much audio for watermark detection.",
+    )
 
 
 class AuthConfig(_Strict):

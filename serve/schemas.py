@@ -208,3 +208,22 @@ class PoolList(BaseModel):
 
 
 SongOut.model_rebuild()
+
+
+class C2paOut(BaseModel):
+    present: bool = Field(..., description="The file carries a C2PA manifest.")
+    valid: bool = Field(..., description="The manifest validates (the file was not altered).")
+    trusted: bool = Field(False, description="The signer chains to a trusted root.")
+    manifest: dict[str, Any] | None = Field(None, description="What the manifest says.")
+    errors: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class WatermarkOut(BaseModel):
+    detected: bool
+    score: float = Field(..., description="Detector score in [0, 1].")
+
+
+class VerifyOut(BaseModel):
+    format: str
+    c2pa: C2paOut
+    watermark: WatermarkOut | Literal["not configured"]

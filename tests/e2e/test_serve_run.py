@@ -162,6 +162,41 @@ def test_hls_plays_through_a_real_client(server: str, client: httpx.Client) -> N
         assert client.get(playlist_url.replace("index.m3u8", name)).status_code == 404
 
 
+def test_every_delivered_file_is_signed_and_verify_reports_it(client: httpx.Client) -> None:
+    from pipeline.provenance import read_credentials
+
+    song_id = client.post(
+        "/v1/songs", json={"prompt": "a jazz ballad for a rainy evening", "duration_s": 8,
+                           "variations": 1, "seed": 77}
+    ).json()["id"]  # fmt: skip
+    song = wait_for_song(client, song_id)
+    (variation,) = song["variations"]
+    assert variation["provenance"]["c2pa"]["signed"] is True
+    assert variation["provenance"]["watermark"] == "not configured"  # no AudioSeal weights here
+    for fmt, url in variation["audio"].items():
+        data = client.get(url).content
+        credentials = read_credentials(data, fmt)
+        assert credentials["present"] and credentials["valid"], (fmt, credentials["errors"])
+        generation = credentials["manifest"]["generation"]
+        assert (generation["model_id"], generation["seed"]) == ("sketch", 77), fmt
+
+        verified = client.post("/v1/verify", files={"file": (f"song.{fmt}", data)})
+        assert verified.status_code == 200, verified.text
+        report = verified.json()
+        assert report["format"] == fmt and report["c2pa"]["valid"] is True
+        assert report["watermark"] == "not configured"
+
+        tampered = bytearray(data)
+        middle = len(tampered) // 2
+        tampered[middle : middle + 64] = bytes(b ^ 0xFF for b in tampered[middle : middle + 64])
+        report = client.post("/v1/verify", files={"file": ("x", bytes(tampered))}).json()
+        assert report["c2pa"]["present"] and not report["c2pa"]["valid"], fmt
+
+    refused = client.post("/v1/verify", files={"file": ("notes.txt", b"just some text" * 100)})
+    assert refused.status_code == 415
+    assert refused.json()["error"]["field"] == "file"
+
+
 def test_range_requests(client: httpx.Client) -> None:
     song_id = client.post(
         "/v1/songs", json={"style": "jazz trio", "duration_s": 6, "variations": 1}
