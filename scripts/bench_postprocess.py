@@ -1,0 +1,151 @@
+"""Post-processing benchmark: the real-time factor of every stage on one long stereo song.
+
+Runs each stage the PostProcessor runs, on this machine, on a `--seconds` (default 180) stereo
+48 kHz `sketch` song: loudness + limiter, AudioSeal watermark (its published 16-bit architecture
+built from the card config with random weights — compute does not depend on weight values), each
+encoder, C2PA signing of each format (a development chain), HLS packaging from the m4a, waveform
+peaks, and Demucs htdemucs (its default architecture, random weights) for stems on demand.
+
+    python scripts/bench_postprocess.py [--seconds 180] [--threads 1] [--skip-demucs]
+
+Prints a markdown table for docs/benchmarks.md: seconds per stage and speed as "× real time"
+(song seconds per second of work); the default chain is loudness, watermark, m4a, mp3, signing
+and peaks (what every variation pays; flac/wav and HLS are cheap and optional).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+DEFAULT_CHAIN = (
+    "loudness",
+    "watermark",
+    "encode m4a",
+    "encode mp3",
+    "sign m4a",
+    "sign mp3",
+    "peaks",
+)
+
+
+def _timed(label: str, rows: list[tuple[str, float]], work: Callable[[], Any]) -> Any:
+    started = time.perf_counter()
+    result = work()
+    rows.append((label, time.perf_counter() - started))
+    return result
+
+
+def _audioseal_generator() -> Any:
+    """AudioSeal's published 16-bit generator architecture, random weights, eager (no compile)."""
+    from audioseal.builder import AudioSealWMConfig, create_generator
+    from audioseal.loader import AudioSeal, load_local_model_config
+    from omegaconf import OmegaConf
+
+    card: Any = OmegaConf.to_container(load_local_model_config("audioseal_wm_16bits"))
+    card.pop("checkpoint", None)
+    # parse_config sets `norm: none`, as AudioSeal's own loader does (weight_norm fails on 2.13).
+    return create_generator(AudioSeal.parse_config(card, AudioSealWMConfig)).eval()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=180.0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (replicas: 1)")
+    parser.add_argument("--skip-demucs", action="store_true")
+    options = parser.parse_args(argv)
+    warnings.simplefilter("ignore")
+
+    import torch
+
+    from deployments.watermarker import AudioSealWatermarker
+    from pipeline.encode import encode_audio
+    from pipeline.hls import hls_from_m4a
+    from pipeline.loudness import normalize_loudness
+    from pipeline.peaks import peaks_document
+    from pipeline.provenance import SongCredentials, prompt_sha256, sign_audio
+    from pipeline.sketch import render_sketch
+    from pipeline.tags import normalize_style
+    from serve.certs import write_dev_chain
+    from serve.config import C2paConfig
+
+    torch.set_num_threads(options.threads)
+    sample_rate = 48_000
+    song = render_sketch(
+        normalize_style("indie pop, upbeat"), [], options.seconds, 7, instrumental=True
+    ).mix
+    rows: list[tuple[str, float]] = []
+
+    mastered = _timed(
+        "loudness",
+        rows,
+        lambda: normalize_loudness(song, sample_rate, target_lufs=-14.0, ceiling_dbtp=-1.0),
+    )
+    watermarker = AudioSealWatermarker(_audioseal_generator())
+    audio = _timed("watermark", rows, lambda: watermarker.embed(mastered.audio, sample_rate))
+    files = {
+        fmt: _timed(f"encode {fmt}", rows, lambda fmt=fmt: encode_audio(audio, sample_rate, fmt))
+        for fmt in ("m4a", "mp3", "flac", "wav")
+    }
+    certs = Path(tempfile.mkdtemp(prefix="bench-c2pa-"))
+    signer = C2paConfig(cert_path=str(certs / "chain.pem"), key_path=str(certs / "signer.key"))
+    write_dev_chain(signer.cert_path, signer.key_path)
+    credentials = SongCredentials(
+        title="bench",
+        model_id="sketch",
+        model_version="bench",
+        seed=7,
+        prompt_sha256=prompt_sha256("indie pop, upbeat"),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        loudness_lufs=-14.0,
+        songserve_version="bench",
+    )
+    for fmt, data in files.items():
+        _timed(f"sign {fmt}", rows, lambda fmt=fmt, data=data: sign_audio(
+            data, fmt, credentials, signer))  # type: ignore[arg-type]  # fmt: skip
+    _timed("hls (from the m4a)", rows, lambda: hls_from_m4a(files["m4a"]))
+    _timed("peaks", rows, lambda: peaks_document(audio, sample_rate, 480))
+    if not options.skip_demucs:
+        from demucs.apply import apply_model
+        from demucs.htdemucs import HTDemucs
+
+        from pipeline.stems import from_model_rate, to_model_rate
+
+        model = HTDemucs(sources=["drums", "bass", "other", "vocals"]).eval()
+
+        def separate() -> Any:
+            mix = torch.from_numpy(to_model_rate(audio, sample_rate))[None]
+            with torch.no_grad():
+                stems = apply_model(model, mix, shifts=0, split=True, overlap=0.25)[0].numpy()
+            return from_model_rate(stems, sample_rate, audio.shape[-1])
+
+        _timed("demucs htdemucs (stems, on demand)", rows, separate)
+
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    print(f"# bench_postprocess — {datetime.now(UTC):%Y-%m-%d} — {machine}")
+    print(f"{options.seconds:g} s stereo 48 kHz song, torch threads {options.threads}\n")
+    print("| stage | seconds | × real time |\n|---|---:|---:|")
+    for label, seconds in rows:
+        print(f"| {label} | {seconds:.2f} | {options.seconds / seconds:,.0f} |")
+    chain = sum(seconds for label, seconds in rows if label in DEFAULT_CHAIN)
+    print(
+        f"| **default chain** ({', '.join(DEFAULT_CHAIN)}) | **{chain:.2f}** | "
+        f"**{options.seconds / chain:,.1f}** |"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
