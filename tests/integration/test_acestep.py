@@ -90,12 +90,16 @@ def app(deploy: DeployFn, tiny_checkpoint: Path) -> Deployed:
 
 
 def _song_wav(app: Deployed, body: dict) -> bytes:
+    """The song's samples (decoded: every file's C2PA manifest is unique to its song)."""
+    from pipeline.encode import decode_audio
+
     song_id = app.client.post("/v1/songs", json=body).json()["id"]
     song = wait_for_song(app.client, song_id)
     assert song["status"] == "succeeded", song
     (variation,) = song["variations"]
     assert variation["model"] == "ace-step"
-    return app.client.get(variation["audio"]["wav"]).content
+    samples, _ = decode_audio(app.client.get(variation["audio"]["wav"]).content)
+    return samples.tobytes()
 
 
 def test_lora_hot_swap_is_exact_and_never_leaks(app: Deployed) -> None:

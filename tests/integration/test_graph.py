@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from ray import serve
 
+from pipeline.encode import decode_audio
 from tests.helpers import read_events, wait_for_song
 
 from .conftest import APP_NAME, Deployed
@@ -114,12 +115,15 @@ def test_seeds_make_variations_differ_and_reruns_identical(deploy: DeployFn) -> 
     }
     ids = [app.client.post("/v1/songs", json=body).json()["id"] for _ in range(2)]
     songs = [wait_for_song(app.client, song_id) for song_id in ids]
+    # Decoded samples: each file's C2PA manifest (job id, time) is unique to its song.
     audio = [
-        [app.client.get(v["audio"]["wav"]).content for v in song["variations"]] for song in songs
-    ]
+        [decode_audio(app.client.get(v["audio"]["wav"]).content)[0].tobytes()
+         for v in song["variations"]]
+        for song in songs
+    ]  # fmt: skip
     assert [v["seed"] for v in songs[0]["variations"]] == [42, 43]
     assert audio[0][0] != audio[0][1]  # variations differ
-    assert audio[0] == audio[1]  # the same seed gives the same songs, byte for byte
+    assert audio[0] == audio[1]  # the same seed gives the same songs, sample for sample
 
 
 def test_idempotency_key_returns_the_same_job(deploy: DeployFn) -> None:
