@@ -116,11 +116,17 @@ class PostProcessor:
         timings["loudness"] = time.perf_counter() - started
         watermark: object = "not configured"
         if self._watermarker is not None:
-            # After mastering (the level the listener hears), before any encode. AudioSeal's
-            # delta sits tens of dB below the music, far inside the limiter's headroom.
+            # After mastering (the level the listener hears), before any encode. The delta is
+            # small but not zero, so what is reported is measured again on what is delivered.
+            from pipeline.loudness import measure_loudness_lufs, true_peak_dbtp
+
             started = time.perf_counter()
+            marked = self._watermarker.embed(mastered.audio, rendered.sample_rate)
             mastered = replace(
-                mastered, audio=self._watermarker.embed(mastered.audio, rendered.sample_rate)
+                mastered,
+                audio=marked,
+                loudness_lufs=measure_loudness_lufs(marked, rendered.sample_rate),
+                true_peak_dbtp=true_peak_dbtp(marked, rendered.sample_rate, oversample=8),
             )
             timings["watermark"] = time.perf_counter() - started
             watermark = {"embedded": True, "model": "audioseal"}
