@@ -18,13 +18,18 @@ Deterministic: the same script version writes the same weights (fixed torch seed
 
 from __future__ import annotations
 
-import argparse
 import json
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: `scripts.` imports
+from scripts.tiny_checkpoints import (
+    builder_main,
+    check_build_target,
+    publish_directory,
+    train_byte_level_bpe,
+)
 
 SEED = 1234
 SAMPLE_RATE = 48_000
@@ -61,19 +66,9 @@ def is_complete(out_dir: Path) -> bool:
 
 
 def _tokenizer() -> Any:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=_VOCAB_SIZE,
-        special_tokens=[_EOS],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    bpe.train_from_iterator([_TOKENIZER_CORPUS] * 4, trainer=trainer)
+    bpe = train_byte_level_bpe(_TOKENIZER_CORPUS, _VOCAB_SIZE, [_EOS])
     # Right padding: the pipeline runs the causal text encoder without an attention mask, so
     # padding after the real tokens never changes their hidden states.
     return PreTrainedTokenizerFast(
@@ -126,14 +121,10 @@ def build_tiny_acestep(out_dir: Path, *, force: bool = False) -> Path:
     and rebuilds it). Takes a few seconds on 2 CPU cores; writes ~1 MB.
     """
     out_dir = Path(out_dir)
-    if is_complete(out_dir) and not force:
+    if check_build_target(
+        out_dir, force=force, is_complete=is_complete, what="tiny ACE-Step checkpoint"
+    ):
         return out_dir
-    if out_dir.exists() and any(out_dir.iterdir()) and not force:
-        # Builds never leave a partial OUT_DIR behind, so this is someone else's directory.
-        raise FileExistsError(
-            f"{out_dir} exists and is not a complete tiny ACE-Step checkpoint; "
-            "pass --force (force=True) to replace it"
-        )
 
     import torch
     from diffusers import (
@@ -211,22 +202,9 @@ def build_tiny_acestep(out_dir: Path, *, force: bool = False) -> Path:
         condition_encoder=condition_encoder,
         scheduler=scheduler,
     )
-    # Build in a private sibling dir and rename it into place, so neither a crash nor a build
-    # running concurrently ever exposes a half-written checkpoint.
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; the checkpoint is read by other processes
-    try:
-        _write(pipeline, transformer, staging)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    except OSError:
-        if not is_complete(out_dir):  # not a concurrent build that finished first
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return out_dir
+    return publish_directory(
+        out_dir, lambda staging: _write(pipeline, transformer, staging), is_complete
+    )
 
 
 def _write(pipeline: Any, transformer: Any, staging: Path) -> None:
@@ -250,23 +228,14 @@ def _write(pipeline: Any, transformer: Any, staging: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("out_dir", type=Path, help="Directory to write the checkpoint to.")
-    parser.add_argument(
-        "--force", action="store_true", help="Rebuild even if OUT_DIR holds a complete build."
+    return builder_main(
+        argv,
+        doc=__doc__,
+        what="tiny ACE-Step checkpoint",
+        build=build_tiny_acestep,
+        is_complete=is_complete,
+        target_help="Directory to write the checkpoint to.",
     )
-    args = parser.parse_args(argv)
-    if is_complete(args.out_dir) and not args.force:
-        print(f"{args.out_dir}: complete tiny ACE-Step checkpoint already there (--force rebuilds)")
-        return 0
-    try:
-        path = build_tiny_acestep(args.out_dir, force=args.force)
-    except FileExistsError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-    print(f"{path}: tiny ACE-Step checkpoint written ({size / 1e6:.1f} MB)")
-    return 0
 
 
 if __name__ == "__main__":

@@ -16,13 +16,15 @@ Deterministic: the same script version writes the same weights (fixed torch seed
 
 from __future__ import annotations
 
-import argparse
 import os
 import pickle
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: `scripts.` imports
+from scripts.tiny_checkpoints import builder_main
 
 SEED = 1234
 BUILDER = "scripts/make_tiny_htdemucs.py"
@@ -108,22 +110,14 @@ def build_tiny_htdemucs(out_path: Path, *, force: bool = False) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("out_path", type=Path, help="Checkpoint file to write (.th).")
-    parser.add_argument(
-        "--force", action="store_true", help="Rebuild even if OUT_PATH holds a complete build."
+    return builder_main(
+        argv,
+        doc=__doc__,
+        what="tiny htdemucs checkpoint",
+        build=build_tiny_htdemucs,
+        is_complete=is_complete,
+        target_help="Checkpoint file to write (.th).",
     )
-    args = parser.parse_args(argv)
-    if is_complete(args.out_path) and not args.force:
-        print(f"{args.out_path}: tiny htdemucs checkpoint already there (--force rebuilds)")
-        return 0
-    try:
-        path = build_tiny_htdemucs(args.out_path, force=args.force)
-    except FileExistsError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"{path}: tiny htdemucs checkpoint written ({path.stat().st_size / 1e6:.2f} MB)")
-    return 0
 
 
 if __name__ == "__main__":

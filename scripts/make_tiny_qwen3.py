@@ -19,13 +19,18 @@ Deterministic: the same script version writes the same weights (fixed torch seed
 
 from __future__ import annotations
 
-import argparse
 import json
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: `scripts.` imports
+from scripts.tiny_checkpoints import (
+    builder_main,
+    check_build_target,
+    publish_directory,
+    train_byte_level_bpe,
+)
 
 SEED = 1234
 IM_START = "<|im_start|>"
@@ -80,20 +85,9 @@ def is_complete(out_dir: Path) -> bool:
 
 
 def _tokenizer() -> Any:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    # mlx-lm picks its fast streaming detokenizer from this ByteLevel decoder in tokenizer.json.
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=_VOCAB_SIZE,
-        special_tokens=[END_OF_TEXT, IM_START, IM_END],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    bpe.train_from_iterator([_TOKENIZER_CORPUS] * 4, trainer=trainer)
+    bpe = train_byte_level_bpe(_TOKENIZER_CORPUS, _VOCAB_SIZE, [END_OF_TEXT, IM_START, IM_END])
     return PreTrainedTokenizerFast(
         tokenizer_object=bpe,
         eos_token=END_OF_TEXT,
@@ -112,14 +106,8 @@ def build_tiny_qwen3(out_dir: Path, *, force: bool = False) -> Path:
     a build. Takes a few seconds (mostly importing transformers); writes well under 1 MB.
     """
     out_dir = Path(out_dir)
-    if is_complete(out_dir) and not force:
+    if check_build_target(out_dir, force=force, is_complete=is_complete, what="tiny Qwen3 model"):
         return out_dir
-    if out_dir.exists() and any(out_dir.iterdir()) and not force:
-        # Builds never leave a partial OUT_DIR behind, so this is someone else's directory.
-        raise FileExistsError(
-            f"{out_dir} exists and is not a complete tiny Qwen3 model; "
-            "pass --force (force=True) to replace it"
-        )
 
     import torch
     from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
@@ -146,48 +134,25 @@ def build_tiny_qwen3(out_dir: Path, *, force: bool = False) -> Path:
         eos_token_id=eos_ids, pad_token_id=tokenizer.pad_token_id, bos_token_id=None
     )
 
-    # Build in a private sibling dir and rename it into place, so neither a crash nor a build
-    # running concurrently ever exposes a half-written model.
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; the model is read by other processes
-    try:
+    def write(staging: Path) -> None:
         model.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         (staging / "TINY_MODEL.json").write_text(
             json.dumps({"builder": "scripts/make_tiny_qwen3.py", "seed": SEED}, indent=2) + "\n"
         )
-        for file in staging.iterdir():
-            file.chmod(0o644)  # save_pretrained writes model.safetensors owner-only
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    except OSError:
-        if not is_complete(out_dir):  # not a concurrent build that finished first
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return out_dir
+
+    return publish_directory(out_dir, write, is_complete)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("out_dir", type=Path, help="Directory to write the model to.")
-    parser.add_argument(
-        "--force", action="store_true", help="Rebuild even if OUT_DIR holds a complete build."
+    return builder_main(
+        argv,
+        doc=__doc__,
+        what="tiny Qwen3 model",
+        build=build_tiny_qwen3,
+        is_complete=is_complete,
+        target_help="Directory to write the model to.",
     )
-    args = parser.parse_args(argv)
-    if is_complete(args.out_dir) and not args.force:
-        print(f"{args.out_dir}: complete tiny Qwen3 model already there (--force rebuilds)")
-        return 0
-    try:
-        path = build_tiny_qwen3(args.out_dir, force=args.force)
-    except FileExistsError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-    print(f"{path}: tiny Qwen3 model written ({size / 1e6:.2f} MB)")
-    return 0
 
 
 if __name__ == "__main__":
