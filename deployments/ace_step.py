@@ -57,6 +57,8 @@ import numpy as np
 from pipeline.lyrics import format_lyrics
 from pipeline.semantic_tags import ace_step_metadata
 
+from .devices import pick_torch_device
+
 if TYPE_CHECKING:
     from deployments.song_models import ProgressCallback, RenderRequest
     from serve.config import AceStepConfig, DecoderPoolConfig
@@ -249,21 +251,6 @@ def _checkpoint_error(path: str, pool_name: str, problem: str) -> ValueError:
 
 def _looks_like_hub_id(path: str) -> bool:
     return re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", path) is not None
-
-
-def _pick_device(setting: str) -> str:
-    import torch
-
-    cuda = torch.cuda.is_available()
-    mps = bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
-    if setting == "auto":
-        return "cuda" if cuda else "mps" if mps else "cpu"
-    if (setting == "cuda" and not cuda) or (setting == "mps" and not mps):
-        raise ValueError(
-            f"ace_step.device is {setting!r} but no {setting} device is available here: "
-            "use 'auto' or 'cpu', or pin the pool to nodes that have one"
-        )
-    return setting
 
 
 def _pick_dtype(setting: str, device: str) -> Any:
@@ -474,7 +461,9 @@ class AceStepSongModel:
                 f"models.pools[{pool.name}]: model ace-step needs `ace_step: {{path: DIR}}`"
             )
         self._config: AceStepConfig = pool.ace_step
-        self.device = _pick_device(self._config.device)
+        self.device = pick_torch_device(
+            self._config.device, f"models.pools[{pool.name}].ace_step.device"
+        )
         self.dtype = _pick_dtype(self._config.dtype, self.device)
 
         location = str(Path(self._config.path).expanduser())

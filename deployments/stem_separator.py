@@ -21,6 +21,8 @@ import numpy as np
 from pipeline.audio import checked_audio
 from pipeline.stems import RESIDUAL_STEM, complete_to_mix, from_model_rate, to_model_rate
 
+from .devices import pick_torch_device
+
 if TYPE_CHECKING:
     from serve.config import StemsConfig
 
@@ -33,24 +35,8 @@ _FIX = (
 
 
 def pick_device(device: str) -> str:
-    """The torch device for a `StemsConfig.device` value: "auto" is cuda, then mps, then cpu.
-
-    Raises ValueError naming the setting when an explicitly requested accelerator is missing.
-    """
-    import torch
-
-    cuda = torch.cuda.is_available()
-    mps = torch.backends.mps.is_available()
-    if device == "auto":
-        return "cuda" if cuda else "mps" if mps else "cpu"
-    if device == "cpu" or (device == "cuda" and cuda) or (device == "mps" and mps):
-        return device
-    if device in ("cuda", "mps"):
-        raise ValueError(
-            f"{DEVICE_SETTING} is {device!r} but this machine has no {device} device: "
-            f"set it to 'auto' or 'cpu'"
-        )
-    raise ValueError(f"{DEVICE_SETTING} must be auto, cuda, mps or cpu, got {device!r}")
+    """The torch device for a `StemsConfig.device` value (see `pick_torch_device`)."""
+    return pick_torch_device(device, DEVICE_SETTING)
 
 
 def load_demucs_checkpoint(path: str | Path | None) -> Any:

@@ -544,3 +544,15 @@ def test_one_at_a_time_decode_equals_the_pipelines_batched_decode(model: AceStep
         model._decode_one_at_a_time = True
     for mine, theirs in zip(one_at_a_time, batched, strict=True):
         np.testing.assert_allclose(mine, theirs, atol=1e-5)
+
+
+def test_a_missing_accelerator_names_the_pool_setting(checkpoint: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    pool = DecoderPoolConfig(
+        name="DiT_CUDA", model="ace-step", ace_step={"path": str(checkpoint), "device": "cuda"}
+    )
+    with pytest.raises(ValueError, match=r"models\.pools\[DiT_CUDA\]\.ace_step\.device"):
+        AceStepSongModel(pool)
