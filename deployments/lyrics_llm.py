@@ -83,28 +83,9 @@ class ChatEngine(Protocol):
         ...
 
 
-class LyricsEngine(Protocol):
-    name: str
-    model: str
-
-    async def write(
-        self, prompt: str, duration_s: float, *, style: str | None, language: str, seed: int
-    ) -> list[LyricSection]: ...
-
-
-class TemplateLyricsEngine:
-    """Weight-free writer: the prompt's own words poured into section templates."""
-
-    name = "template"
-    model = "template-v1"
-
-    async def write(
-        self, prompt: str, duration_s: float, *, style: str | None, language: str, seed: int
-    ) -> list[LyricSection]:
-        from pipeline.lyrics import write_template_lyrics
-
-        # Pure CPU work of a few milliseconds: no thread hop needed.
-        return write_template_lyrics(prompt, duration_s, style=style, language=language, seed=seed)
+# The weight-free writer (pipeline/lyrics.py): the embedded default, and every LLM's fallback.
+TEMPLATE_ENGINE = "template"
+TEMPLATE_MODEL = "template-v1"
 
 
 def make_chat_engine(config: LyricsConfig) -> ChatEngine:
@@ -135,7 +116,6 @@ class LyricsLLM:
         from serve.jobs import open_job_store
 
         self._config = config
-        self._template = TemplateLyricsEngine()
         self._chat: ChatEngine | None = (
             None if config.engine == "template" else make_chat_engine(config)
         )
@@ -154,7 +134,7 @@ class LyricsLLM:
     ) -> WrittenLyrics:
         if self._chat is None:
             return await self._write_template(prompt, duration_s, style, language, seed, None)
-        key = self._cache_key(self._chat, prompt, duration_s, style, language, seed)
+        key = _cache_key(self._chat, prompt, style or "", float(duration_s), language, seed)
         if self._cache is not None:
             hit = await self._cache.cache_get(CACHE_NAMESPACE, key)
             if hit is not None:
@@ -173,7 +153,7 @@ class LyricsLLM:
 
         if self._chat is None or not style.strip():
             return None
-        key = self._cache_key(self._chat, style, 0.0, None, "en", 0)  # tags are English
+        key = _cache_key(self._chat, style)
         if self._cache is not None:
             hit = await self._cache.cache_get(STYLE_CACHE_NAMESPACE, key)
             if hit is not None:
@@ -253,34 +233,25 @@ class LyricsLLM:
         seed: int,
         fallback_reason: str | None,
     ) -> WrittenLyrics:
-        sections = await self._template.write(
+        from pipeline.lyrics import write_template_lyrics
+
+        # Pure CPU work of a few milliseconds: no thread hop needed.
+        sections = write_template_lyrics(
             prompt, duration_s, style=style, language=language, seed=seed
         )
         return WrittenLyrics(
             text=format_lyrics(sections),
             sections=sections,
-            engine=self._template.name,
-            model=self._template.model,
+            engine=TEMPLATE_ENGINE,
+            model=TEMPLATE_MODEL,
             fallback_reason=fallback_reason,
         )
-
-    @staticmethod
-    def _cache_key(
-        chat: ChatEngine,
-        prompt: str,
-        duration_s: float,
-        style: str | None,
-        language: str,
-        seed: int,
-    ) -> str:
-        parts = [chat.name, chat.model, prompt, style or "", float(duration_s), language, seed]
-        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
     async def check_health(self) -> None:
         # An LLM engine is checked by loading it; a generation per health check would cost a
         # slot of real work, and a failing server is covered by the template fallback.
         if self._chat is None:
-            await self._template.write("health check", 10.0, style=None, language="en", seed=0)
+            await self._write_template("health check", 10.0, None, "en", 0, None)
 
     async def close(self) -> None:
         """Free the engine (connections, threads, device memory) and the cache's store."""
@@ -294,6 +265,11 @@ class LyricsLLM:
     async def __del__(self) -> None:
         # Serve awaits an async __del__ on graceful shutdown.
         await self.close()
+
+
+def _cache_key(chat: ChatEngine, *inputs: object) -> str:
+    """The cache key of what `chat` answers for `inputs` (JSON-serialisable values)."""
+    return hashlib.sha256(json.dumps([chat.name, chat.model, *inputs]).encode()).hexdigest()
 
 
 def _from_cache(hit: dict, chat: ChatEngine) -> WrittenLyrics:
