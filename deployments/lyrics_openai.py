@@ -77,7 +77,8 @@ class OpenAIChatEngine:
         self._retry_base_delay_s = retry_base_delay_s
         self._retry_max_delay_s = retry_max_delay_s
 
-        self._api_key = config.api_key or os.environ.get(config.api_key_env) or None
+        configured = config.api_key.get_secret_value() if config.api_key else None
+        self._api_key = configured or os.environ.get(config.api_key_env) or None
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
         self._client = httpx.AsyncClient(
             headers=headers,

@@ -307,10 +307,11 @@ class LyricsConfig(_Strict):
         description="openai engine: the server's base URL including /v1, e.g. "
         "http://127.0.0.1:8001/v1 (vLLM, Ollama, LM Studio, a Ray Serve LLM app).",
     )
-    api_key: str | None = Field(
+    # SecretStr: the config travels to the Serve controller and the dashboard shows it.
+    api_key: SecretStr | None = Field(
         None,
         description="openai engine: bearer key (env SONGSERVE_LYRICS__API_KEY); unset reads "
-        "the variable named by api_key_env.",
+        "the variable named by api_key_env, which keeps the key out of the app's config.",
     )
     api_key_env: str = Field(
         "OPENAI_API_KEY", description="openai engine: environment variable holding the key."
@@ -696,11 +697,14 @@ def apply_env_overrides(
 
 
 def _dump_for_env(config: AppConfig) -> dict[str, Any]:
+    # JSON mode masks secrets ("**********"); put the real values back for re-validation.
     data = config.model_dump(mode="json", exclude_unset=True)
     if config.auth.api_keys:
         data.setdefault("auth", {})["api_keys"] = [
             key.get_secret_value() for key in config.auth.api_keys
         ]
+    if config.lyrics.api_key is not None:
+        data.setdefault("lyrics", {})["api_key"] = config.lyrics.api_key.get_secret_value()
     return data
 
 

@@ -184,3 +184,20 @@ def test_style_rewrite_needs_an_llm_engine() -> None:
         }
     )
     assert config.tags.llm_rewrite
+
+
+def test_the_lyrics_api_key_is_secret_but_survives_resolution() -> None:
+    config = AppConfig.model_validate(
+        {
+            "lyrics": {
+                "engine": "openai",
+                "model": "m",
+                "base_url": "http://127.0.0.1:1/v1",
+                "api_key": "sk-secret-123",
+            }
+        }
+    )
+    assert "sk-secret-123" not in repr(config) and "sk-secret-123" not in config.model_dump_json()
+    resolved = resolve_config(config)
+    assert resolved.lyrics.api_key is not None
+    assert resolved.lyrics.api_key.get_secret_value() == "sk-secret-123"
