@@ -783,7 +783,11 @@ def semantic_style(
 
     if genre.name == lexical.genre and moods == lexical.moods:
         return lexical
-    return _restyle(translated, lexical, genre, subgenre, moods, instrumental)
+    # What followed from genre and moods (instruments, default vocal, derived bpm and key,
+    # caption) follows again by the lexicon's rules, so only a changed genre or mood shows.
+    return style_for(
+        translated, genre, subgenre, moods, language=lexical.language, instrumental=instrumental
+    )
 
 
 # The moods a genre usually carries, most typical first: used when a text describes a scene ("a
@@ -907,22 +911,6 @@ def _semantic_genre(
 
 def _subgenre(genre: Genre, name: str | None) -> SubGenre | None:
     return next((sub for sub in genre.subgenres if sub.name == name), None)
-
-
-def _restyle(
-    text: str,
-    lexical: StyleTags,
-    genre: Genre,
-    subgenre: SubGenre | None,
-    moods: list[str],
-    instrumental: bool,
-) -> StyleTags:
-    """The lexical result with a new genre and moods: what followed from them (typical
-    instruments, default vocal, derived bpm and key, caption) follows again, by the lexicon's
-    rules and with its hash fingerprint, so only a changed genre or mood changes anything."""
-    return style_for(
-        text, genre, subgenre, moods, language=lexical.language, instrumental=instrumental
-    )
 
 
 def needs_embedding(text: str | None) -> bool:

@@ -28,6 +28,7 @@ from deployments.tag_normalizer import (
 from pipeline.semantic_tags import (
     FOREIGN_MUSIC_WORDS,
     GENRE_GLOSSES,
+    GENRE_TYPICAL_MOODS,
     MOOD_GLOSSES,
     ace_step_metadata,
     genre_entries,
@@ -355,3 +356,23 @@ def test_sentence_transformer_embedder_rows_are_unit_length(engine: SemanticTagE
     vectors = embedder.embed(["a", "music for a rainy night drive"])
     assert vectors.shape == (2, 384) and vectors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+
+
+def test_a_described_scene_without_a_mood_gets_its_genres_typical_moods(
+    engine: SemanticTagEngine,
+) -> None:
+    # No mood word, and none close enough in the embedding: the genre the embedding picked for
+    # the scene is the best evidence of the mood.
+    text = "a boxing gym at 6am"
+    tags = _tags(engine, text)
+    assert tags.genre != normalize_style(text).genre  # the embedding picked the genre
+    assert tags.moods == list(GENRE_TYPICAL_MOODS[tags.genre])
+    assert all(mood in tags.caption for mood in tags.moods)
+
+
+def test_every_genre_has_typical_moods_from_the_vocabulary() -> None:
+    from pipeline.vocabulary import GENRES, MOODS
+
+    mood_names = {mood.name for mood in MOODS}
+    assert set(GENRE_TYPICAL_MOODS) == {genre.name for genre in GENRES}
+    assert all(set(moods) <= mood_names for moods in GENRE_TYPICAL_MOODS.values())
