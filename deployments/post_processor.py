@@ -32,7 +32,7 @@ def _songserve_version() -> str:
 SONGSERVE_VERSION = _songserve_version()  # signed into every file's credentials
 
 if TYPE_CHECKING:
-    from serve.config import PostProcessConfig, StorageConfig
+    from serve.config import AudioFormat, PostProcessConfig, StorageConfig
 
     from .song_models import RenderedSong
 
@@ -81,7 +81,12 @@ class PostProcessor:
             )
 
     def _sign(
-        self, data: bytes, fmt: str, rendered: RenderedSong, provenance: Provenance, lufs: float
+        self,
+        data: bytes,
+        fmt: AudioFormat,
+        rendered: RenderedSong,
+        provenance: Provenance,
+        lufs: float,
     ) -> bytes:
         from pipeline.provenance import SongCredentials, sign_audio
 
@@ -96,7 +101,7 @@ class PostProcessor:
             songserve_version=SONGSERVE_VERSION,
             lora_id=provenance.lora_id,
         )
-        return sign_audio(data, fmt, credentials, self._config.c2pa)  # type: ignore[arg-type]
+        return sign_audio(data, fmt, credentials, self._config.c2pa)
 
     def _master_and_encode(
         self, rendered: RenderedSong, target_lufs: float, provenance: Provenance
@@ -205,16 +210,16 @@ class PostProcessor:
         timings = {**summary.timings_s, "store": time.perf_counter() - started}
         return replace(summary, objects=objects, timings_s=timings)
 
-    async def verify(self, data: bytes, fmt: str, max_seconds: float) -> dict[str, object]:
+    async def verify(self, data: bytes, fmt: AudioFormat, max_seconds: float) -> dict[str, object]:
         """C2PA credentials of a file (`fmt` already sniffed by the API) and, when a watermark
         detector is configured, its watermark in the first `max_seconds` of audio."""
         return await asyncio.to_thread(self._verify, data, fmt, max_seconds)
 
-    def _verify(self, data: bytes, fmt: str, max_seconds: float) -> dict[str, object]:
+    def _verify(self, data: bytes, fmt: AudioFormat, max_seconds: float) -> dict[str, object]:
         from pipeline.encode import decode_audio
         from pipeline.provenance import read_credentials
 
-        credentials = read_credentials(data, fmt)  # type: ignore[arg-type]
+        credentials = read_credentials(data, fmt)
         c2pa = {
             key: credentials.get(key)
             for key in ("present", "valid", "trusted", "manifest", "errors")

@@ -535,13 +535,17 @@ class SongAPI:
             raise ApiError(404, "not_found", f"{name!r} is not part of an HLS rendition", "name")
         job = await self._owned_job(song_id, owner)
         playlist_key = self._variation_object(job, index, "hls")
-        key = f"{playlist_key.rsplit('/', 1)[0]}/{name}"
-        info = await self._objects.stat(key)
-        if info is None:
-            raise ApiError(404, "not_found", f"variation {index} has no HLS file {name}", "name")
+        from pipeline.hls import hls_content_type
+
+        try:
+            data = await self._objects.get(f"{playlist_key.rsplit('/', 1)[0]}/{name}")
+        except KeyError:
+            raise ApiError(
+                404, "not_found", f"variation {index} has no HLS file {name}", "name"
+            ) from None
         return Response(
-            await self._objects.get(key),
-            media_type=_HLS_CONTENT_TYPES.get(name.rsplit(".", 1)[-1], info.content_type),
+            data,
+            media_type=hls_content_type(name),
             headers={"Cache-Control": "private, max-age=31536000, immutable"},
         )
 
@@ -773,14 +777,8 @@ async def song_events(
 
 
 _AUDIO_PATH = "/v1/songs/{song_id}/variations/{index}/audio.{fmt}"
-_HLS_FILE = re.compile(r"[A-Za-z0-9_-]{1,64}\.(m3u8|aac|ts|m4s|mp4)")
-_HLS_CONTENT_TYPES = {
-    "m3u8": "application/vnd.apple.mpegurl",
-    "aac": "audio/aac",
-    "ts": "video/mp2t",
-    "m4s": "audio/mp4",
-    "mp4": "audio/mp4",
-}
+# A bare file name (no path), with an extension of pipeline.hls's renditions.
+_HLS_FILE = re.compile(r"[A-Za-z0-9_-]{1,64}\.(m3u8|aac)")
 
 
 @app.get(_AUDIO_PATH)
@@ -845,7 +843,8 @@ async def verify_audio(
 ) -> VerifyOut:
     """Does this file carry valid songserve content credentials, and a watermark?"""
     api.owner(request)
-    return VerifyOut.model_validate(await api.verify(await file.read()))
+    # One byte over the limit is enough to refuse it; a chunked upload has no Content-Length.
+    return VerifyOut.model_validate(await api.verify(await file.read(api.max_verify_bytes + 1)))
 
 
 @app.get("/v1/loras", response_model=LoraList)
