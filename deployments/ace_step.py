@@ -60,7 +60,8 @@ from pipeline.semantic_tags import ace_step_metadata
 from .devices import pick_torch_device
 
 if TYPE_CHECKING:
-    from deployments.song_models import ProgressCallback, RenderRequest
+    from deployments.progress import ProgressCallback
+    from deployments.song_models import RenderRequest
     from serve.config import AceStepConfig, DecoderPoolConfig
 
 SAMPLE_RATE = 48_000

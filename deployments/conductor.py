@@ -3,6 +3,9 @@
 Stages: lyrics (description mode only) → tags → generate N variations in parallel (each: render on a
 decoder pool through the router, then master/encode/store on the post-processor) → done.
 
+Stems jobs (one per variation, asked for after the song) are claimed and driven the same way, on
+the StemMaker; their events (`stems`, `stems_progress`) go to the song's event log.
+
 Durability: jobs are *claimed* from the job store with a lease that a heartbeat renews; every stage
 result is written back before the next stage starts, and a variation that succeeded is never
 rendered again. If this replica dies, its leases expire and any conductor replica (this one after a
@@ -27,11 +30,12 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.lyrics import LyricSection, parse_lyrics
 from pipeline.tags import StyleTags
-from serve.jobs import JobRecord, LeaseLost, VariationRecord, open_job_store
+from serve.jobs import JobRecord, LeaseLost, StemsRecord, VariationRecord, open_job_store
 
 from .failures import describe_failure
 from .post_processor import Provenance
 from .song_models import RenderedSong, RenderProgress, RenderRequest
+from .stem_maker import MadeStems, StemsProgress, StemsTask
 
 if TYPE_CHECKING:
     from serve.config import AppConfig
@@ -41,6 +45,8 @@ logger = logging.getLogger("ray.serve")
 # Share of a job's progress bar each part takes. Rendering dominates the wait.
 _TEXT_STAGES_SHARE = 0.05  # lyrics + tags
 _RENDER_SHARE_OF_VARIATION = 0.85  # the rest of a variation is post-processing
+# Share of a stems job's progress bar taken by rendering or separating; the rest is delivery.
+_STEMS_SOURCE_SHARE = 0.7
 
 
 class Conductor:
@@ -51,8 +57,10 @@ class Conductor:
         tags: Any,
         router: Any,
         postprocessor: Any,
+        stems: Any = None,
     ) -> None:
-        """`lyrics`, `tags`, `router`, `postprocessor` are DeploymentHandles."""
+        """`lyrics`, `tags`, `router`, `postprocessor`, `stems` (the StemMaker) are
+        DeploymentHandles."""
         self._config = config
         self._jobs_config = config.jobs
         self._store = open_job_store(config.storage.database_url)
@@ -60,8 +68,10 @@ class Conductor:
         self._tags = tags
         self._router = router.options(stream=True)
         self._postprocessor = postprocessor
+        self._stems = stems.options(stream=True) if stems is not None else None
         self._lease_owner = f"conductor@{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self._active: dict[str, asyncio.Task[None]] = {}
+        self._active_stems: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         # Serve runs constructors on the replica's event loop: start claiming right away so jobs
         # left unfinished by a previous run resume without waiting for a request.
@@ -78,16 +88,21 @@ class Conductor:
         unfinished jobs back so another replica resumes them now, not after their leases expire.
         Only renders in flight are redone."""
         self._claim_loop.cancel()
-        jobs = dict(self._active)
-        for task in jobs.values():
+        jobs, stems = dict(self._active), dict(self._active_stems)
+        for task in [*jobs.values(), *stems.values()]:
             task.cancel()
-        await asyncio.gather(*jobs.values(), return_exceptions=True)
+        await asyncio.gather(*jobs.values(), *stems.values(), return_exceptions=True)
         for job_id in jobs:
             try:
                 await self._store.release(job_id, self._lease_owner)
             except Exception:  # the lease then simply expires
                 logger.exception("could not release %s", job_id)
-        logger.info("released %d unfinished job(s) on shutdown", len(jobs))
+        for job_id, index in stems:
+            try:
+                await self._store.release_stems(job_id, index, self._lease_owner)
+            except Exception:
+                logger.exception("could not release the stems of %s/%d", job_id, index)
+        logger.info("released %d unfinished job(s) on shutdown", len(jobs) + len(stems))
 
     async def check_health(self) -> None:
         if self._claim_loop.done():
@@ -100,24 +115,44 @@ class Conductor:
         config = self._jobs_config
         while True:
             try:
-                while len(self._active) < config.max_concurrent_jobs:
-                    job = await self._store.claim_next(
-                        self._lease_owner, lease_s=config.lease_s, max_attempts=config.max_attempts
-                    )
-                    if job is None:
-                        break
-                    logger.info("claimed %s (attempt %d)", job.id, job.attempts)
-                    task = asyncio.create_task(self._drive(job), name=f"job-{job.id}")
-                    self._active[job.id] = task
-                    task.add_done_callback(functools.partial(self._finished, job.id))
+                await self._claim_songs()
+                if self._stems is not None:
+                    await self._claim_stems()
             except Exception:
                 logger.exception("claiming jobs failed; retrying")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=config.poll_interval_s)
             self._wake.clear()
 
-    def _finished(self, job_id: str, _: asyncio.Task[None]) -> None:
-        self._active.pop(job_id, None)
+    async def _claim_songs(self) -> None:
+        config = self._jobs_config
+        while len(self._active) < config.max_concurrent_jobs:
+            job = await self._store.claim_next(
+                self._lease_owner, lease_s=config.lease_s, max_attempts=config.max_attempts
+            )
+            if job is None:
+                return
+            logger.info("claimed %s (attempt %d)", job.id, job.attempts)
+            task = asyncio.create_task(self._drive(job), name=f"job-{job.id}")
+            self._active[job.id] = task
+            task.add_done_callback(functools.partial(self._finished, self._active, job.id))
+
+    async def _claim_stems(self) -> None:
+        config = self._jobs_config
+        while len(self._active_stems) < config.max_concurrent_stems:
+            record = await self._store.claim_next_stems(
+                self._lease_owner, lease_s=config.lease_s, max_attempts=config.max_attempts
+            )
+            if record is None:
+                return
+            key = (record.job_id, record.index)
+            logger.info("claimed the stems of %s/%d (attempt %d)", *key, record.attempts)
+            task = asyncio.create_task(self._drive_stems(record), name=f"stems-{key}")
+            self._active_stems[key] = task
+            task.add_done_callback(functools.partial(self._finished, self._active_stems, key))
+
+    def _finished(self, active: dict[Any, asyncio.Task[None]], key: Any, _: Any) -> None:
+        active.pop(key, None)
         self._wake.set()  # a slot is free
 
     async def _drive(self, job: JobRecord) -> None:
@@ -164,6 +199,122 @@ class Conductor:
                 lease_owner=self._lease_owner,
                 job_fields={"status": "failed", "stage": "failed", "error": error},
             )
+
+    # -- stems ------------------------------------------------------------------------------------
+
+    async def _drive_stems(self, record: StemsRecord) -> None:
+        config = self._jobs_config
+        job_id, index = record.job_id, record.index
+        heartbeat = asyncio.create_task(self._stems_heartbeat(record, asyncio.current_task()))
+        try:
+            await asyncio.wait_for(self._run_stems(record), timeout=config.job_timeout_s)
+        except LeaseLost:
+            logger.warning("lost the lease on the stems of %s/%d", job_id, index)
+        except asyncio.CancelledError:
+            logger.warning("stopped making the stems of %s/%d", job_id, index)
+        except TimeoutError:
+            await self._fail_stems(
+                record,
+                "timeout",
+                f"the stems did not finish within jobs.job_timeout_s ({config.job_timeout_s:g} s)",
+            )
+        except Exception as error:
+            # Deterministic or not, one failure ends the attempt: the client may ask again.
+            logger.exception("the stems of %s/%d failed", job_id, index)
+            await self._fail_stems(record, "stems_failed", describe_failure(error))
+        finally:
+            heartbeat.cancel()
+
+    async def _stems_heartbeat(self, record: StemsRecord, driver: asyncio.Task[Any] | None) -> None:
+        config = self._jobs_config
+        while True:
+            await asyncio.sleep(config.heartbeat_s)
+            try:
+                await self._store.renew_stems_lease(
+                    record.job_id, record.index, self._lease_owner, lease_s=config.lease_s
+                )
+            except LeaseLost:
+                if driver is not None:
+                    driver.cancel()
+                return
+            except Exception:
+                logger.exception("renewing the stems lease of %s/%d failed", *_key(record))
+
+    async def _fail_stems(self, record: StemsRecord, code: str, message: str) -> None:
+        error = {"code": code, "message": message}
+        event = {"variation": record.index, "status": "failed", "error": error}
+        with contextlib.suppress(LeaseLost):
+            await self._store.update_stems(
+                *_key(record),
+                self._lease_owner,
+                status="failed",
+                error=error,
+                event=("stems", event),
+            )
+
+    async def _run_stems(self, record: StemsRecord) -> None:
+        job = await self._store.get_job(record.job_id)
+        assert job is not None, "a stems job outlived its song"
+        task = _stems_task(job, record.index)
+        await self._store.update_stems(
+            *_key(record),
+            self._lease_owner,
+            progress=0.0,
+            event=("stems", {"variation": record.index, "status": "running"}),
+        )
+        assert self._stems is not None
+        made: MadeStems | None = None
+        last_progress_at = 0.0
+        async for item in self._stems.make.remote(task):
+            if isinstance(item, MadeStems):
+                made = item
+                continue
+            now = time.monotonic()
+            if now - last_progress_at < self._jobs_config.progress_interval_s and (
+                item.step < item.steps
+            ):
+                continue
+            last_progress_at = now
+            progress = _stems_progress(item)
+            await self._store.update_stems(
+                *_key(record),
+                self._lease_owner,
+                progress=progress,
+                event=(
+                    "stems_progress",
+                    {
+                        "variation": record.index,
+                        "stage": item.stage,
+                        "step": item.step,
+                        "steps": item.steps,
+                        "progress": progress,
+                    },
+                ),
+            )
+        if made is None:
+            raise RuntimeError("the stem maker finished without stems")
+        info = {
+            "method": made.method,
+            "loudness_lufs": made.loudness_lufs,
+            "provenance": made.provenance,
+            "timings_s": made.timings_s,
+        }
+        event = {
+            "variation": record.index,
+            "status": "succeeded",
+            "method": made.method,
+            "stems": {name: sorted(files) for name, files in made.objects.items()},
+        }
+        await self._store.update_stems(
+            *_key(record),
+            self._lease_owner,
+            status="succeeded",
+            progress=1.0,
+            objects=made.objects,
+            info=info,
+            error=None,
+            event=("stems", event),
+        )
 
     # -- stages -----------------------------------------------------------------------------------
 
@@ -331,7 +482,9 @@ class Conductor:
             job_id=job_id,
             index=index,
             target_lufs=float(request["loudness_lufs"]),
-            provenance=_provenance(job_id, render_request, request),
+            provenance=_provenance(
+                job_id, index, render_request.seed, render_request.lora_id, request
+            ),
         )
         await self._store.update_variation(
             job_id,
@@ -352,6 +505,7 @@ class Conductor:
                 "render_finished_at": rendered.render_finished_at,
                 "postprocess_s": processed.timings_s,
                 "provenance": processed.provenance,
+                "audio_sha256": processed.audio_sha256,
             },
             error=None,
         )
@@ -395,16 +549,58 @@ class Conductor:
         )
 
 
-def _provenance(job_id: str, render_request: RenderRequest, request: dict[str, Any]) -> Provenance:
-    """What the variation's content credentials say about its making. The user's text is only
-    hashed: the prompt in description mode, else the lyrics, else the style."""
+def _provenance(
+    job_id: str, index: int, seed: int, lora_id: str | None, request: dict[str, Any]
+) -> Provenance:
+    """What a variation's (or its stems') content credentials say about its making. The user's
+    text is only hashed: the prompt in description mode, else the lyrics, else the style."""
     from pipeline.provenance import prompt_sha256
 
     text = request.get("prompt") or request.get("lyrics") or request.get("style") or ""
     return Provenance(
-        title=f"songserve {job_id} variation {render_request.variation}",
-        seed=render_request.seed,
+        title=f"songserve {job_id} variation {index}",
+        seed=seed,
         prompt_sha256=prompt_sha256(text),
         created=datetime.now(UTC).isoformat(timespec="seconds"),
-        lora_id=render_request.lora_id,
+        lora_id=lora_id,
+    )
+
+
+def _key(record: StemsRecord) -> tuple[str, int]:
+    return record.job_id, record.index
+
+
+def _stems_progress(item: StemsProgress) -> float:
+    """A stems job's progress bar (0–1; 1.0 is reserved for its `stems` event)."""
+    fraction = item.step / max(item.steps, 1)
+    if item.stage == "delivering":
+        overall = _STEMS_SOURCE_SHARE + (1 - _STEMS_SOURCE_SHARE) * fraction
+    else:
+        overall = _STEMS_SOURCE_SHARE * fraction
+    return round(min(overall, 0.999), 4)
+
+
+def _stems_task(job: JobRecord, index: int) -> StemsTask:
+    """What the StemMaker needs to know of a finished variation."""
+    variation = next(v for v in job.variations if v.index == index)
+    if variation.status != "succeeded" or variation.model is None:
+        raise RuntimeError(f"variation {index} of {job.id} is {variation.status}, not succeeded")
+    request = job.request
+    seed = variation.seed if variation.seed is not None else job.seed + index
+    lora = request.get("lora") or {}
+    return StemsTask(
+        job_id=job.id,
+        index=index,
+        model=variation.model,
+        model_version=variation.model_version or "",
+        sample_rate=int(variation.sample_rate or 0),
+        seed=seed,
+        duration_s=float(request["duration_s"]),
+        tags=StyleTags.from_dict(job.tags or {}),
+        sections=parse_lyrics(job.lyrics or ""),
+        instrumental=bool(request["instrumental"]),
+        loudness_lufs=float(request["loudness_lufs"]),
+        objects={k: v for k, v in variation.objects.items() if k in ("wav", "flac", "m4a", "mp3")},
+        provenance=_provenance(job.id, index, seed, lora.get("id"), request),
+        audio_sha256=variation.render.get("audio_sha256"),
     )

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from serve.loras import LORA_WEIGHTS_NAME, lora_weights_key
 from serve.objects import open_object_store
 
+from .progress import Finished, with_progress
 from .song_models import RenderedSong, RenderProgress, RenderRequest, load_song_model
 
 if TYPE_CHECKING:
@@ -140,11 +141,6 @@ class SongDecoder:
         for lora_id in sorted({r.lora_id for r in requests if r.lora_id}):
             await self._lora(lora_id)
         loop = asyncio.get_running_loop()
-        progress: asyncio.Queue[RenderProgress] = asyncio.Queue()
-
-        def on_progress(step: int, steps: int) -> None:
-            loop.call_soon_threadsafe(progress.put_nowait, RenderProgress(step, steps))
-
         started_at = time.time()
         self._counters["batches"] += 1
         self._counters["requests"] += len(requests)
@@ -156,20 +152,15 @@ class SongDecoder:
             self._metrics.songs_per_model_call.observe(len(call))
             for index in call:
                 call_size[index] = len(call)
-        rendering = loop.run_in_executor(
-            self._model_thread, self._model.render, requests, on_progress
+        audios: list[Any] = []
+        rendering = with_progress(
+            lambda on_progress: self._model.render(requests, on_progress), self._model_thread
         )
-        while not rendering.done():
-            next_progress = asyncio.ensure_future(progress.get())
-            waiting: set[asyncio.Future[Any]] = {next_progress, rendering}
-            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-            if next_progress.done():
-                yield [next_progress.result()] * len(requests)
+        async for item in rendering:
+            if isinstance(item, Finished):
+                audios = item.value
             else:
-                next_progress.cancel()
-        while not progress.empty():
-            yield [progress.get_nowait()] * len(requests)
-        audios = rendering.result()
+                yield [RenderProgress(*item)] * len(requests)
         finished_at = time.time()
         yield [
             RenderedSong(

@@ -1,10 +1,11 @@
 """`PostProcessor` — masters, encodes, signs and stores one variation.
 
-Wraps the pure functions of `pipeline/` (loudness, encoders, HLS, C2PA, peaks) and writes every
-artefact to the object store under deterministic keys, so a re-run after a crash overwrites rather
-than duplicates. Order matters for provenance: master → encode each format → sign each file (C2PA,
-after its final encode; nothing re-encodes a signed file). HLS segments are cut from the m4a's AAC
-frames before signing: fragments cannot carry a C2PA manifest.
+Wraps the pure functions of `pipeline/` (loudness, watermark, encoders, HLS, C2PA, peaks) and
+writes every artefact to the object store under deterministic keys, so a re-run after a crash
+overwrites rather than duplicates. Order matters for provenance: master → watermark → encode each
+format → sign each file (C2PA, after its final encode; nothing re-encodes a signed file). HLS
+segments are cut from the m4a's AAC frames before signing: fragments cannot carry a C2PA manifest.
+`DeliveryChain` (watermark, encode, sign) is shared with the stems of a song (`StemMaker`).
 The work is CPU-bound and runs on a worker thread; one variation per replica at a time is the
 intended setting (`max_ongoing_requests: 1`), scale with replicas.
 """
@@ -32,9 +33,21 @@ def _songserve_version() -> str:
 SONGSERVE_VERSION = _songserve_version()  # signed into every file's credentials
 
 if TYPE_CHECKING:
+    import numpy as np
+
+    from pipeline.provenance import SongCredentials
     from serve.config import AudioFormat, PostProcessConfig, StorageConfig
 
     from .song_models import RenderedSong
+
+
+def audio_sha256(audio: np.ndarray) -> str:
+    """SHA-256 of a float32 render's samples: the same song rendered again hashes the same."""
+    import hashlib
+
+    import numpy as np
+
+    return hashlib.sha256(np.ascontiguousarray(audio, dtype=np.float32).tobytes()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -58,19 +71,22 @@ class ProcessedVariation:
     objects: dict[str, str]  # format / "peaks" / "hls" → object key
     timings_s: dict[str, float] = field(default_factory=dict)
     provenance: dict[str, object] = field(default_factory=dict)  # watermark and c2pa status
+    audio_sha256: str | None = None  # of the raw render, so an exact re-render can be checked
 
 
-class PostProcessor:
-    def __init__(self, config: PostProcessConfig, storage: StorageConfig) -> None:
+class DeliveryChain:
+    """What every delivered file goes through after mastering — a song's and each of its stems':
+    the watermark (when configured), the encoders, and C2PA signing after the final encode."""
+
+    def __init__(self, config: PostProcessConfig) -> None:
         """Raises ValueError naming the setting when signing is on but the chain is missing."""
         from pathlib import Path
 
         from .watermarker import AudioSealWatermarker
 
-        self._config = config
-        self._objects = open_object_store(storage.storage_url)
-        # None without weights: songs then say "not configured", never claim a watermark.
-        self._watermarker = AudioSealWatermarker.from_config(config.watermark)
+        self.config = config
+        # None without weights: files then say "not configured", never claim a watermark.
+        self.watermarker = AudioSealWatermarker.from_config(config.watermark)
         c2pa = config.c2pa
         if c2pa.enabled and not (Path(c2pa.cert_path).is_file() and Path(c2pa.key_path).is_file()):
             raise ValueError(
@@ -80,33 +96,87 @@ class PostProcessor:
                 "or set postprocess.c2pa.enabled: false"
             )
 
-    def _sign(
-        self,
-        data: bytes,
-        fmt: AudioFormat,
-        rendered: RenderedSong,
-        provenance: Provenance,
-        lufs: float,
-    ) -> bytes:
-        from pipeline.provenance import SongCredentials, sign_audio
+    def watermark(self, audio: np.ndarray, sample_rate: int) -> tuple[np.ndarray, object]:
+        """`audio` with the watermark embedded, and the status a record shows; `audio` itself
+        and "not configured" without a watermarker."""
+        if self.watermarker is None:
+            return audio, "not configured"
+        return self.watermarker.embed(audio, sample_rate), {"embedded": True, "model": "audioseal"}
 
-        credentials = SongCredentials(
-            title=provenance.title,
-            model_id=rendered.model,
-            model_version=rendered.model_version,
-            seed=provenance.seed,
-            prompt_sha256=provenance.prompt_sha256,
-            created=provenance.created,
-            loudness_lufs=lufs,
-            songserve_version=SONGSERVE_VERSION,
-            lora_id=provenance.lora_id,
-        )
-        return sign_audio(data, fmt, credentials, self._config.c2pa)
+    def encode(
+        self, audio: np.ndarray, sample_rate: int, timings: dict[str, float]
+    ) -> dict[AudioFormat, bytes]:
+        """Every configured format of `audio`, timing each encoder into `timings`."""
+        from pipeline.encode import encode_audio
+
+        encoded: dict[AudioFormat, bytes] = {}
+        for fmt in self.config.formats:
+            started = time.perf_counter()
+            encoded[fmt] = encode_audio(
+                audio, sample_rate, fmt, bitrate_kbps=self.config.bitrate_kbps
+            )
+            add_elapsed(timings, f"encode_{fmt}", started)
+        return encoded
+
+    def sign(
+        self, encoded: dict[AudioFormat, bytes], credentials: SongCredentials
+    ) -> tuple[dict[AudioFormat, bytes], dict[str, object]]:
+        """Each file with its content credentials embedded (unchanged when signing is off), and
+        the status a record shows."""
+        from pipeline.provenance import sign_audio
+
+        if not self.config.c2pa.enabled:
+            return encoded, {"signed": False}
+        signed = {
+            fmt: sign_audio(data, fmt, credentials, self.config.c2pa)
+            for fmt, data in encoded.items()
+        }
+        return signed, {"signed": True, "formats": list(encoded)}
+
+
+def song_credentials(
+    provenance: Provenance,
+    *,
+    model: str,
+    model_version: str,
+    loudness_lufs: float,
+    stem: str | None = None,
+    stem_method: str | None = None,
+) -> SongCredentials:
+    """The content credentials of a variation's file (or of one of its stems)."""
+    from pipeline.provenance import SongCredentials
+
+    return SongCredentials(
+        title=provenance.title if stem is None else f"{provenance.title} — {stem}",
+        model_id=model,
+        model_version=model_version,
+        seed=provenance.seed,
+        prompt_sha256=provenance.prompt_sha256,
+        created=provenance.created,
+        loudness_lufs=loudness_lufs,
+        songserve_version=SONGSERVE_VERSION,
+        lora_id=provenance.lora_id,
+        stem=stem,
+        stem_method=stem_method,
+    )
+
+
+def add_elapsed(timings: dict[str, float], name: str, started: float) -> None:
+    """Add the seconds since `started` (a perf_counter reading) to `timings[name]`."""
+    timings[name] = timings.get(name, 0.0) + time.perf_counter() - started
+
+
+class PostProcessor:
+    def __init__(self, config: PostProcessConfig, storage: StorageConfig) -> None:
+        """Raises ValueError naming the setting when signing is on but the chain is missing."""
+        self._config = config
+        self._objects = open_object_store(storage.storage_url)
+        self._delivery = DeliveryChain(config)
 
     def _master_and_encode(
         self, rendered: RenderedSong, target_lufs: float, provenance: Provenance
     ) -> tuple[dict[str, tuple[bytes, str]], ProcessedVariation]:
-        from pipeline.encode import CONTENT_TYPES, encode_audio
+        from pipeline.encode import CONTENT_TYPES
         from pipeline.loudness import normalize_loudness
         from pipeline.peaks import peaks_document
 
@@ -119,14 +189,13 @@ class PostProcessor:
             ceiling_dbtp=self._config.ceiling_dbtp,
         )
         timings["loudness"] = time.perf_counter() - started
-        watermark: object = "not configured"
-        if self._watermarker is not None:
-            # After mastering (the level the listener hears), before any encode. The delta is
-            # small but not zero, so what is reported is measured again on what is delivered.
+        # After mastering (the level the listener hears), before any encode.
+        started = time.perf_counter()
+        marked, watermark = self._delivery.watermark(mastered.audio, rendered.sample_rate)
+        if self._delivery.watermarker is not None:
+            # The delta is small but not zero: what is reported is measured on what is delivered.
             from pipeline.loudness import measure_loudness_lufs, true_peak_dbtp
 
-            started = time.perf_counter()
-            marked = self._watermarker.embed(mastered.audio, rendered.sample_rate)
             mastered = replace(
                 mastered,
                 audio=marked,
@@ -134,36 +203,31 @@ class PostProcessor:
                 true_peak_dbtp=true_peak_dbtp(marked, rendered.sample_rate, oversample=8),
             )
             timings["watermark"] = time.perf_counter() - started
-            watermark = {"embedded": True, "model": "audioseal"}
+        encoded = self._delivery.encode(mastered.audio, rendered.sample_rate, timings)
         artefacts: dict[str, tuple[bytes, str]] = {}
-        for fmt in self._config.formats:
-            started = time.perf_counter()
-            data = encode_audio(
-                mastered.audio, rendered.sample_rate, fmt, bitrate_kbps=self._config.bitrate_kbps
-            )
-            artefacts[f"audio.{fmt}"] = (data, CONTENT_TYPES[fmt])
-            timings[f"encode_{fmt}"] = time.perf_counter() - started
-        if "audio.m4a" in artefacts:
-            # HLS from the m4a's own AAC frames: no second encode, same audio as the download.
+        if "m4a" in encoded:
+            # HLS from the m4a's own AAC frames (before signing: fragments cannot carry a
+            # manifest): no second encode, same audio as the download.
             from pipeline.hls import hls_content_type, hls_from_m4a
 
             started = time.perf_counter()
-            hls = hls_from_m4a(artefacts["audio.m4a"][0], segment_s=self._config.hls_segment_s)
+            hls = hls_from_m4a(encoded["m4a"], segment_s=self._config.hls_segment_s)
             for name, data in hls.items():
                 artefacts[f"hls/{name}"] = (data, hls_content_type(name))
             timings["hls"] = time.perf_counter() - started
         lufs = round(float(mastered.loudness_lufs), 2)
-        signed: dict[str, object] = {"signed": False}
-        if self._config.c2pa.enabled:
-            started = time.perf_counter()
-            for fmt in self._config.formats:
-                data, content_type = artefacts[f"audio.{fmt}"]
-                artefacts[f"audio.{fmt}"] = (
-                    self._sign(data, fmt, rendered, provenance, lufs),
-                    content_type,
-                )
+        started = time.perf_counter()
+        credentials = song_credentials(
+            provenance,
+            model=rendered.model,
+            model_version=rendered.model_version,
+            loudness_lufs=lufs,
+        )
+        delivered, signed = self._delivery.sign(encoded, credentials)
+        if signed["signed"]:
             timings["c2pa"] = time.perf_counter() - started
-            signed = {"signed": True, "formats": list(self._config.formats)}
+        for fmt, data in delivered.items():
+            artefacts[f"audio.{fmt}"] = (data, CONTENT_TYPES[fmt])
         started = time.perf_counter()
         peaks = peaks_document(mastered.audio, rendered.sample_rate, self._config.samples_per_peak)
         artefacts["peaks.json"] = (
@@ -179,6 +243,7 @@ class PostProcessor:
             objects={},
             timings_s=timings,
             provenance={"watermark": watermark, "c2pa": signed},
+            audio_sha256=audio_sha256(rendered.audio),
         )
         return artefacts, summary
 
@@ -225,9 +290,10 @@ class PostProcessor:
             for key in ("present", "valid", "trusted", "manifest", "errors")
         }
         watermark: object = "not configured"
-        if self._watermarker is not None and self._watermarker.can_detect:
+        watermarker = self._delivery.watermarker
+        if watermarker is not None and watermarker.can_detect:
             audio, sample_rate = decode_audio(data, max_duration_s=max_seconds)
-            found = self._watermarker.detect(audio, sample_rate)
+            found = watermarker.detect(audio, sample_rate)
             watermark = {"detected": found["detected"], "score": found["score"]}
         return {"format": fmt, "c2pa": c2pa, "watermark": watermark}
 

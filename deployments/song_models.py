@@ -8,7 +8,6 @@ seam; progress is reported per model step for the whole batch.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -16,13 +15,12 @@ from typing import TYPE_CHECKING, Protocol
 from pipeline.lyrics import LyricSection
 from pipeline.tags import StyleTags
 
+from .progress import ProgressCallback  # (step, steps), step counting from 1 to steps
+
 if TYPE_CHECKING:
     import numpy as np
 
     from serve.config import DecoderPoolConfig
-
-ProgressCallback = Callable[[int, int], None]
-"""Called as (step, steps) while a batch renders; step counts from 1 to steps."""
 
 
 @dataclass(frozen=True)

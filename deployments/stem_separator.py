@@ -1,4 +1,9 @@
-"""`DemucsSeparator` — htdemucs stems for songs of models that have no exact stems of their own.
+"""`StemSeparator` — the Demucs replicas: htdemucs stems for songs of models that have no exact
+stems of their own (`DemucsSeparator` is the model behind it).
+
+The deployment takes and returns arrays and touches no store, so operators can place it on GPU
+nodes (`deployments.separator.actor`) while `StemMaker`, which reads and writes the stores, stays
+where they are reachable.
 
 The checkpoint is a Demucs model package (`.th`: a torch-saved dict `{klass, args, kwargs, state,
 ...}`, the format of the official `955717e8-8726e21a.th` htdemucs and of
@@ -12,7 +17,9 @@ a GPU in production. Sketch songs never come here: their stems are exact
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +29,7 @@ from pipeline.audio import checked_audio
 from pipeline.stems import RESIDUAL_STEM, complete_to_mix, from_model_rate, to_model_rate
 
 from .devices import pick_torch_device
+from .progress import Finished, with_progress
 
 if TYPE_CHECKING:
     from serve.config import StemsConfig
@@ -120,6 +128,11 @@ class DemucsSeparator:
         return cls(config.demucs_checkpoint, device=config.device)
 
     @property
+    def name(self) -> str:
+        """The architecture, as stems' credentials name it: "htdemucs" for HTDemucs."""
+        return type(self._model).__name__.lower()
+
+    @property
     def sources(self) -> tuple[str, ...]:
         """Stem names, in the model's order."""
         return tuple(self._model.sources)
@@ -215,3 +228,45 @@ def _segment_count(length: int, model_rate: int, segment_s: float, overlap: floa
     """How many segments `apply_model(split=True)` runs for `length` samples (one pass)."""
     stride = int((1 - overlap) * int(model_rate * segment_s))
     return len(range(0, length, max(1, stride)))
+
+
+@dataclass(frozen=True)
+class SeparatedStems:
+    """What `StemSeparator.separate` streams last."""
+
+    separator: str  # the model's architecture, e.g. "htdemucs"
+    stems: dict[str, np.ndarray]
+
+
+class StemSeparator:
+    """Serve deployment: one `DemucsSeparator` per replica, one song at a time on it."""
+
+    def __init__(self, config: StemsConfig) -> None:
+        separator = DemucsSeparator.from_config(config)
+        if separator is None:
+            raise ValueError(
+                f"the StemSeparator deployment needs a model: {_FIX} (without one, only sketch "
+                "songs have stems and the deployment is left out)"
+            )
+        self._separator = separator
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="demucs")
+
+    async def separate(
+        self, audio: np.ndarray, sample_rate: int
+    ) -> AsyncIterator[tuple[int, int] | SeparatedStems]:
+        """Stream (segment, segments) progress, then the stems (`DemucsSeparator.separate`)."""
+
+        def work(on_progress: Callable[[int, int], None]) -> dict[str, np.ndarray]:
+            return self._separator.separate(audio, sample_rate, on_progress=on_progress)
+
+        async for item in with_progress(work, self._thread):
+            if isinstance(item, Finished):
+                yield SeparatedStems(self._separator.name, item.value)
+            else:
+                yield item
+
+    async def check_health(self) -> None:
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._thread, self._separator.check_health)

@@ -67,12 +67,16 @@ class MasteredAudio:
     true_peak_dbtp: true peak of `audio` on 8x oversampled audio (what the ceiling is held on;
         a 4x BS.1770 meter reads the same or up to ~0.7 dB less), floored at -150.
     gain_db: the static gain applied before limiting (limiting only ever lowers it further).
+    gain: the linear gain applied to each sample, float32 `[n_samples]` (static gain, limiter
+        and trim together): `audio == input * gain`, bit for bit. Mastering is this one gain
+        curve, so parts of the input (a song's stems) mastered with it sum to `audio`.
     """
 
     audio: np.ndarray
     loudness_lufs: float
     true_peak_dbtp: float
     gain_db: float
+    gain: np.ndarray
 
 
 def measure_loudness_lufs(audio: np.ndarray, sample_rate: int) -> float:
@@ -129,8 +133,9 @@ def normalize_loudness(
     """
     # A copy: the result never aliases the caller's array, whichever path returns it.
     signal = np.array(checked_audio(audio), dtype=np.float32, order="C", copy=True)
+    unity = np.ones(signal.shape[1], dtype=np.float32)
     if signal.shape[1] == 0 or not np.any(signal):
-        return MasteredAudio(signal, SILENCE_LUFS, SILENCE_DBTP, 0.0)
+        return MasteredAudio(signal, SILENCE_LUFS, SILENCE_DBTP, 0.0, unity)
 
     weighted_power = _k_weighted_power(signal, sample_rate)
     input_lufs = _gated_loudness(weighted_power, sample_rate)
@@ -141,6 +146,7 @@ def normalize_loudness(
             measure_loudness_lufs(signal, sample_rate),
             true_peak_dbtp(signal, sample_rate, oversample=_LIMITER_OVERSAMPLE),
             0.0,
+            unity,
         )
 
     planner = _GainPlanner.for_signal(signal, weighted_power, sample_rate, ceiling_dbtp)
@@ -149,17 +155,19 @@ def normalize_loudness(
     gain_db = plain_gain_db
     aim_lufs = target_lufs
     ceiling = 10.0 ** (ceiling_dbtp / 20.0)
-    output, output_lufs, output_peak = signal, input_lufs, 0.0
+    output, output_lufs, output_peak, gain = signal, input_lufs, 0.0, unity
     for _ in range(_MAX_EXACT_PASSES):
         gain_db, coarse_gain = planner.solve(gain_db, aim_lufs, max_gain_db)
-        output = np.multiply(signal, planner.full_rate(coarse_gain), dtype=np.float32)
+        gain = planner.full_rate(coarse_gain).astype(np.float32)
+        output = np.multiply(signal, gain, dtype=np.float32)
         output_peak = _rendered_true_peak(output, planner, coarse_gain)
         if output_peak > ceiling:
             # Interpolating a gain-modulated signal can overshoot the limiter's per-sample
             # bound by a hair; scale that away. The 0.009 dB margin covers float32 rounding and
             # how far other meters' interpolators differ from ours (~0.006 dB for resample_poly).
             trim = ceiling / output_peak * (1.0 - 1e-3)
-            output = np.multiply(output, trim, dtype=np.float32)
+            gain = np.multiply(gain, trim, dtype=np.float32)
+            output = np.multiply(signal, gain, dtype=np.float32)
             output_peak *= trim
         output_lufs = measure_loudness_lufs(output, sample_rate)
         miss = target_lufs - output_lufs
@@ -168,7 +176,9 @@ def normalize_loudness(
         # The estimate works on a decimated gain curve and ignores how K-weighting smears gain
         # changes (and the trim); that bias barely moves between passes, so aim past it.
         aim_lufs += miss
-    return MasteredAudio(output, output_lufs, _amplitude_to_db(output_peak, SILENCE_DBTP), gain_db)
+    return MasteredAudio(
+        output, output_lufs, _amplitude_to_db(output_peak, SILENCE_DBTP), gain_db, gain
+    )
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,9 @@ class SongCredentials:
 
     `prompt_sha256` is the hex SHA-256 of the UTF-8 prompt (`prompt_sha256(prompt)`); `created`
     is an ISO 8601 timestamp with a zone, e.g. "2025-06-01T12:00:00+00:00"; `loudness_lufs` is
-    the measured integrated loudness of the delivered audio.
+    the measured integrated loudness of the delivered audio. A stem of a song says which
+    (`stem`, e.g. "vocals") and how it was taken from the song (`stem_method`: "exact" when the
+    model rendered that part on its own, else the separator, e.g. "htdemucs").
     """
 
     title: str
@@ -57,6 +59,8 @@ class SongCredentials:
     loudness_lufs: float
     songserve_version: str
     lora_id: str | None = None
+    stem: str | None = None
+    stem_method: str | None = None
 
     def __post_init__(self) -> None:
         digest = self.prompt_sha256
@@ -97,6 +101,8 @@ def manifest_definition(credentials: SongCredentials, fmt: SignableFormat) -> di
     software = {"name": "songserve", "version": credentials.songserve_version}
     generation = asdict(credentials)
     del generation["title"]
+    if credentials.stem is None:  # a whole song's manifest says nothing of stems
+        del generation["stem"], generation["stem_method"]
     return {
         "claim_generator_info": [software],
         "title": credentials.title,

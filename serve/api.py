@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .config import LORA_MODELS
-from .jobs import JobRecord, VariationRecord, open_job_store
+from .jobs import JobRecord, StemsRecord, VariationRecord, open_job_store
 from .loras import LoraInfo, LoraRegistry, LoraValidator
 from .objects import open_object_store
 from .schemas import (
@@ -46,6 +46,8 @@ from .schemas import (
     SongList,
     SongOut,
     SongRequest,
+    StemOut,
+    StemsOut,
     TagsOut,
     TagsRequest,
     VariationOut,
@@ -60,7 +62,8 @@ logger = logging.getLogger("ray.serve")
 LOCAL_OWNER = "local"
 # Every JSON body the API takes is small (lyrics ≤ 5000 characters): refuse huge ones unread.
 MAX_REQUEST_BYTES = 256 * 1024
-_TERMINAL_EVENTS = frozenset({"done", "error"})
+_TERMINAL_EVENTS = frozenset({"done", "error"})  # of the song; stems may still follow
+_FINISHED_STEMS = frozenset({"succeeded", "failed"})
 _HEALTH_TIMEOUT_S = 5.0
 
 app = FastAPI(
@@ -457,7 +460,8 @@ class SongAPI:
         return self._song_out(await self._owned_job(song_id, owner))
 
     async def event_stream(self, song_id: str, owner: str, after: int) -> AsyncIterator[str]:
-        """SSE frames of a song's events after `after`; ends after `done` or `error`."""
+        """SSE frames of a song's events after `after`; ends once the song is done (or failed)
+        and none of its stems jobs is still queued or running."""
         await self._owned_job(song_id, owner)  # 404 before the stream starts
         return self._event_frames(song_id, after)
 
@@ -468,29 +472,54 @@ class SongAPI:
         yield "retry: 2000\n\n"
         while True:
             events = await self._jobs.events_after(job_id, after)
+            something_ended = False
             for event in events:
-                data = event.data
-                if event.type == "variation":
-                    data = self._variation_out(job_id, VariationRecord(**data)).model_dump(
-                        mode="json"
-                    )
-                yield _format_sse(event.seq, event.type, data)
+                yield _format_sse(event.seq, event.type, self._event_out(job_id, event))
                 after = event.seq
                 last_write = loop.time()
-                if event.type in _TERMINAL_EVENTS:
+                something_ended |= event.type in _TERMINAL_EVENTS or (
+                    event.type == "stems" and event.data.get("status") in _FINISHED_STEMS
+                )
+            now = loop.time()
+            # Checked at once when the song or some stems ended, else every second: a stream
+            # resumed past the end must still close.
+            if something_ended or now - last_status_check >= 1.0:
+                last_status_check = now
+                if await self._nothing_more(job_id) and not await self._jobs.events_after(
+                    job_id, after, limit=1
+                ):
                     return
             if events:
                 continue
-            now = loop.time()
-            if now - last_status_check >= 1.0:  # a resumed stream past the end must still close
-                last_status_check = now
-                job = await self._jobs.get_job(job_id)
-                if job is None or job.is_terminal:
-                    return
             if now - last_write >= config.sse_keepalive_s:
                 last_write = now
                 yield ": keep-alive\n\n"
             await asyncio.sleep(config.sse_poll_interval_s)
+
+    async def _nothing_more(self, job_id: str) -> bool:
+        """Whether a song will log no more events: it ended and no stems job is under way."""
+        job = await self._jobs.get_job(job_id)
+        if job is None:
+            return True
+        if not job.is_terminal:
+            return False
+        return not any(stems.is_active for stems in await self._jobs.list_stems(job_id))
+
+    def _event_out(self, job_id: str, event: Any) -> dict[str, Any]:
+        """An event's data as clients see it: object keys become URLs."""
+        data: dict[str, Any] = event.data
+        if event.type == "variation":
+            return self._variation_out(job_id, VariationRecord(**data)).model_dump(mode="json")
+        if event.type == "stems" and "stems" in data:
+            index = data["variation"]
+            return {
+                **data,
+                "stems": [
+                    {"name": name, "audio": self._stem_urls(job_id, index, name, formats)}
+                    for name, formats in data["stems"].items()
+                ],
+            }
+        return data
 
     async def audio(
         self,
@@ -503,18 +532,22 @@ class SongAPI:
     ) -> Response:
         job = await self._owned_job(song_id, owner)
         key = self._variation_object(job, index, fmt)
+        return await self._serve_object(key, f"{job.id}-v{index}.{fmt}", range_header, head_only)
+
+    async def _serve_object(
+        self, key: str, filename: str, range_header: str | None, head_only: bool
+    ) -> Response:
+        """A stored audio file, whole or the byte range asked for."""
         info = await self._objects.stat(key)
         if info is None:
-            raise ApiError(
-                404, "not_found", f"the {fmt} file of variation {index} is missing", "fmt"
-            )
+            raise ApiError(404, "not_found", f"{filename} is missing from storage", None)
         byte_range = parse_byte_range(range_header, info.size)
         start, end = byte_range or (0, info.size - 1)
         headers = {
             "Accept-Ranges": "bytes",
             "Content-Length": str(end - start + 1),
             "Cache-Control": "private, max-age=31536000, immutable",
-            "Content-Disposition": f'inline; filename="{job.id}-v{index}.{fmt}"',
+            "Content-Disposition": f'inline; filename="{filename}"',
         }
         if byte_range is not None:
             headers["Content-Range"] = f"bytes {start}-{end}/{info.size}"
@@ -577,6 +610,117 @@ class SongAPI:
                 "fmt",
             )
         return variation.objects[name]
+
+    # -- stems ------------------------------------------------------------------------------------
+
+    def _stem_urls(self, job_id: str, index: int, name: str, formats: Any) -> dict[str, str]:
+        prefix = f"/v1/songs/{job_id}/variations/{index}/stems"
+        return {fmt: self._url(f"{prefix}/{name}.{fmt}") for fmt in formats}
+
+    def _stems_out(self, record: StemsRecord) -> StemsOut:
+        loudness = record.info.get("loudness_lufs", {})
+        return StemsOut(
+            song_id=record.job_id,
+            variation=record.index,
+            status=record.status,  # type: ignore[arg-type]
+            progress=round(record.progress, 4),
+            method=record.info.get("method"),
+            stems=[
+                StemOut(
+                    name=name,
+                    audio=self._stem_urls(record.job_id, record.index, name, files),
+                    loudness_lufs=loudness.get(name),
+                )
+                for name, files in record.objects.items()
+            ],
+            provenance=record.info.get("provenance"),
+            error=record.error,
+            events=self._url(f"/v1/songs/{record.job_id}/events"),
+        )
+
+    def _check_stems_possible(self, job: JobRecord, index: int) -> None:
+        """409 unless the variation is finished and this server can make its stems."""
+        variation = next((v for v in job.variations if v.index == index), None)
+        if variation is None:
+            raise ApiError(
+                404,
+                "not_found",
+                f"song {job.id} has variations 0-{len(job.variations) - 1}",
+                "index",
+            )
+        if variation.status != "succeeded":
+            raise ApiError(
+                409,
+                "not_ready",
+                f"variation {index} is {variation.status}; ask for its stems after its "
+                "`variation` event",
+                "index",
+            )
+        if variation.model != "sketch" and self._config.postprocess.stems.demucs_checkpoint is None:
+            raise ApiError(
+                409,
+                "stems_unavailable",
+                f"variation {index} was made by {variation.model}, which has no exact stems, and "
+                "this server has no stem separator (postprocess.stems.demucs_checkpoint)",
+                "index",
+            )
+
+    async def request_stems(self, song_id: str, index: int, owner: str) -> StemsOut:
+        """Queue a variation's stems (a failed attempt is queued again); stems already queued,
+        running or made are returned as they are."""
+        job = await self._owned_job(song_id, owner)
+        self._check_stems_possible(job, index)
+        record, created = await self._jobs.request_stems(job.id, index)
+        if created:
+            self._conductor.wake.remote()  # fire and forget: polling picks the job up anyway
+        return self._stems_out(record)
+
+    async def get_stems(self, song_id: str, index: int, owner: str) -> StemsOut:
+        job = await self._owned_job(song_id, owner)
+        return self._stems_out(await self._stems_record(job, index))
+
+    async def _stems_record(self, job: JobRecord, index: int) -> StemsRecord:
+        record = await self._jobs.get_stems(job.id, index)
+        if record is None:
+            raise ApiError(
+                404,
+                "not_found",
+                f"no stems were asked for variation {index}: POST "
+                f"/v1/songs/{job.id}/variations/{index}/stems to make them",
+                "index",
+            )
+        return record
+
+    async def stem_audio(
+        self,
+        song_id: str,
+        index: int,
+        name: str,
+        fmt: str,
+        owner: str,
+        range_header: str | None,
+        head_only: bool,
+    ) -> Response:
+        job = await self._owned_job(song_id, owner)
+        record = await self._stems_record(job, index)
+        if record.status != "succeeded":
+            raise ApiError(
+                404,
+                "not_ready",
+                f"the stems of variation {index} are {record.status}; wait for their `stems` event",
+                "index",
+            )
+        key = record.objects.get(name, {}).get(fmt)
+        if key is None:
+            raise ApiError(
+                404,
+                "not_found",
+                f"no {fmt} file of stem {name!r}; stems: {', '.join(record.objects)}",
+                "name",
+            )
+        return await self._serve_object(
+            key, f"{job.id}-v{index}-{name}.{fmt}", range_header, head_only
+        )
 
     async def write_lyrics(self, body: LyricsRequest) -> LyricsOut:
         written = await self._call(
@@ -765,8 +909,9 @@ async def get_song(song_id: str, request: Request, api: Api) -> SongOut:
 async def song_events(
     song_id: str, request: Request, api: Api, last_event_id: str | None = Header(None)
 ) -> StreamingResponse:
-    """SSE: stage, progress, variation, done, error. Replays past events first; resumes after
-    `Last-Event-ID`; closes after `done` or `error`."""
+    """SSE: stage, progress, variation, done, error — and stems, stems_progress for stems asked
+    for. Replays past events first; resumes after `Last-Event-ID`; closes after `done` or
+    `error` once no stems are being made."""
     after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
     frames = await api.event_stream(song_id, api.owner(request), after)
     return StreamingResponse(
@@ -802,6 +947,50 @@ async def variation_hls(
 ) -> Response:
     """HLS playback: `hls/index.m3u8`, then the segments it names."""
     return await api.hls_file(song_id, index, name, api.owner(request))
+
+
+_STEMS_PATH = "/v1/songs/{song_id}/variations/{index}/stems"
+
+
+@app.post(_STEMS_PATH, status_code=202, response_model=StemsOut)
+async def request_stems(song_id: str, index: int, request: Request, api: Api) -> JSONResponse:
+    """Make the variation's stems (drums, bass, other, vocals): 202 while they are made, with
+    progress on the song's event stream; 200 when they exist already."""
+    stems = await api.request_stems(song_id, index, api.owner(request))
+    return JSONResponse(
+        stems.model_dump(mode="json"),
+        status_code=202 if stems.status in ("queued", "running") else 200,
+        headers={"Location": f"/v1/songs/{song_id}/variations/{index}/stems"},
+    )
+
+
+@app.get(_STEMS_PATH, response_model=StemsOut)
+async def get_stems(song_id: str, index: int, request: Request, api: Api) -> StemsOut:
+    return await api.get_stems(song_id, index, api.owner(request))
+
+
+_STEM_AUDIO_PATH = _STEMS_PATH + "/{name}.{fmt}"
+
+
+@app.get(_STEM_AUDIO_PATH)
+@app.head(_STEM_AUDIO_PATH, include_in_schema=False)
+async def stem_audio(
+    song_id: str,
+    index: int,
+    name: str,
+    fmt: Literal["m4a", "mp3", "wav", "flac"],
+    request: Request,
+    api: Api,
+) -> Response:
+    return await api.stem_audio(
+        song_id,
+        index,
+        name,
+        fmt,
+        api.owner(request),
+        request.headers.get("range"),
+        request.method == "HEAD",
+    )
 
 
 @app.get("/v1/songs/{song_id}/variations/{index}/peaks")

@@ -7,7 +7,8 @@ queue limits, shutdown grace, actor resources and placement) is applied here fro
     SongAPI ─┬─▶ Conductor ─┬─▶ LyricsLLM
              │              ├─▶ TagNormalizer
              │              ├─▶ SongRouter ─▶ decoder pools (one SongDecoder deployment each)
-             │              └─▶ PostProcessor
+             │              ├─▶ PostProcessor
+             │              └─▶ StemMaker ─▶ StemSeparator (Demucs; only with a checkpoint)
              ├─▶ LyricsLLM        (POST /v1/lyrics)
              ├─▶ TagNormalizer    (POST /v1/tags/normalize)
              └─▶ PostProcessor    (POST /v1/verify)
@@ -26,6 +27,8 @@ from deployments.decoder import SongDecoder
 from deployments.lyrics_llm import LyricsLLM
 from deployments.post_processor import PostProcessor
 from deployments.song_router import SongRouter
+from deployments.stem_maker import StemMaker
+from deployments.stem_separator import StemSeparator
 from deployments.tag_normalizer import TagNormalizer
 
 from .api import SongAPI
@@ -82,8 +85,16 @@ def build_app(args: AppConfig) -> Application:
     postprocessor = _deployment(PostProcessor, "PostProcessor", options.postprocess).bind(
         config.postprocess, config.storage
     )
+    separator = None
+    if config.postprocess.stems.demucs_checkpoint is not None:
+        separator = _deployment(StemSeparator, "StemSeparator", options.separator).bind(
+            config.postprocess.stems
+        )
+    stems = _deployment(StemMaker, "StemMaker", options.stems).bind(
+        config.postprocess, config.storage, separator
+    )
     conductor = _deployment(Conductor, "Conductor", options.conductor).bind(
-        config, lyrics, tags, router, postprocessor
+        config, lyrics, tags, router, postprocessor, stems
     )
     ingress = serve.ingress(fastapi_app)(SongAPI)
     return _deployment(ingress, "SongAPI", options.api).bind(
@@ -102,6 +113,8 @@ def _report_unplaceable(config: AppConfig) -> None:
         nodes = cluster_nodes()
         reasons = unplaceable_pools(config.models.pools, nodes)
         for name, options in config.deployments:
+            if name == "separator" and config.postprocess.stems.demucs_checkpoint is None:
+                continue  # not deployed
             reason = unplaceable_reason(options.actor, nodes)
             if reason:
                 reasons[f"deployments.{name}"] = reason

@@ -136,6 +136,12 @@ class DeploymentsConfig(_Strict):
     postprocess: DeploymentOptions = _light(
         num_replicas=2, max_ongoing_requests=1, actor={"num_cpus": 0.25}
     )
+    stems: DeploymentOptions = _light(
+        num_replicas=1, max_ongoing_requests=1, actor={"num_cpus": 0.25}
+    )
+    separator: DeploymentOptions = _light(
+        num_replicas=1, max_ongoing_requests=1, actor={"num_cpus": 1}
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -268,6 +274,9 @@ class JobsConfig(_Strict):
     )
     max_concurrent_jobs: int = Field(
         8, ge=1, description="Jobs one conductor replica drives at once."
+    )
+    max_concurrent_stems: int = Field(
+        4, ge=1, description="Stems jobs one conductor replica drives at once (besides songs)."
     )
     max_queued_jobs: int = Field(
         1000, ge=1, description="Queued jobs beyond which new songs get 429 + Retry-After."
@@ -582,7 +591,9 @@ class C2paConfig(_Strict):
 
 
 class StemsConfig(_Strict):
-    """Stem separation on demand."""
+    """Stems on demand: exact for sketch songs, separated by Demucs for the others. Place the
+    Demucs replicas with `deployments.separator` (e.g. `actor: {num_gpus: 0.25}` on GPU nodes);
+    `deployments.stems` makes, signs and stores them where the stores are."""
 
     demucs_checkpoint: str | None = Field(
         None,

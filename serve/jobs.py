@@ -9,6 +9,10 @@ gets `LeaseLost` and stops, so two conductors never interleave results.
 The event log is append-only per job with a dense sequence number: SSE streams replay it to late
 subscribers and resume from `Last-Event-ID`.
 
+Stems are jobs of their own, one per (song, variation), leased and counted the same way, so a
+stems request accepted with 202 survives its worker too. Their events go to the song's log, which
+is what a client already listens to.
+
 `JobStore` is the interface; `SQLiteJobStore` the embedded implementation (one file, WAL mode, safe
 across the processes of a local Ray cluster). A Postgres implementation plugs in behind the same
 methods.
@@ -30,6 +34,8 @@ from typing import Any, Protocol
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled"})
 VARIATION_STATUSES = ("queued", "running", "succeeded", "failed")
+STEMS_STATUSES = ("queued", "running", "succeeded", "failed")
+ACTIVE_STEMS_STATUSES = frozenset({"queued", "running"})
 
 
 class LeaseLost(RuntimeError):
@@ -76,6 +82,28 @@ class JobRecord:
     @property
     def is_terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
+
+
+@dataclass(frozen=True)
+class StemsRecord:
+    """The stems job of one variation."""
+
+    job_id: str
+    index: int  # the variation's
+    status: str
+    progress: float
+    created_at: float
+    updated_at: float
+    attempts: int = 0
+    lease_owner: str | None = None
+    lease_expires_at: float | None = None
+    objects: dict[str, dict[str, str]] = field(default_factory=dict)  # stem → format → key
+    info: dict[str, Any] = field(default_factory=dict)  # method, separator, provenance, timings
+    error: dict[str, Any] | None = None
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in ACTIVE_STEMS_STATUSES
 
 
 @dataclass(frozen=True)
@@ -159,6 +187,48 @@ class JobStore(Protocol):
         """Events with seq > after_seq, oldest first."""
         ...
 
+    async def request_stems(self, job_id: str, index: int) -> tuple[StemsRecord, bool]:
+        """Queue the stems of a variation, with a `stems` event on the song's log. A queued,
+        running or finished stems job is returned as it is; a failed one is queued again. The
+        bool says whether a job was queued."""
+        ...
+
+    async def get_stems(self, job_id: str, index: int) -> StemsRecord | None: ...
+
+    async def list_stems(self, job_id: str) -> list[StemsRecord]:
+        """Every stems job of a song, by variation."""
+        ...
+
+    async def claim_next_stems(
+        self, lease_owner: str, *, lease_s: float, max_attempts: int
+    ) -> StemsRecord | None:
+        """Lease the oldest runnable stems job, as `claim_next` does for songs (exhausted ones
+        fail on the way, with a `stems` event)."""
+        ...
+
+    async def renew_stems_lease(
+        self, job_id: str, index: int, lease_owner: str, *, lease_s: float
+    ) -> None:
+        """Extend a stems lease; raises LeaseLost when another owner holds it."""
+        ...
+
+    async def release_stems(self, job_id: str, index: int, lease_owner: str) -> None:
+        """Hand a running stems job back (a clean stop: the attempt is not counted)."""
+        ...
+
+    async def update_stems(
+        self,
+        job_id: str,
+        index: int,
+        lease_owner: str,
+        *,
+        event: tuple[str, dict[str, Any]] | None = None,
+        **fields: Any,
+    ) -> None:
+        """Set stems fields under its lease, and append `event` (type, data) to the song's log in
+        the same transaction; raises LeaseLost."""
+        ...
+
     async def cache_get(self, namespace: str, key: str) -> Any | None:
         """A value `cache_put` stored under (namespace, key), or None."""
         ...
@@ -212,6 +282,22 @@ CREATE TABLE IF NOT EXISTS variations (
     error TEXT,
     PRIMARY KEY (job_id, idx)
 );
+CREATE TABLE IF NOT EXISTS stems (
+    job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    idx INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    progress REAL NOT NULL DEFAULT 0,
+    objects TEXT NOT NULL DEFAULT '{}',
+    info TEXT NOT NULL DEFAULT '{}',
+    error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    lease_owner TEXT,
+    lease_expires_at REAL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (job_id, idx)
+);
+CREATE INDEX IF NOT EXISTS stems_runnable ON stems (status, lease_expires_at, created_at);
 CREATE TABLE IF NOT EXISTS cache (
     namespace TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -249,6 +335,10 @@ _VARIATION_FIELDS = frozenset(
         "error",
     }
 )
+
+
+_JSON_STEMS_FIELDS = frozenset({"objects", "info", "error"})
+_STEMS_FIELDS = frozenset({"status", "progress", "objects", "info", "error"})
 
 
 def new_job_id() -> str:
@@ -637,6 +727,189 @@ class SQLiteJobStore:
             job_fields,
         )
         return seq
+
+    # -- stems ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _stems_from_row(row: sqlite3.Row) -> StemsRecord:
+        return StemsRecord(
+            job_id=row["job_id"],
+            index=row["idx"],
+            status=row["status"],
+            progress=row["progress"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+            attempts=row["attempts"],
+            lease_owner=row["lease_owner"],
+            lease_expires_at=row["lease_expires_at"],
+            objects=json.loads(row["objects"]),
+            info=json.loads(row["info"]),
+            error=_loads(row["error"]),
+        )
+
+    def _get_stems(self, db: sqlite3.Connection, job_id: str, index: int) -> StemsRecord | None:
+        row = db.execute(
+            "SELECT * FROM stems WHERE job_id = ? AND idx = ?", (job_id, index)
+        ).fetchone()
+        return None if row is None else self._stems_from_row(row)
+
+    def _request_stems(
+        self, db: sqlite3.Connection, job_id: str, index: int
+    ) -> tuple[StemsRecord, bool]:
+        existing = self._get_stems(db, job_id, index)
+        if existing is not None and existing.status != "failed":
+            return existing, False
+        now = time.time()
+        db.execute(
+            "INSERT INTO stems (job_id, idx, status, progress, created_at, updated_at) "
+            "VALUES (?, ?, 'queued', 0, ?, ?) ON CONFLICT (job_id, idx) DO UPDATE SET "
+            "status = 'queued', progress = 0, objects = '{}', info = '{}', error = NULL, "
+            "attempts = 0, lease_owner = NULL, lease_expires_at = NULL, created_at = ?, "
+            "updated_at = ?",
+            (job_id, index, now, now, now, now),
+        )
+        self._append(db, job_id, "stems", {"variation": index, "status": "queued"}, now)
+        record = self._get_stems(db, job_id, index)
+        assert record is not None
+        return record, True
+
+    async def request_stems(self, job_id: str, index: int) -> tuple[StemsRecord, bool]:
+        result: tuple[StemsRecord, bool] = await self._run(
+            self._transaction, self._request_stems, job_id, index
+        )
+        return result
+
+    async def get_stems(self, job_id: str, index: int) -> StemsRecord | None:
+        result: StemsRecord | None = await self._run(self._get_stems, self._db, job_id, index)
+        return result
+
+    async def list_stems(self, job_id: str) -> list[StemsRecord]:
+        def read() -> list[StemsRecord]:
+            rows = self._db.execute(
+                "SELECT * FROM stems WHERE job_id = ? ORDER BY idx", (job_id,)
+            ).fetchall()
+            return [self._stems_from_row(row) for row in rows]
+
+        result: list[StemsRecord] = await self._run(read)
+        return result
+
+    def _claim_stems(
+        self, db: sqlite3.Connection, lease_owner: str, lease_s: float, max_attempts: int
+    ) -> StemsRecord | None:
+        now = time.time()
+        runnable = (
+            "status IN ('queued', 'running') AND (lease_expires_at IS NULL OR lease_expires_at < ?)"
+        )
+        exhausted = db.execute(
+            f"SELECT job_id, idx, attempts FROM stems WHERE {runnable} AND attempts >= ?",
+            (now, max_attempts),
+        ).fetchall()
+        for row in exhausted:
+            error = {
+                "code": "attempts_exhausted",
+                "message": f"the stems job was started {row['attempts']} times without "
+                "finishing (its workers kept dying or timing out); giving up",
+            }
+            db.execute(
+                "UPDATE stems SET status = 'failed', error = ?, lease_owner = NULL, "
+                "lease_expires_at = NULL, updated_at = ? WHERE job_id = ? AND idx = ?",
+                (json.dumps(error), now, row["job_id"], row["idx"]),
+            )
+            event = {"variation": row["idx"], "status": "failed", "error": error}
+            self._append(db, row["job_id"], "stems", event, now)
+        row = db.execute(
+            f"SELECT job_id, idx FROM stems WHERE {runnable} ORDER BY created_at, job_id, idx "
+            "LIMIT 1",
+            (now,),
+        ).fetchone()
+        if row is None:
+            return None
+        db.execute(
+            "UPDATE stems SET status = 'running', lease_owner = ?, lease_expires_at = ?, "
+            "attempts = attempts + 1, updated_at = ? WHERE job_id = ? AND idx = ?",
+            (lease_owner, now + lease_s, now, row["job_id"], row["idx"]),
+        )
+        return self._get_stems(db, row["job_id"], row["idx"])
+
+    async def claim_next_stems(
+        self, lease_owner: str, *, lease_s: float, max_attempts: int
+    ) -> StemsRecord | None:
+        result: StemsRecord | None = await self._run(
+            self._transaction, self._claim_stems, lease_owner, lease_s, max_attempts
+        )
+        return result
+
+    @staticmethod
+    def _check_stems_lease(
+        db: sqlite3.Connection, job_id: str, index: int, lease_owner: str
+    ) -> None:
+        row = db.execute(
+            "SELECT lease_owner FROM stems WHERE job_id = ? AND idx = ?", (job_id, index)
+        ).fetchone()
+        if row is None or row["lease_owner"] != lease_owner:
+            raise LeaseLost(f"stems of {job_id}/{index} are no longer leased by {lease_owner}")
+
+    async def renew_stems_lease(
+        self, job_id: str, index: int, lease_owner: str, *, lease_s: float
+    ) -> None:
+        def renew(db: sqlite3.Connection) -> None:
+            self._check_stems_lease(db, job_id, index, lease_owner)
+            db.execute(
+                "UPDATE stems SET lease_expires_at = ? WHERE job_id = ? AND idx = ?",
+                (time.time() + lease_s, job_id, index),
+            )
+
+        await self._run(self._transaction, renew)
+
+    async def release_stems(self, job_id: str, index: int, lease_owner: str) -> None:
+        def release(db: sqlite3.Connection) -> None:
+            db.execute(
+                "UPDATE stems SET lease_owner = NULL, lease_expires_at = NULL, "
+                "attempts = MAX(attempts - 1, 0), updated_at = ? "
+                "WHERE job_id = ? AND idx = ? AND lease_owner = ? AND status = 'running'",
+                (time.time(), job_id, index, lease_owner),
+            )
+
+        await self._run(self._transaction, release)
+
+    def _update_stems(
+        self,
+        db: sqlite3.Connection,
+        job_id: str,
+        index: int,
+        lease_owner: str,
+        fields: dict[str, Any],
+        event: tuple[str, dict[str, Any]] | None,
+    ) -> None:
+        unknown = set(fields) - _STEMS_FIELDS
+        if unknown:
+            raise ValueError(f"not stems fields: {sorted(unknown)}")
+        self._check_stems_lease(db, job_id, index, lease_owner)
+        now = time.time()
+        fields = {"updated_at": now, **fields}
+        if fields.get("status") in ("succeeded", "failed"):
+            fields.update(lease_owner=None, lease_expires_at=None)
+        values = [json.dumps(v) if k in _JSON_STEMS_FIELDS else v for k, v in fields.items()]
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        db.execute(
+            f"UPDATE stems SET {assignments} WHERE job_id = ? AND idx = ?",
+            (*values, job_id, index),
+        )
+        if event is not None:
+            self._append(db, job_id, event[0], event[1], now)
+
+    async def update_stems(
+        self,
+        job_id: str,
+        index: int,
+        lease_owner: str,
+        *,
+        event: tuple[str, dict[str, Any]] | None = None,
+        **fields: Any,
+    ) -> None:
+        await self._run(
+            self._transaction, self._update_stems, job_id, index, lease_owner, fields, event
+        )
 
     async def cache_get(self, namespace: str, key: str) -> Any | None:
         def read() -> Any | None:

@@ -77,6 +77,32 @@ class VariationOut(BaseModel):
     error: dict[str, str | None] | None = None
 
 
+class StemOut(BaseModel):
+    name: str = Field(..., description="drums, bass, other or vocals.")
+    audio: dict[str, str] = Field(default_factory=dict, description="Format → URL.")
+    loudness_lufs: float | None = None
+
+
+class StemsOut(BaseModel):
+    """The stems of one variation. They sum to the variation's audio: exactly for sketch songs
+    (before any watermark, which each stem carries on its own), within the separator's
+    rounding for others."""
+
+    song_id: str
+    variation: int
+    status: Literal["queued", "running", "succeeded", "failed"]
+    progress: float = Field(..., description="0–1; live updates come as `stems_progress` events.")
+    method: str | None = Field(
+        None, description="`exact` (the model's own per-part renders) or the separator's name."
+    )
+    stems: list[StemOut] = Field(default_factory=list)
+    provenance: dict[str, Any] | None = Field(
+        None, description="Watermark and C2PA status, as for a variation."
+    )
+    error: dict[str, str | None] | None = None
+    events: str = Field(..., description="The song's SSE stream, where stems report progress.")
+
+
 class ApiErrorBody(BaseModel):
     code: str
     message: str

@@ -24,6 +24,7 @@ FIXED_DEPLOYMENTS = {
     "TagNormalizer",
     "SongRouter",
     "PostProcessor",
+    "StemMaker",
 }
 
 
@@ -55,7 +56,8 @@ def test_every_config_file_builds_with_its_options(path: Path, tmp_path: Path) -
     config = resolve_config(args)
 
     pools = {pool.name: pool for pool in config.models.pools}
-    assert set(deployments) == FIXED_DEPLOYMENTS | set(pools)
+    separator = {"StemSeparator"} if config.postprocess.stems.demucs_checkpoint else set()
+    assert set(deployments) == FIXED_DEPLOYMENTS | separator | set(pools)
     expected = {
         "SongAPI": config.deployments.api,
         "Conductor": config.deployments.conductor,
@@ -63,6 +65,8 @@ def test_every_config_file_builds_with_its_options(path: Path, tmp_path: Path) -
         "TagNormalizer": config.deployments.tags,
         "SongRouter": config.deployments.router,
         "PostProcessor": config.deployments.postprocess,
+        "StemMaker": config.deployments.stems,
+        **({"StemSeparator": config.deployments.separator} if separator else {}),
         **{name: pool.deployment for name, pool in pools.items()},
     }
     for name, options in expected.items():

@@ -218,3 +218,92 @@ def test_cache_round_trips_replaces_and_survives_reopening(tmp_path: Path) -> No
         await reopened.close()
 
     run(scenario())
+
+
+# --- stems jobs ------------------------------------------------------------------------------
+
+
+def _stem_events(store: SQLiteJobStore, job_id: str) -> list[dict]:
+    events = run(store.events_after(job_id, 0))
+    return [e.data for e in events if e.type == "stems"]
+
+
+def test_stems_requests_are_idempotent_and_a_failure_can_be_retried(
+    store: SQLiteJobStore,
+) -> None:
+    async def scenario() -> str:
+        job, _ = await store.create_job(owner="a", request={}, seed=1, variations=2)
+        first, queued = await store.request_stems(job.id, 1)
+        again, queued_again = await store.request_stems(job.id, 1)
+        assert queued and not queued_again and again == first
+        assert first.status == "queued" and first.is_active and first.index == 1
+        claimed = await store.claim_next_stems("w", lease_s=30, max_attempts=3)
+        assert claimed is not None and claimed.status == "running" and claimed.attempts == 1
+        error = {"code": "stems_failed", "message": "boom"}
+        await store.update_stems(
+            job.id, 1, "w", status="failed", error=error,
+            event=("stems", {"variation": 1, "status": "failed"}),
+        )  # fmt: skip
+        failed = await store.get_stems(job.id, 1)
+        assert failed is not None and failed.error == error and failed.lease_owner is None
+        retried, queued_retry = await store.request_stems(job.id, 1)
+        assert queued_retry and retried.status == "queued" and retried.error is None
+        assert retried.attempts == 0
+        assert [s.index for s in await store.list_stems(job.id)] == [1]
+        assert await store.get_stems(job.id, 0) is None
+        return job.id
+
+    job_id = run(scenario())
+    statuses = [event["status"] for event in _stem_events(store, job_id)]
+    assert statuses == ["queued", "failed", "queued"]
+
+
+def test_stems_leases_fence_and_expire(store: SQLiteJobStore) -> None:
+    async def scenario() -> None:
+        job, _ = await store.create_job(owner="a", request={}, seed=1, variations=1)
+        await store.request_stems(job.id, 0)
+        first = await store.claim_next_stems("w1", lease_s=0.05, max_attempts=3)
+        assert first is not None
+        assert await store.claim_next_stems("w2", lease_s=30, max_attempts=3) is None
+        await asyncio.sleep(0.1)
+        second = await store.claim_next_stems("w2", lease_s=30, max_attempts=3)
+        assert second is not None and second.lease_owner == "w2" and second.attempts == 2
+        with pytest.raises(LeaseLost):
+            await store.update_stems(job.id, 0, "w1", progress=0.5)
+        with pytest.raises(LeaseLost):
+            await store.renew_stems_lease(job.id, 0, "w1", lease_s=30)
+        await store.renew_stems_lease(job.id, 0, "w2", lease_s=30)
+        await store.update_stems(
+            job.id, 0, "w2", progress=0.5,
+            event=("stems_progress", {"variation": 0, "progress": 0.5}),
+        )  # fmt: skip
+        with pytest.raises(ValueError, match="not stems fields"):
+            await store.update_stems(job.id, 0, "w2", attempts=0)
+        # A clean stop hands it back at once, without counting the attempt.
+        await store.release_stems(job.id, 0, "w2")
+        third = await store.claim_next_stems("w3", lease_s=30, max_attempts=3)
+        assert third is not None and third.attempts == 2 and third.progress == 0.5
+        objects = {"drums": {"wav": "songs/x/v0/stems/drums.wav"}}
+        await store.update_stems(job.id, 0, "w3", status="succeeded", objects=objects)
+        done = await store.get_stems(job.id, 0)
+        assert done is not None and not done.is_active and done.objects == objects
+        assert await store.claim_next_stems("w4", lease_s=30, max_attempts=3) is None
+
+    run(scenario())
+
+
+def test_stems_attempts_are_bounded(store: SQLiteJobStore) -> None:
+    async def scenario() -> str:
+        job, _ = await store.create_job(owner="a", request={}, seed=1, variations=1)
+        await store.request_stems(job.id, 0)
+        for owner in ("w1", "w2"):
+            assert await store.claim_next_stems(owner, lease_s=0.01, max_attempts=2) is not None
+            await asyncio.sleep(0.03)
+        assert await store.claim_next_stems("w3", lease_s=30, max_attempts=2) is None
+        record = await store.get_stems(job.id, 0)
+        assert record is not None and record.status == "failed"
+        assert record.error is not None and record.error["code"] == "attempts_exhausted"
+        return job.id
+
+    job_id = run(scenario())
+    assert _stem_events(store, job_id)[-1]["status"] == "failed"

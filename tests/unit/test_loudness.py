@@ -196,6 +196,21 @@ def test_headroom_means_pure_gain() -> None:
     assert _correlation(chord, mastered.audio) > 0.999999
 
 
+def test_mastering_is_one_gain_curve_that_parts_of_the_mix_share() -> None:
+    # Loud enough that the limiter works: the gain curve is not a constant.
+    drums, music = _drum_hit_train(), _music_like()
+    mix = drums + music
+    mastered = normalize_loudness(mix, SR, target_lufs=-9.0)
+    assert mastered.gain.shape == (mix.shape[1],) and mastered.gain.dtype == np.float32
+    assert float(mastered.gain.max() - mastered.gain.min()) > 0.05  # limiting happened
+    np.testing.assert_array_equal(mastered.audio, mix * mastered.gain)
+    # Stems mastered with the mix's curve add up to the mastered mix.
+    parts = drums * mastered.gain + music * mastered.gain
+    assert float(np.max(np.abs(parts - mastered.audio))) <= 1e-6
+    silence = normalize_loudness(np.zeros((2, 100), np.float32), SR)
+    np.testing.assert_array_equal(silence.gain, np.ones(100, np.float32))
+
+
 def test_limiting_keeps_the_waveform_recognisable() -> None:
     music = _music_like()
     mastered = normalize_loudness(music, SR, target_lufs=-14.0)

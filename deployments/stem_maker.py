@@ -1,0 +1,269 @@
+"""`StemMaker` — makes, masters, signs and stores the stems of one variation, on demand.
+
+Where the four stems (`pipeline.stems.STEM_NAMES`) come from depends on the model that made the
+song:
+
+- **sketch** renders each part on its own track, so its stems are exact: the variation is
+  rendered again from its stored seed, tags and lyrics (checked against the hash of the original
+  render), and each stem gets the very gain curve that mastered the mix — so the mastered stems
+  sum to the delivered song, sample for sample (before any watermark);
+- **every other model** is separated by htdemucs on the `StemSeparator` replicas (GPU nodes where
+  the operator put them) from the delivered master, read back losslessly when the server keeps
+  wav or flac; the stems then sum to that master.
+
+Each stem then goes down the same `DeliveryChain` as a song — watermark (each stem carries its
+own), every configured format, C2PA credentials naming the stem and how it was made — into the
+object store under deterministic keys next to the variation's files, so a retried job overwrites.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pipeline.lyrics import LyricSection
+from pipeline.tags import StyleTags
+from serve.objects import open_object_store, variation_key
+
+from .post_processor import (
+    DeliveryChain,
+    Provenance,
+    add_elapsed,
+    audio_sha256,
+    song_credentials,
+)
+from .progress import Finished, ProgressCallback, with_progress
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from serve.config import AudioFormat, PostProcessConfig, StorageConfig
+
+# Formats a separator reads the delivered song from, best first: lossless ones give it exactly
+# the master; a lossy one still works, with the codec's error in every stem.
+_SOURCE_FORMATS = ("wav", "flac", "m4a", "mp3")
+
+
+class StemsUnavailable(ValueError):
+    """This variation's stems cannot be made here; the message says why and what to change."""
+
+
+@dataclass(frozen=True)
+class StemsTask:
+    """One variation's stems to make: what the conductor knows of the song."""
+
+    job_id: str
+    index: int
+    model: str
+    model_version: str
+    sample_rate: int
+    seed: int
+    duration_s: float
+    tags: StyleTags
+    sections: list[LyricSection]
+    instrumental: bool
+    loudness_lufs: float  # the mastering target the song was made with
+    objects: dict[str, str]  # the variation's files: format → object key
+    provenance: Provenance
+    audio_sha256: str | None = None  # of the original render (sketch stems check against it)
+
+
+@dataclass(frozen=True)
+class StemsProgress:
+    """Streamed while stems are made. `stage`: rendering (sketch), separating (Demucs) or
+    delivering (watermark, encode, sign, store), with `step` of `steps` done."""
+
+    stage: str
+    step: int
+    steps: int
+
+
+@dataclass(frozen=True)
+class MadeStems:
+    """Streamed last: where each stem's files are and how they were made."""
+
+    method: str  # "exact", or the separator's architecture ("htdemucs")
+    objects: dict[str, dict[str, str]]  # stem → format → object key
+    loudness_lufs: dict[str, float]
+    provenance: dict[str, object]  # watermark and c2pa status, as a variation's
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+
+class StemMaker:
+    def __init__(
+        self, config: PostProcessConfig, storage: StorageConfig, separator: Any = None
+    ) -> None:
+        """`separator` is the StemSeparator DeploymentHandle, None when no Demucs checkpoint is
+        configured (then only sketch songs have stems)."""
+        self._config = config
+        self._objects = open_object_store(storage.storage_url)
+        self._delivery = DeliveryChain(config)
+        self._separator = separator.options(stream=True) if separator is not None else None
+        # One stem job's CPU work at a time per replica; scale with replicas.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stems")
+
+    async def make(self, task: StemsTask) -> AsyncIterator[StemsProgress | MadeStems]:
+        """Stream progress, then the stored stems. Raises StemsUnavailable when the variation's
+        stems cannot be made on this server."""
+        import asyncio
+
+        timings: dict[str, float] = {}
+        stems: dict[str, np.ndarray] = {}
+        started = time.perf_counter()
+        if task.model == "sketch":
+            method = "exact"
+            async for item in with_progress(
+                lambda on_progress: self._exact_stems(task, on_progress), self._thread
+            ):
+                if isinstance(item, Finished):
+                    stems = item.value
+                else:
+                    yield StemsProgress("rendering", *item)
+            timings["render"] = time.perf_counter() - started
+        else:
+            if self._separator is None:
+                raise StemsUnavailable(
+                    f"variation {task.index} was made by {task.model}, which has no exact stems, "
+                    "and this server separates none: set postprocess.stems.demucs_checkpoint to "
+                    "an htdemucs checkpoint"
+                )
+            mix = await self._delivered_audio(task)
+            timings["decode"] = time.perf_counter() - started
+            started = time.perf_counter()
+            method = ""
+            async for part in self._separator.separate.remote(mix, task.sample_rate):
+                if isinstance(part, tuple):
+                    yield StemsProgress("separating", *part)
+                else:
+                    method, stems = part.separator, part.stems
+            timings["separate"] = time.perf_counter() - started
+            if not stems:
+                raise RuntimeError("the stem separator finished without stems")
+
+        delivered: list[tuple[str, dict[AudioFormat, bytes], float, dict[str, object]]] = []
+        names = list(stems)
+        for done, name in enumerate(names):
+            yield StemsProgress("delivering", done, len(names))
+            delivered.append(
+                await asyncio.get_running_loop().run_in_executor(
+                    self._thread, self._deliver, task, name, stems.pop(name), method, timings
+                )
+            )
+        started = time.perf_counter()
+        objects: dict[str, dict[str, str]] = {}
+        from pipeline.encode import CONTENT_TYPES
+
+        for name, files, _, _ in delivered:
+            objects[name] = {}
+            for fmt, data in files.items():
+                key = variation_key(task.job_id, task.index, f"stems/{name}.{fmt}")
+                await self._objects.put(key, data, CONTENT_TYPES[fmt])
+                objects[name][fmt] = key
+        timings["store"] = time.perf_counter() - started
+        yield StemsProgress("delivering", len(names), len(names))
+        yield MadeStems(
+            method=method,
+            objects=objects,
+            loudness_lufs={name: lufs for name, _, lufs, _ in delivered},
+            provenance=delivered[0][3] if delivered else {},
+            timings_s={name: round(seconds, 3) for name, seconds in timings.items()},
+        )
+
+    def _exact_stems(self, task: StemsTask, on_progress: ProgressCallback) -> dict[str, np.ndarray]:
+        """The sketch variation rendered again, split into stems, mastered as the song was."""
+        import numpy as np
+
+        from pipeline.loudness import normalize_loudness
+        from pipeline.sketch import SKETCH_VERSION, render_sketch
+        from pipeline.stems import sketch_stems
+
+        if task.model_version != SKETCH_VERSION:
+            raise StemsUnavailable(
+                f"variation {task.index} was made by sketch {task.model_version} and this server "
+                f"runs sketch {SKETCH_VERSION}, which renders it differently: its exact stems "
+                "can only be made by a server running that version"
+            )
+        render = render_sketch(
+            task.tags,
+            task.sections,
+            task.duration_s,
+            task.seed,
+            instrumental=task.instrumental,
+            sample_rate=task.sample_rate,
+            on_progress=on_progress,
+        )
+        if task.audio_sha256 is not None and audio_sha256(render.mix) != task.audio_sha256:
+            raise StemsUnavailable(
+                f"rendering variation {task.index} again did not reproduce its audio (the sketch "
+                "model's output changed without a version bump), so its exact stems are lost"
+            )
+        # The same deterministic mastering as the song's: its per-sample gain is the song's.
+        mastered = normalize_loudness(
+            render.mix,
+            task.sample_rate,
+            target_lufs=task.loudness_lufs,
+            ceiling_dbtp=self._config.ceiling_dbtp,
+        )
+        return {
+            name: np.multiply(stem, mastered.gain, dtype=np.float32)
+            for name, stem in sketch_stems(render, instrumental=task.instrumental).items()
+        }
+
+    async def _delivered_audio(self, task: StemsTask) -> np.ndarray:
+        """The variation as delivered (mastered, watermarked), decoded from its best file."""
+        import asyncio
+
+        from pipeline.encode import decode_audio
+
+        fmt = next((f for f in _SOURCE_FORMATS if f in task.objects), None)
+        if fmt is None:
+            raise StemsUnavailable(
+                f"variation {task.index} has no audio file to separate (postprocess.formats)"
+            )
+        data = await self._objects.get(task.objects[fmt])
+        audio, sample_rate = await asyncio.get_running_loop().run_in_executor(
+            self._thread, decode_audio, data
+        )
+        if sample_rate != task.sample_rate:
+            raise RuntimeError(
+                f"the {fmt} file of variation {task.index} is {sample_rate} Hz, "
+                f"the variation {task.sample_rate} Hz"
+            )
+        return audio
+
+    def _deliver(
+        self,
+        task: StemsTask,
+        name: str,
+        stem: np.ndarray,
+        method: str,
+        timings: dict[str, float],
+    ) -> tuple[str, dict[AudioFormat, bytes], float, dict[str, object]]:
+        """One stem watermarked, encoded and signed: (name, files, loudness, provenance)."""
+        from pipeline.loudness import measure_loudness_lufs
+
+        started = time.perf_counter()
+        marked, watermark = self._delivery.watermark(stem, task.sample_rate)
+        if self._delivery.watermarker is not None:
+            add_elapsed(timings, "watermark", started)
+        lufs = round(measure_loudness_lufs(marked, task.sample_rate), 2)
+        encoded = self._delivery.encode(marked, task.sample_rate, timings)
+        started = time.perf_counter()
+        credentials = song_credentials(
+            task.provenance,
+            model=task.model,
+            model_version=task.model_version,
+            loudness_lufs=lufs,
+            stem=name,
+            stem_method=method,
+        )
+        files, signed = self._delivery.sign(encoded, credentials)
+        if signed["signed"]:
+            add_elapsed(timings, "c2pa", started)
+        return name, files, lufs, {"watermark": watermark, "c2pa": signed}
+
+    async def check_health(self) -> None:
+        return None

@@ -1,0 +1,215 @@
+"""Stems through the API: POST starts a durable stems job, its progress comes on the song's event
+stream (which stays open for it after `done`), GET lists the stems, and every stem file is
+signed like a song.
+
+Sketch songs get their exact stems (rendered again, mastered with the song's own gain curve), so
+the stems decoded from their wav files add up to the song's wav. Songs of other models are split
+by htdemucs: here the tiny ACE-Step checkpoint makes the song and a tiny random-weight htdemucs,
+in Demucs' own checkpoint format, separates it through the real loader.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from pipeline.stems import STEM_NAMES
+from tests.helpers import REPO, read_events, wait_for_song
+
+from .conftest import Deployed
+
+pytestmark = pytest.mark.integration
+
+DeployFn = Callable[..., Deployed]
+
+
+def _decode(client: httpx.Client, url: str) -> np.ndarray:
+    from pipeline.encode import decode_audio
+
+    response = client.get(url)
+    assert response.status_code == 200, response.text
+    audio, sample_rate = decode_audio(response.content)
+    assert sample_rate == 48_000
+    return audio
+
+
+def _song(client: httpx.Client, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    song_id = client.post("/v1/songs", json=body).json()["id"]
+    song = wait_for_song(client, song_id)
+    assert song["status"] == "succeeded", song
+    return song_id, song["variations"][0]
+
+
+def _wait_for_stems(client: httpx.Client, url: str, timeout_s: float = 120.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        stems = client.get(url).json()
+        if stems["status"] in ("succeeded", "failed"):
+            return stems
+        time.sleep(0.2)
+    raise AssertionError(f"stems at {url} did not finish in {timeout_s} s")
+
+
+def test_sketch_stems_add_up_to_the_song(deploy: DeployFn) -> None:
+    app = deploy(postprocess={"formats": ["wav", "mp3"]})
+    client = app.client
+    song_id, variation = _song(
+        client, {"style": "funky disco", "lyrics": "[verse]\nDance all night\nunder the light",
+                 "duration_s": 8, "variations": 1, "seed": 11},
+    )  # fmt: skip
+    stems_url = f"/v1/songs/{song_id}/variations/0/stems"
+    missing = client.get(stems_url)
+    assert missing.status_code == 404 and "POST" in missing.json()["error"]["message"]
+
+    accepted = client.post(stems_url)
+    assert accepted.status_code == 202, accepted.text
+    assert accepted.headers["location"] == stems_url
+    assert accepted.json()["status"] in ("queued", "running")
+    # The song is done, but its stream stays open until the stems are made.
+    events = read_events(client, song_id)
+    kinds = [kind for _, kind, _ in events]
+    assert kinds.index("done") < kinds.index("stems")
+    assert "stems_progress" in kinds
+    stages = {data["stage"] for _, kind, data in events if kind == "stems_progress"}
+    assert stages == {"rendering", "delivering"}
+    progress = [data["progress"] for _, kind, data in events if kind == "stems_progress"]
+    assert progress == sorted(progress) and progress[0] >= 0 and progress[-1] < 1
+    finished = [data for _, kind, data in events if kind == "stems"][-1]
+    assert finished["status"] == "succeeded" and finished["method"] == "exact"
+    assert [stem["name"] for stem in finished["stems"]] == list(STEM_NAMES)
+
+    stems = client.get(stems_url).json()
+    assert stems["status"] == "succeeded" and stems["progress"] == 1.0, stems
+    assert [stem["name"] for stem in stems["stems"]] == list(STEM_NAMES)
+    assert stems["provenance"]["watermark"] == "not configured"
+    assert stems["stems"][0]["audio"]["wav"] == finished["stems"][0]["audio"]["wav"]
+
+    mix = _decode(client, variation["audio"]["wav"])
+    parts = {stem["name"]: _decode(client, stem["audio"]["wav"]) for stem in stems["stems"]}
+    for name, part in parts.items():
+        assert part.shape == mix.shape, name
+        assert float(np.sqrt(np.mean(part**2))) > 1e-3, f"{name} is silent"
+    total = sum(parts.values())
+    # 16-bit wav files: each of the five files is within half a step of its float value.
+    assert float(np.max(np.abs(total - mix))) <= 3.5 / 32768
+
+    # Every stem file is signed and names the stem, the model and the seed.
+    mp3 = client.get(stems["stems"][3]["audio"]["mp3"]).content
+    report = client.post("/v1/verify", files={"file": ("vocals.mp3", mp3)}).json()
+    assert report["c2pa"]["valid"] is True, report
+    generation = report["c2pa"]["manifest"]["generation"]
+    assert generation["stem"] == "vocals" and generation["stem_method"] == "exact"
+    assert generation["model_id"] == "sketch" and generation["seed"] == 11
+
+    ranged = client.get(stems["stems"][0]["audio"]["wav"], headers={"Range": "bytes=0-99"})
+    assert ranged.status_code == 206 and len(ranged.content) == 100
+
+    again = client.post(stems_url)  # already made: nothing is queued again
+    assert again.status_code == 200 and again.json()["status"] == "succeeded"
+    # A late subscriber gets the whole story, then the stream closes.
+    replayed = read_events(client, song_id, timeout_s=10)
+    assert [kind for _, kind, _ in replayed] == kinds
+
+
+def test_stems_requests_are_checked(deploy: DeployFn) -> None:
+    app = deploy()
+    client = app.client
+    song_id, _ = _song(client, {"style": "ambient", "duration_s": 5, "variations": 1})
+    out_of_range = client.post(f"/v1/songs/{song_id}/variations/3/stems")
+    assert out_of_range.status_code == 404
+    assert out_of_range.json()["error"]["field"] == "index"
+    assert client.post("/v1/songs/song_unknown/variations/0/stems").status_code == 404
+    not_made = client.get(f"/v1/songs/{song_id}/variations/0/stems/drums.wav")
+    assert not_made.status_code == 404
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    pytest.importorskip("diffusers")
+    pytest.importorskip("demucs")
+    from scripts.make_tiny_htdemucs import build_tiny_htdemucs
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    acestep = root / "acestep"
+    subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "make_tiny_acestep.py"), str(acestep)], check=True
+    )
+    return acestep, build_tiny_htdemucs(root / "htdemucs.th")
+
+
+def test_demucs_stems_of_an_ace_step_song(deploy: DeployFn, tiny_models: tuple[Path, Path]) -> None:
+    acestep, htdemucs = tiny_models
+    pool = {
+        "name": "DiT_CPU",
+        "model": "ace-step",
+        "ace_step": {"path": str(acestep), "device": "cpu", "dtype": "float32",
+                     "num_inference_steps": 2},
+        "deployment": {"num_replicas": 1, "max_ongoing_requests": 4, "actor": {"num_cpus": 0.5}},
+    }  # fmt: skip
+    app = deploy(
+        models={"auto_order": ["ace-step"], "pools": [pool]},
+        postprocess={
+            "formats": ["flac", "m4a"],
+            "stems": {"demucs_checkpoint": str(htdemucs), "device": "cpu"},
+        },
+        deployments={
+            "postprocess": {"num_replicas": 1, "max_ongoing_requests": 1,
+                            "actor": {"num_cpus": 0.25}},
+            "separator": {"num_replicas": 1, "max_ongoing_requests": 1,
+                          "actor": {"num_cpus": 0.25}},
+        },
+    )  # fmt: skip
+    client = app.client
+    song_id, variation = _song(
+        client, {"style": "synthwave", "duration_s": 6, "variations": 1, "seed": 5}
+    )
+    assert variation["model"] == "ace-step"
+    stems_url = f"/v1/songs/{song_id}/variations/0/stems"
+    assert client.post(stems_url).status_code == 202
+    stems = _wait_for_stems(client, stems_url)
+    assert stems["status"] == "succeeded", stems
+    assert stems["method"] == "htdemucs"
+    assert [stem["name"] for stem in stems["stems"]] == list(STEM_NAMES)
+    stages = {d["stage"] for _, k, d in read_events(client, song_id) if k == "stems_progress"}
+    assert stages == {"separating", "delivering"}
+
+    # Separated from the lossless flac: the flac stems add up to it.
+    mix = _decode(client, variation["audio"]["flac"])
+    parts = [_decode(client, stem["audio"]["flac"]) for stem in stems["stems"]]
+    assert all(part.shape == mix.shape for part in parts)
+    assert float(np.max(np.abs(sum(parts) - mix))) <= 3.5 / 32768
+
+    m4a = client.get(stems["stems"][0]["audio"]["m4a"]).content
+    report = client.post("/v1/verify", files={"file": ("drums.m4a", m4a)}).json()
+    assert report["c2pa"]["valid"] is True, report
+    generation = report["c2pa"]["manifest"]["generation"]
+    assert generation["stem"] == "drums" and generation["stem_method"] == "htdemucs"
+    assert generation["model_id"] == "ace-step" and generation["seed"] == 5
+
+
+def test_stems_need_a_separator_for_other_models(
+    deploy: DeployFn, tiny_models: tuple[Path, Path]
+) -> None:
+    acestep, _ = tiny_models
+    pool = {
+        "name": "DiT_CPU",
+        "model": "ace-step",
+        "ace_step": {"path": str(acestep), "device": "cpu", "dtype": "float32",
+                     "num_inference_steps": 2},
+        "deployment": {"num_replicas": 1, "max_ongoing_requests": 4, "actor": {"num_cpus": 0.5}},
+    }  # fmt: skip
+    app = deploy(models={"auto_order": ["ace-step"], "pools": [pool]})
+    song_id, _ = _song(app.client, {"style": "rock", "duration_s": 5, "variations": 1})
+    refused = app.client.post(f"/v1/songs/{song_id}/variations/0/stems")
+    assert refused.status_code == 409, refused.text
+    error = refused.json()["error"]
+    assert error["code"] == "stems_unavailable"
+    assert "postprocess.stems.demucs_checkpoint" in error["message"]
