@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from serve.jobs import JobRecord, SQLiteJobStore
+from serve.jobs import JobRecord, SQLiteJobStore, StemsRecord
 from tests.helpers import free_port
 
 APP_NAME = "songserve"
@@ -113,6 +113,32 @@ class Deployed:
         job = asyncio.run(read())
         assert job is not None
         return job
+
+    def stems(self, song_id: str, index: int) -> StemsRecord:
+        """A variation's stems job as stored (attempts and lease included)."""
+
+        async def read() -> StemsRecord | None:
+            store = SQLiteJobStore(self.data_dir / "jobs.db")
+            try:
+                return await store.get_stems(song_id, index)
+            finally:
+                await store.close()
+
+        record = asyncio.run(read())
+        assert record is not None
+        return record
+
+
+def kill_replicas(deployment: str) -> int:
+    """Kill every replica actor of a deployment of the app, as a crash would (no clean-up)."""
+    import ray
+
+    killed = 0
+    for actor in ray.util.list_named_actors(all_namespaces=True):
+        if f"{APP_NAME}#{deployment}#" in actor["name"]:
+            ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]), no_restart=True)
+            killed += 1
+    return killed
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from ray import serve
 from pipeline.encode import decode_audio
 from tests.helpers import read_events, wait_for_song
 
-from .conftest import APP_NAME, Deployed
+from .conftest import APP_NAME, Deployed, kill_replicas
 
 pytestmark = pytest.mark.integration
 
@@ -157,18 +157,6 @@ _ONE_DECODER = {
 }
 
 
-def _kill_replicas(deployment: str) -> int:
-    """Kill every replica actor of a deployment of the app, as a crash would (no clean-up)."""
-    import ray
-
-    killed = 0
-    for actor in ray.util.list_named_actors(all_namespaces=True):
-        if f"{APP_NAME}#{deployment}#" in actor["name"]:
-            ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]), no_restart=True)
-            killed += 1
-    return killed
-
-
 def _start_song_and_wait_for_first_variation(app: Deployed) -> tuple[str, dict[int, dict]]:
     """A 2-variation song on one decoder replica, so the variations render one after the other;
     returns once the first is stored, while the second renders."""
@@ -202,14 +190,14 @@ def _assert_resumed(app: Deployed, song_id: str, done_before: dict[int, dict]) -
 def test_a_job_survives_its_conductor_dying(deploy: DeployFn) -> None:
     app = deploy(models=_ONE_DECODER)
     song_id, done_before = _start_song_and_wait_for_first_variation(app)
-    assert _kill_replicas("Conductor") == 1  # Serve replaces the replica; the job must go on
+    assert kill_replicas("Conductor") == 1  # Serve replaces the replica; the job must go on
     _assert_resumed(app, song_id, done_before)
 
 
 def test_unfinished_jobs_resume_when_the_app_restarts(deploy: DeployFn) -> None:
     app = deploy(models=_ONE_DECODER)
     song_id, done_before = _start_song_and_wait_for_first_variation(app)
-    assert _kill_replicas("Conductor") == 1
+    assert kill_replicas("Conductor") == 1
     serve.delete(APP_NAME)  # the whole graph goes away with the job unfinished
     stranded = app.job(song_id)
     assert stranded.status == "running" and stranded.attempts == 1

@@ -24,7 +24,7 @@ import pytest
 from pipeline.stems import STEM_NAMES
 from tests.helpers import REPO, read_events, wait_for_song
 
-from .conftest import Deployed
+from .conftest import Deployed, kill_replicas
 
 pytestmark = pytest.mark.integration
 
@@ -117,6 +117,32 @@ def test_sketch_stems_add_up_to_the_song(deploy: DeployFn) -> None:
     # A late subscriber gets the whole story, then the stream closes.
     replayed = read_events(client, song_id, timeout_s=10)
     assert [kind for _, kind, _ in replayed] == kinds
+
+
+def test_a_stems_job_survives_its_conductor_dying(deploy: DeployFn) -> None:
+    app = deploy(postprocess={"formats": ["wav"]})
+    client = app.client
+    song_id, _ = _song(
+        client,
+        {"style": "synthwave", "instrumental": True, "duration_s": 90, "variations": 1, "seed": 4},
+    )
+    stems_url = f"/v1/songs/{song_id}/variations/0/stems"
+    assert client.post(stems_url).status_code == 202
+    deadline = time.monotonic() + 60
+    while True:  # kill it while the stems are being made
+        stems = client.get(stems_url).json()
+        if stems["status"] == "running" and stems["progress"] > 0:
+            break
+        assert stems["status"] in ("queued", "running"), stems
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert kill_replicas("Conductor") == 1  # Serve replaces it; the stems job must go on
+
+    stems = _wait_for_stems(client, stems_url, timeout_s=180)
+    assert stems["status"] == "succeeded", stems
+    assert app.stems(song_id, 0).attempts == 2  # taken over once, after its lease expired
+    statuses = [d["status"] for _, k, d in read_events(client, song_id) if k == "stems"]
+    assert statuses == ["queued", "running", "running", "succeeded"]
 
 
 def test_stems_requests_are_checked(deploy: DeployFn) -> None:

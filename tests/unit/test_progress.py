@@ -1,0 +1,70 @@
+"""`with_progress`: a worker thread's progress reaches the event loop in order, then the result."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from deployments.progress import Finished, ProgressCallback, with_progress
+
+
+def _collect(work: Any) -> list[Any]:
+    async def run() -> list[Any]:
+        return [item async for item in with_progress(work)]
+
+    return asyncio.run(run())
+
+
+def test_reports_arrive_in_order_then_the_result() -> None:
+    loop_thread = threading.get_ident()
+    ran_on: list[int] = []
+
+    def work(on_progress: ProgressCallback) -> str:
+        ran_on.append(threading.get_ident())
+        for step in range(1, 6):
+            time.sleep(0.01 if step % 2 else 0)
+            on_progress(step, 5)
+        return "made"
+
+    items = _collect(work)
+    assert items == [(1, 5), (2, 5), (3, 5), (4, 5), (5, 5), Finished("made")]
+    assert ran_on != [loop_thread]  # the loop stayed free
+
+
+def test_the_loop_keeps_running_while_the_work_runs() -> None:
+    async def run() -> int:
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        ticker = asyncio.create_task(tick())
+        async for _ in with_progress(lambda _: time.sleep(0.3)):
+            pass
+        ticker.cancel()
+        return ticks
+
+    assert asyncio.run(run()) >= 5
+
+
+def test_the_work_s_exception_propagates_after_its_reports() -> None:
+    seen: list[Any] = []
+
+    def work(on_progress: ProgressCallback) -> None:
+        on_progress(1, 2)
+        raise ValueError("broken model")
+
+    async def run() -> None:
+        async for item in with_progress(work):
+            seen.append(item)
+
+    with pytest.raises(ValueError, match="broken model"):
+        asyncio.run(run())
+    assert seen == [(1, 2)]
