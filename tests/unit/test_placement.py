@@ -180,5 +180,8 @@ def test_checked_in_cluster_configs_place_on_the_clusters_they_describe() -> Non
         "DiT_MPS": "no node is labelled pool=mac (nodes labelled pool: cuda)"
     }
     deployments = config.deployments
-    for options in (deployments.api, deployments.conductor, deployments.router):
+    for options in (deployments.api, deployments.conductor, deployments.router, deployments.stems):
         assert ids(matching_nodes(options.actor, cluster)) == ["head"]
+    # Demucs goes to the A100 node (a Mac advertises a GPU too: the pins keep it off).
+    assert config.postprocess.stems.demucs_checkpoint is not None
+    assert ids(matching_nodes(deployments.separator.actor, cluster)) == [A100.node_id]
