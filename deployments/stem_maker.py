@@ -18,6 +18,7 @@ object store under deterministic keys next to the variation's files, so a retrie
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -108,8 +109,6 @@ class StemMaker:
     async def make(self, task: StemsTask) -> AsyncIterator[StemsProgress | MadeStems]:
         """Stream progress, then the stored stems. Raises StemsUnavailable when the variation's
         stems cannot be made on this server."""
-        import asyncio
-
         timings: dict[str, float] = {}
         stems: dict[str, np.ndarray] = {}
         started = time.perf_counter()
@@ -152,10 +151,10 @@ class StemMaker:
                     self._thread, self._deliver, task, name, stems.pop(name), method, timings
                 )
             )
-        started = time.perf_counter()
-        objects: dict[str, dict[str, str]] = {}
         from pipeline.encode import CONTENT_TYPES
 
+        started = time.perf_counter()
+        objects: dict[str, dict[str, str]] = {}
         for name, files, _, _ in delivered:
             objects[name] = {}
             for fmt, data in files.items():
@@ -214,8 +213,6 @@ class StemMaker:
 
     async def _delivered_audio(self, task: StemsTask) -> np.ndarray:
         """The variation as delivered (mastered, watermarked), decoded from its best file."""
-        import asyncio
-
         from pipeline.encode import decode_audio
 
         fmt = next((f for f in _SOURCE_FORMATS if f in task.objects), None)

@@ -4,7 +4,9 @@ Runs each stage the PostProcessor runs, on this machine, on a `--seconds` (defau
 48 kHz `sketch` song: loudness + limiter, AudioSeal watermark (its published 16-bit architecture
 built from the card config with random weights — compute does not depend on weight values), each
 encoder, C2PA signing of each format (a development chain), HLS packaging from the m4a, waveform
-peaks, and Demucs htdemucs (its default architecture, random weights) for stems on demand.
+peaks, and for stems on demand: the exact stems of a sketch song (rendered again, mastered with
+the song's gain curve) and Demucs htdemucs (its default architecture, random weights). Each stem
+is then delivered like a song: four times the encode and sign rows of the formats served.
 
     python scripts/bench_postprocess.py [--seconds 180] [--threads 1] [--skip-demucs]
 
@@ -83,9 +85,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(options.threads)
     sample_rate = 48_000
-    song = render_sketch(
-        normalize_style("indie pop, upbeat"), [], options.seconds, 7, instrumental=True
-    ).mix
+    style = normalize_style("indie pop, upbeat")
+    song = render_sketch(style, [], options.seconds, 7, instrumental=True).mix
     rows: list[tuple[str, float]] = []
 
     mastered = _timed(
@@ -117,6 +118,21 @@ def main(argv: list[str] | None = None) -> int:
             data, fmt, credentials, signer))  # type: ignore[arg-type]  # fmt: skip
     _timed("hls (from the m4a)", rows, lambda: hls_from_m4a(files["m4a"]))
     _timed("peaks", rows, lambda: peaks_document(audio, sample_rate, 480))
+
+    def exact_stems() -> Any:
+        # What StemMaker does for a sketch song before delivery: render again, master, split.
+        import numpy as np
+
+        from pipeline.stems import sketch_stems
+
+        render = render_sketch(style, [], options.seconds, 7, instrumental=True)
+        gain = normalize_loudness(render.mix, sample_rate, target_lufs=-14.0).gain
+        return {
+            name: np.multiply(stem, gain, dtype=np.float32)
+            for name, stem in sketch_stems(render, instrumental=True).items()
+        }
+
+    _timed("sketch stems, exact (render again, master, split)", rows, exact_stems)
     if not options.skip_demucs:
         from demucs.apply import apply_model
         from demucs.htdemucs import HTDemucs

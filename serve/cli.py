@@ -159,17 +159,61 @@ def cmd_generate(args: argparse.Namespace) -> int:
             url = variation["audio"].get(fmt)
             if url is None:
                 raise CliError(f"the server does not produce {fmt} files")
-            with client.stream("GET", url) as response, path.open("wb") as handle:
-                if response.status_code >= 400:
-                    response.read()
-                    _check(response)
-                for chunk in response.iter_bytes():
-                    handle.write(chunk)
+            _download(client, url, path)
             print(
                 f"{path}  variation {variation['index']}  {variation['duration_s']:.1f} s  "
                 f"{variation['loudness_lufs']:.1f} LUFS  seed {variation['seed']}  "
                 f"{variation['model']} {variation['model_version']}"
             )
+    return 0
+
+
+def _download(client: httpx.Client, url: str, path: Path) -> None:
+    with client.stream("GET", url) as response:
+        if response.status_code >= 400:
+            response.read()
+            _check(response)
+        with path.open("wb") as handle:
+            for chunk in response.iter_bytes():
+                handle.write(chunk)
+
+
+def cmd_stems(args: argparse.Namespace) -> int:
+    """Ask for a variation's stems, follow their progress, download them."""
+    fmt = args.format
+    out_dir = Path(args.out_dir)
+    stems_path = f"/v1/songs/{args.song_id}/variations/{args.variation}/stems"
+    with _client(args) as client:
+        stems = _check(client.post(stems_path))
+        if stems["status"] != "succeeded":
+            print(f"stems of {args.song_id} variation {args.variation} {stems['status']}",
+                  file=sys.stderr)  # fmt: skip
+            bar = ProgressBar()
+            with client.stream("GET", f"/v1/songs/{args.song_id}/events", timeout=None) as stream:
+                if stream.status_code >= 400:
+                    stream.read()
+                    _check(stream)
+                for event_type, data in iter_sse(stream.iter_lines()):
+                    if data.get("variation") != args.variation:
+                        continue
+                    if event_type == "stems_progress":
+                        label = f"stems: {data['stage']} {data['step']}/{data['steps']}"
+                        bar.show(data["progress"], label)
+                    elif event_type == "stems" and data["status"] in ("succeeded", "failed"):
+                        break
+            bar.done()
+            stems = _check(client.get(stems_path))
+        if stems["status"] != "succeeded":
+            message = (stems.get("error") or {}).get("message", "no outcome")
+            raise CliError(f"the stems failed: {message}")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for stem in stems["stems"]:
+            url = stem["audio"].get(fmt)
+            if url is None:
+                raise CliError(f"the server does not produce {fmt} files")
+            path = out_dir / f"{stem['name']}.{fmt}"
+            _download(client, url, path)
+            print(f"{path}  {stem['name']}  {stem['loudness_lufs']:.1f} LUFS  {stems['method']}")
     return 0
 
 
@@ -339,6 +383,15 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="print a song's status as JSON")
     status.add_argument("song_id")
     status.set_defaults(handler=cmd_status)
+
+    stems = commands.add_parser(
+        "stems", help="make a variation's stems (drums, bass, other, vocals) and download them"
+    )
+    stems.add_argument("song_id")
+    stems.add_argument("--variation", type=int, default=0, help="which variation (from 0)")
+    stems.add_argument("--format", choices=("m4a", "mp3", "wav", "flac"), default="wav")
+    stems.add_argument("--out-dir", default="stems", help="where NAME.FORMAT files go")
+    stems.set_defaults(handler=cmd_stems)
 
     certs = commands.add_parser("certs", help="C2PA signing certificates")
     certs_commands = certs.add_subparsers(dest="certs_command", required=True)

@@ -344,3 +344,27 @@ def test_cli_generate_writes_playable_files(server: str, tmp_path: Path) -> None
         timeout=60,
     )
     assert status.returncode == 1 and "no song with id" in status.stderr
+
+
+def test_songserve_stems_downloads_stems_that_add_up_to_the_song(
+    server: str, client: httpx.Client, tmp_path: Path
+) -> None:
+    song_id = client.post(
+        "/v1/songs", json={"style": "reggae", "duration_s": 10, "variations": 1, "seed": 21}
+    ).json()["id"]
+    variation = wait_for_song(client, song_id)["variations"][0]
+    out_dir = tmp_path / "stems"
+    songserve = str(Path(sys.executable).with_name("songserve"))
+    command = [songserve, "--url", server, "stems", song_id, "--format", "wav",
+               "--out-dir", str(out_dir)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert "exact" in done.stdout
+    names = sorted(path.stem for path in out_dir.glob("*.wav"))
+    assert names == ["bass", "drums", "other", "vocals"]
+    mix, _ = decode_audio(client.get(variation["audio"]["wav"]).content)
+    total = sum(decode_audio((out_dir / f"{name}.wav").read_bytes())[0] for name in names)
+    assert float(np.max(np.abs(total - mix))) <= 3.5 / 32768
+    # Asked again: the stems exist, nothing is made twice.
+    again = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stderr
