@@ -505,7 +505,7 @@ class Conductor:
                 "render_finished_at": rendered.render_finished_at,
                 "postprocess_s": processed.timings_s,
                 "provenance": processed.provenance,
-                "audio_sha256": processed.audio_sha256,
+                "fingerprint": processed.fingerprint,
             },
             error=None,
         )
@@ -602,5 +602,5 @@ def _stems_task(job: JobRecord, index: int) -> StemsTask:
         loudness_lufs=float(request["loudness_lufs"]),
         objects={k: v for k, v in variation.objects.items() if k in ("wav", "flac", "m4a", "mp3")},
         provenance=_provenance(job.id, index, seed, lora.get("id"), request),
-        audio_sha256=variation.render.get("audio_sha256"),
+        fingerprint=variation.render.get("fingerprint"),
     )

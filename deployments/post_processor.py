@@ -41,15 +41,6 @@ if TYPE_CHECKING:
     from .song_models import RenderedSong
 
 
-def audio_sha256(audio: np.ndarray) -> str:
-    """SHA-256 of a float32 render's samples: the same song rendered again hashes the same."""
-    import hashlib
-
-    import numpy as np
-
-    return hashlib.sha256(np.ascontiguousarray(audio, dtype=np.float32).tobytes()).hexdigest()
-
-
 @dataclass(frozen=True)
 class Provenance:
     """Who made a variation, for its content credentials. `prompt_sha256` is the SHA-256 of the
@@ -71,7 +62,8 @@ class ProcessedVariation:
     objects: dict[str, str]  # format / "peaks" / "hls" → object key
     timings_s: dict[str, float] = field(default_factory=dict)
     provenance: dict[str, object] = field(default_factory=dict)  # watermark and c2pa status
-    audio_sha256: str | None = None  # of the raw render, so an exact re-render can be checked
+    # Of the raw render (`pipeline.stems.render_fingerprint`): exact stems are checked against it.
+    fingerprint: list[float] = field(default_factory=list)
 
 
 class DeliveryChain:
@@ -179,6 +171,7 @@ class PostProcessor:
         from pipeline.encode import CONTENT_TYPES
         from pipeline.loudness import normalize_loudness
         from pipeline.peaks import peaks_document
+        from pipeline.stems import render_fingerprint
 
         timings: dict[str, float] = {}
         started = time.perf_counter()
@@ -243,7 +236,7 @@ class PostProcessor:
             objects={},
             timings_s=timings,
             provenance={"watermark": watermark, "c2pa": signed},
-            audio_sha256=audio_sha256(rendered.audio),
+            fingerprint=render_fingerprint(rendered.audio, rendered.sample_rate),
         )
         return artefacts, summary
 

@@ -4,9 +4,9 @@ Where the four stems (`pipeline.stems.STEM_NAMES`) come from depends on the mode
 song:
 
 - **sketch** renders each part on its own track, so its stems are exact: the variation is
-  rendered again from its stored seed, tags and lyrics (checked against the hash of the original
-  render), and each stem gets the very gain curve that mastered the mix — so the mastered stems
-  sum to the delivered song, sample for sample (before any watermark);
+  rendered again from its stored seed, tags and lyrics (checked against a fingerprint of the
+  original render), and each stem gets the very gain curve that mastered the mix — so the
+  mastered stems sum to the delivered song, sample for sample (before any watermark);
 - **every other model** is separated by htdemucs on the `StemSeparator` replicas (GPU nodes where
   the operator put them) from the delivered master, read back losslessly when the server keeps
   wav or flac; the stems then sum to that master.
@@ -33,7 +33,6 @@ from .post_processor import (
     DeliveryChain,
     Provenance,
     add_elapsed,
-    audio_sha256,
     song_credentials,
 )
 from .progress import Finished, ProgressCallback, with_progress
@@ -69,7 +68,7 @@ class StemsTask:
     loudness_lufs: float  # the mastering target the song was made with
     objects: dict[str, str]  # the variation's files: format → object key
     provenance: Provenance
-    audio_sha256: str | None = None  # of the original render (sketch stems check against it)
+    fingerprint: list[float] | None = None  # of the original render (exact stems check it)
 
 
 @dataclass(frozen=True)
@@ -177,7 +176,7 @@ class StemMaker:
 
         from pipeline.loudness import normalize_loudness
         from pipeline.sketch import SKETCH_VERSION, render_sketch
-        from pipeline.stems import sketch_stems
+        from pipeline.stems import render_fingerprint, same_render, sketch_stems
 
         if task.model_version != SKETCH_VERSION:
             raise StemsUnavailable(
@@ -194,7 +193,9 @@ class StemMaker:
             sample_rate=task.sample_rate,
             on_progress=on_progress,
         )
-        if task.audio_sha256 is not None and audio_sha256(render.mix) != task.audio_sha256:
+        if task.fingerprint and not same_render(
+            render_fingerprint(render.mix, task.sample_rate), task.fingerprint
+        ):
             raise StemsUnavailable(
                 f"rendering variation {task.index} again did not reproduce its audio (the sketch "
                 "model's output changed without a version bump), so its exact stems are lost"

@@ -143,3 +143,35 @@ def complete_to_mix(
     completed = {name: np.asarray(stem, dtype=np.float32) for name, stem in stems.items()}
     completed[residual_stem] = (np.asarray(mix, dtype=np.float64) - claimed).astype(np.float32)
     return completed
+
+
+FINGERPRINT_BLOCK_S = 1.0
+"""Length of the blocks `render_fingerprint` measures."""
+
+
+def render_fingerprint(audio: np.ndarray, sample_rate: int) -> list[float]:
+    """RMS of each `FINGERPRINT_BLOCK_S` block of `audio` `[channels, n]` (all channels), as a
+    plain list: a compact record of a render that a later render of the same song can be checked
+    against with `same_render`. (Not a hash: float rounding that differs between machines must
+    not make two renders of one song look different.)"""
+    if sample_rate <= 0:
+        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+    block = max(1, round(FINGERPRINT_BLOCK_S * sample_rate))
+    samples = np.asarray(audio, dtype=np.float64)
+    n_blocks = -(-samples.shape[-1] // block)
+    padded = np.zeros((*samples.shape[:-1], n_blocks * block))
+    padded[..., : samples.shape[-1]] = samples
+    blocks = padded.reshape(-1, n_blocks, block)
+    return [float(x) for x in np.sqrt(np.mean(np.square(blocks), axis=(0, 2)))]
+
+
+def same_render(fingerprint: list[float], other: list[float], tolerance: float = 1e-4) -> bool:
+    """Whether two `render_fingerprint`s are of the same audio: same length, and every block
+    within `tolerance` of the louder block of the pair (relative), or of full scale for blocks
+    quieter than that."""
+    if len(fingerprint) != len(other):
+        return False
+    return all(
+        abs(a - b) <= tolerance * max(abs(a), abs(b), 1e-3)
+        for a, b in zip(fingerprint, other, strict=True)
+    )

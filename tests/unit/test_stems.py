@@ -14,20 +14,25 @@ from types import ModuleType
 import numpy as np
 import pytest
 
+from deployments.post_processor import Provenance
+from deployments.stem_maker import StemMaker, StemsTask, StemsUnavailable
 from deployments.stem_separator import DemucsSeparator, pick_device
+from pipeline.loudness import normalize_loudness
 from pipeline.lyrics import LyricSection
-from pipeline.sketch import SketchRender, render_sketch
+from pipeline.sketch import SKETCH_VERSION, SketchRender, render_sketch
 from pipeline.stems import (
     MODEL_SAMPLE_RATE,
     STEM_NAMES,
     complete_to_mix,
     from_model_rate,
+    render_fingerprint,
     resampled_length,
+    same_render,
     sketch_stems,
     to_model_rate,
 )
 from pipeline.tags import StyleTags
-from serve.config import StemsConfig
+from serve.config import PostProcessConfig, StemsConfig, StorageConfig
 
 SAMPLE_RATE = 48_000
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,6 +107,68 @@ def test_sketch_stems_need_the_sketch_tracks(sung: SketchRender) -> None:
     partial = SketchRender(sung.sample_rate, sung.mix, {"drums": sung.stems["drums"]})
     with pytest.raises(ValueError, match="harmony"):
         sketch_stems(partial)
+
+
+# --- render fingerprints and the StemMaker's exact stems ----------------------------------------
+
+
+def test_fingerprints_tell_renders_apart_but_not_rounding(sung: SketchRender) -> None:
+    fingerprint = render_fingerprint(sung.mix, SAMPLE_RATE)
+    assert len(fingerprint) == 8  # one block a second
+    assert same_render(fingerprint, render_fingerprint(_render().mix, SAMPLE_RATE))
+    rounding = sung.mix + np.float32(3e-7) * np.sign(sung.mix)  # what another CPU might give
+    assert same_render(fingerprint, render_fingerprint(rounding, SAMPLE_RATE))
+    other_seed = render_sketch(
+        StyleTags(genre="pop", subgenre=None, family="pop", bpm=110, key="C major"),
+        LYRICS, 8.0, 4,
+    )  # fmt: skip
+    assert not same_render(fingerprint, render_fingerprint(other_seed.mix, SAMPLE_RATE))
+    assert not same_render(fingerprint, fingerprint[:-1])
+
+
+def _stem_maker(tmp_path: Path) -> StemMaker:
+    config = PostProcessConfig.model_validate({"c2pa": {"enabled": False}})
+    storage = StorageConfig(storage_url=f"file://{tmp_path}/objects")
+    return StemMaker(config, storage)
+
+
+def _task(render: SketchRender, **changes: object) -> StemsTask:
+    fields: dict[str, object] = {
+        "job_id": "song_x",
+        "index": 0,
+        "model": "sketch",
+        "model_version": SKETCH_VERSION,
+        "sample_rate": SAMPLE_RATE,
+        "seed": 3,
+        "duration_s": 8.0,
+        "tags": StyleTags(genre="pop", subgenre=None, family="pop", bpm=110, key="C major"),
+        "sections": LYRICS,
+        "instrumental": False,
+        "loudness_lufs": -9.0,  # loud: the limiter shapes the gain curve
+        "objects": {},
+        "provenance": Provenance("t", 3, "0" * 64, "2026-11-21T00:00:00+00:00"),
+        "fingerprint": render_fingerprint(render.mix, SAMPLE_RATE),
+    }
+    return StemsTask(**{**fields, **changes})  # type: ignore[arg-type]
+
+
+def test_exact_stems_are_mastered_with_the_song_s_gain_curve(
+    sung: SketchRender, tmp_path: Path
+) -> None:
+    stems = _stem_maker(tmp_path)._exact_stems(_task(sung), lambda step, steps: None)
+    assert tuple(stems) == STEM_NAMES
+    mastered = normalize_loudness(sung.mix, SAMPLE_RATE, target_lufs=-9.0)
+    assert float(mastered.gain.max() - mastered.gain.min()) > 0.01  # not a plain scale
+    total = sum(stems.values(), np.zeros_like(sung.mix))
+    assert float(np.max(np.abs(total - mastered.audio))) <= 1e-6
+
+
+def test_exact_stems_refuse_a_render_that_changed(sung: SketchRender, tmp_path: Path) -> None:
+    maker = _stem_maker(tmp_path)
+    with pytest.raises(StemsUnavailable, match="did not reproduce"):
+        maker._exact_stems(_task(sung, seed=4), lambda step, steps: None)
+    with pytest.raises(StemsUnavailable, match=r"sketch 0\.9"):
+        maker._exact_stems(_task(sung, model_version="0.9"), lambda step, steps: None)
 
 
 # --- resampling and the residual ---------------------------------------------------------------
