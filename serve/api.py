@@ -17,7 +17,7 @@ import json
 import logging
 import re
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .config import LORA_MODELS
-from .jobs import JobRecord, StemsRecord, VariationRecord, open_job_store
+from .jobs import EventRecord, JobRecord, StemsRecord, VariationRecord, open_job_store
 from .loras import LoraInfo, LoraRegistry, LoraValidator
 from .objects import open_object_store
 from .schemas import (
@@ -505,7 +505,7 @@ class SongAPI:
             return False
         return not any(stems.is_active for stems in await self._jobs.list_stems(job_id))
 
-    def _event_out(self, job_id: str, event: Any) -> dict[str, Any]:
+    def _event_out(self, job_id: str, event: EventRecord) -> dict[str, Any]:
         """An event's data as clients see it: object keys become URLs."""
         data: dict[str, Any] = event.data
         if event.type == "variation":
@@ -613,7 +613,9 @@ class SongAPI:
 
     # -- stems ------------------------------------------------------------------------------------
 
-    def _stem_urls(self, job_id: str, index: int, name: str, formats: Any) -> dict[str, str]:
+    def _stem_urls(
+        self, job_id: str, index: int, name: str, formats: Iterable[str]
+    ) -> dict[str, str]:
         prefix = f"/v1/songs/{job_id}/variations/{index}/stems"
         return {fmt: self._url(f"{prefix}/{name}.{fmt}") for fmt in formats}
 
