@@ -31,6 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .config import LORA_MODELS
 from .jobs import EventRecord, JobRecord, StemsRecord, VariationRecord, open_job_store
 from .loras import LoraInfo, LoraRegistry, LoraValidator
+from .media_urls import MediaUrlSigner, sign_playlist
 from .objects import open_object_store
 from .schemas import (
     LoraList,
@@ -232,6 +233,7 @@ class SongAPI:
             # Registering validates each file against the base checkpoint: do it off the
             # constructor so the replica comes up at once.
             self._preloading = asyncio.get_running_loop().create_task(self._preload_loras())
+        self._media_signer = _media_signer(config)
         # Keys are compared by hash so the owner id stored with jobs never reveals a key.
         self._api_key_hashes = frozenset(
             hashlib.sha256(key.get_secret_value().encode()).hexdigest()
@@ -277,13 +279,39 @@ class SongAPI:
         base = self._config.api.public_base_url
         return f"{base.rstrip('/')}{path}" if base else path
 
-    def _variation_out(self, job_id: str, variation: VariationRecord) -> VariationOut:
+    def _media_url(self, path: str, owner: str) -> str:
+        """A link to a file of `owner`'s, signed when the API needs keys (see serve.media_urls)."""
+        url = self._url(path)
+        if self._media_signer is None:
+            return url
+        return f"{url}?{self._media_signer.query(path, owner)}"
+
+    def media_owner(self, request: Request) -> str:
+        """The owner of a request for a media file: by a signed link, or as `owner` decides."""
+        signer = self._media_signer
+        if signer is None or "sig" not in request.query_params:
+            return self.owner(request)
+        root = request.scope.get("root_path", "")
+        path = request.url.path.removeprefix(root) if root else request.url.path
+        owner = signer.owner_of(path, request.query_params)
+        if owner is None:
+            raise ApiError(
+                403,
+                "invalid_signature",
+                "this link has expired or was altered: get fresh links from the song (or send "
+                "`Authorization: Bearer <api key>`)",
+                "sig",
+            )
+        return owner
+
+    def _variation_out(self, job_id: str, owner: str, variation: VariationRecord) -> VariationOut:
         prefix = f"/v1/songs/{job_id}/variations/{variation.index}"
         audio: dict[str, str] = {
-            fmt: self._url(f"{prefix}/audio.{fmt}")
+            fmt: self._media_url(f"{prefix}/audio.{fmt}", owner)
             for fmt in self._config.postprocess.formats
             if fmt in variation.objects
         }
+        has = variation.objects.__contains__
         return VariationOut(
             index=variation.index,
             status=variation.status,  # type: ignore[arg-type]
@@ -295,8 +323,8 @@ class SongAPI:
             loudness_lufs=variation.loudness_lufs,
             true_peak_dbtp=variation.true_peak_dbtp,
             audio=audio,
-            peaks=self._url(f"{prefix}/peaks") if "peaks" in variation.objects else None,
-            hls=self._url(f"{prefix}/hls/index.m3u8") if "hls" in variation.objects else None,
+            peaks=self._media_url(f"{prefix}/peaks", owner) if has("peaks") else None,
+            hls=self._media_url(f"{prefix}/hls/index.m3u8", owner) if has("hls") else None,
             provenance=variation.render.get("provenance"),
             error=variation.error,
         )
@@ -315,7 +343,7 @@ class SongAPI:
             lyrics_source=job.lyrics_source,  # type: ignore[arg-type]
             tags=tags,
             error=job.error,  # type: ignore[arg-type]
-            variations=[self._variation_out(job.id, v) for v in job.variations],
+            variations=[self._variation_out(job.id, job.owner, v) for v in job.variations],
         )
 
     async def _check_song_request(self, body: SongRequest) -> SongRequest:
@@ -463,9 +491,9 @@ class SongAPI:
         """SSE frames of a song's events after `after`; ends once the song is done (or failed)
         and none of its stems jobs is still queued or running."""
         await self._owned_job(song_id, owner)  # 404 before the stream starts
-        return self._event_frames(song_id, after)
+        return self._event_frames(song_id, owner, after)
 
-    async def _event_frames(self, job_id: str, after: int) -> AsyncIterator[str]:
+    async def _event_frames(self, job_id: str, owner: str, after: int) -> AsyncIterator[str]:
         config = self._config.api
         loop = asyncio.get_running_loop()
         last_write = last_status_check = loop.time()
@@ -474,7 +502,7 @@ class SongAPI:
             events = await self._jobs.events_after(job_id, after)
             something_ended = False
             for event in events:
-                yield _format_sse(event.seq, event.type, self._event_out(job_id, event))
+                yield _format_sse(event.seq, event.type, self._event_out(job_id, owner, event))
                 after = event.seq
                 last_write = loop.time()
                 something_ended |= event.type in _TERMINAL_EVENTS or (
@@ -505,17 +533,18 @@ class SongAPI:
             return False
         return not any(stems.is_active for stems in await self._jobs.list_stems(job_id))
 
-    def _event_out(self, job_id: str, event: EventRecord) -> dict[str, Any]:
+    def _event_out(self, job_id: str, owner: str, event: EventRecord) -> dict[str, Any]:
         """An event's data as clients see it: object keys become URLs."""
         data: dict[str, Any] = event.data
         if event.type == "variation":
-            return self._variation_out(job_id, VariationRecord(**data)).model_dump(mode="json")
+            variation = VariationRecord(**data)
+            return self._variation_out(job_id, owner, variation).model_dump(mode="json")
         if event.type == "stems" and "stems" in data:
             index = data["variation"]
             return {
                 **data,
                 "stems": [
-                    {"name": name, "audio": self._stem_urls(job_id, index, name, formats)}
+                    {"name": name, "audio": self._stem_urls(job_id, owner, index, name, formats)}
                     for name, formats in data["stems"].items()
                 ],
             }
@@ -576,11 +605,14 @@ class SongAPI:
             raise ApiError(
                 404, "not_found", f"variation {index} has no HLS file {name}", "name"
             ) from None
-        return Response(
-            data,
-            media_type=hls_content_type(name),
-            headers={"Cache-Control": "private, max-age=31536000, immutable"},
-        )
+        cache = "private, max-age=31536000, immutable"
+        if self._media_signer is not None and name.endswith(".m3u8"):
+            # Players drop the playlist's query when they resolve its segment URIs: each URI
+            # gets the rendition's signature written in, and the playlist lives as long as it.
+            path = f"/v1/songs/{job.id}/variations/{index}/hls/{name}"
+            data = sign_playlist(data, self._media_signer.query(path, owner))
+            cache = "private, max-age=300"
+        return Response(data, media_type=hls_content_type(name), headers={"Cache-Control": cache})
 
     async def peaks(self, song_id: str, index: int, owner: str) -> bytes:
         job = await self._owned_job(song_id, owner)
@@ -614,12 +646,12 @@ class SongAPI:
     # -- stems ------------------------------------------------------------------------------------
 
     def _stem_urls(
-        self, job_id: str, index: int, name: str, formats: Iterable[str]
+        self, job_id: str, owner: str, index: int, name: str, formats: Iterable[str]
     ) -> dict[str, str]:
         prefix = f"/v1/songs/{job_id}/variations/{index}/stems"
-        return {fmt: self._url(f"{prefix}/{name}.{fmt}") for fmt in formats}
+        return {fmt: self._media_url(f"{prefix}/{name}.{fmt}", owner) for fmt in formats}
 
-    def _stems_out(self, record: StemsRecord) -> StemsOut:
+    def _stems_out(self, record: StemsRecord, owner: str) -> StemsOut:
         loudness = record.info.get("loudness_lufs", {})
         return StemsOut(
             song_id=record.job_id,
@@ -630,7 +662,7 @@ class SongAPI:
             stems=[
                 StemOut(
                     name=name,
-                    audio=self._stem_urls(record.job_id, record.index, name, files),
+                    audio=self._stem_urls(record.job_id, owner, record.index, name, files),
                     loudness_lufs=loudness.get(name),
                 )
                 for name, files in record.objects.items()
@@ -675,11 +707,11 @@ class SongAPI:
         record, created = await self._jobs.request_stems(job.id, index)
         if created:
             self._conductor.wake.remote()  # fire and forget: polling picks the job up anyway
-        return self._stems_out(record)
+        return self._stems_out(record, owner)
 
     async def get_stems(self, song_id: str, index: int, owner: str) -> StemsOut:
         job = await self._owned_job(song_id, owner)
-        return self._stems_out(await self._stems_record(job, index))
+        return self._stems_out(await self._stems_record(job, index), owner)
 
     async def _stems_record(self, job: JobRecord, index: int) -> StemsRecord:
         record = await self._jobs.get_stems(job.id, index)
@@ -844,6 +876,18 @@ class SongAPI:
                 )
 
 
+def _media_signer(config: AppConfig) -> MediaUrlSigner | None:
+    """The signer of media links, or None when the API takes no keys (loopback only)."""
+    auth = config.auth
+    if not auth.api_keys:
+        return None
+    if auth.media_url_secret is not None:
+        secret = auth.media_url_secret.get_secret_value().encode()
+        return MediaUrlSigner(secret, auth.media_url_ttl_s)
+    keys = [key.get_secret_value() for key in auth.api_keys]
+    return MediaUrlSigner.derived_from_keys(keys, auth.media_url_ttl_s)
+
+
 def _tags_out(tags: dict[str, Any]) -> TagsOut:
     """The HTTP shape of StyleTags (`family` is internal to the song models), with the forms
     each song model takes."""
@@ -937,7 +981,7 @@ async def variation_audio(
         song_id,
         index,
         fmt,
-        api.owner(request),
+        api.media_owner(request),
         request.headers.get("range"),
         request.method == "HEAD",
     )
@@ -948,7 +992,7 @@ async def variation_hls(
     song_id: str, index: int, name: str, request: Request, api: Api
 ) -> Response:
     """HLS playback: `hls/index.m3u8`, then the segments it names."""
-    return await api.hls_file(song_id, index, name, api.owner(request))
+    return await api.hls_file(song_id, index, name, api.media_owner(request))
 
 
 _STEMS_PATH = "/v1/songs/{song_id}/variations/{index}/stems"
@@ -989,7 +1033,7 @@ async def stem_audio(
         index,
         name,
         fmt,
-        api.owner(request),
+        api.media_owner(request),
         request.headers.get("range"),
         request.method == "HEAD",
     )
@@ -998,7 +1042,7 @@ async def stem_audio(
 @app.get("/v1/songs/{song_id}/variations/{index}/peaks")
 async def variation_peaks(song_id: str, index: int, request: Request, api: Api) -> Response:
     return Response(
-        await api.peaks(song_id, index, api.owner(request)), media_type="application/json"
+        await api.peaks(song_id, index, api.media_owner(request)), media_type="application/json"
     )
 
 

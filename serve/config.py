@@ -180,6 +180,18 @@ class AuthConfig(_Strict):
         default_factory=list,
         description="Accepted bearer keys (env SONGSERVE_API_KEYS, comma-separated).",
     )
+    media_url_ttl_s: float = Field(
+        6 * 3600.0,
+        gt=0,
+        le=7 * 86400,
+        description="How long the signed audio, peaks, HLS and stem links the API hands out stay "
+        "valid (with API keys: media elements and players cannot send a bearer header).",
+    )
+    media_url_secret: SecretStr | None = Field(
+        None,
+        description="HMAC secret of signed media links; unset: derived from api_keys (rotating "
+        "the keys then revokes every link). Same value on every replica.",
+    )
 
 
 class StorageConfig(_Strict):

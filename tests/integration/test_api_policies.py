@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
+import httpx
 import pytest
 
 from tests.helpers import wait_for_song
@@ -43,6 +45,49 @@ def test_api_keys_gate_every_call_and_scope_songs_to_their_key(deploy: DeployFn)
     assert app.client.get("/healthz", headers={"Authorization": ""}).status_code == 200
 
 
+def test_media_links_are_signed_for_players_that_cannot_send_a_key(deploy: DeployFn) -> None:
+    app = deploy(auth={"api_keys": ["key-alice"]}, postprocess={"formats": ["m4a", "wav"]})
+    alice = httpx.Client(
+        base_url=app.client.base_url, headers={"Authorization": "Bearer key-alice"}, timeout=60
+    )
+    player = httpx.Client(base_url=app.client.base_url, timeout=60)  # an <audio> element
+    body = {"style": "lofi", "duration_s": 9, "variations": 1}
+    song_id = alice.post("/v1/songs", json=body).json()["id"]
+    (variation,) = wait_for_song(alice, song_id)["variations"]
+
+    wav_url = variation["audio"]["wav"]
+    path, _, query = wav_url.partition("?")
+    assert {"exp", "own", "sig"} == {part.split("=")[0] for part in query.split("&")}
+    fetched = player.get(wav_url)
+    assert fetched.status_code == 200 and fetched.content[:4] == b"RIFF"
+    assert player.get(path).status_code == 401  # the bare path still needs the key
+    assert player.get(wav_url.replace("sig=", "sig=0")).status_code == 403
+    moved = player.get(wav_url.replace("audio.wav", "audio.m4a"))  # a link is for its own file
+    assert moved.status_code == 403 and moved.json()["error"]["field"] == "sig"
+    assert player.get(variation["peaks"]).status_code == 200
+
+    # HLS: a native player fetches the playlist, then the segment URIs written into it.
+    playlist = player.get(variation["hls"])
+    assert playlist.status_code == 200, playlist.text
+    segments = [line for line in playlist.text.splitlines() if line and line[0] != "#"]
+    assert segments and all("sig=" in segment for segment in segments)
+    base = variation["hls"].split("?")[0].rsplit("/", 1)[0]
+    for segment in segments:
+        assert player.get(f"{base}/{segment}").status_code == 200
+    assert player.get(f"{base}/{segments[0].split('?')[0]}").status_code == 401
+
+    # Stems links are signed the same way.
+    stems_url = f"/v1/songs/{song_id}/variations/0/stems"
+    assert alice.post(stems_url).status_code == 202
+    deadline = time.monotonic() + 120
+    while (stems := alice.get(stems_url).json())["status"] != "succeeded":
+        assert stems["status"] in ("queued", "running") and time.monotonic() < deadline, stems
+        time.sleep(0.2)
+    assert player.get(stems["stems"][0]["audio"]["wav"]).status_code == 200
+    alice.close()
+    player.close()
+
+
 def test_a_full_queue_answers_429_with_retry_after(deploy: DeployFn) -> None:
     app = deploy(jobs={"max_queued_jobs": 1, "max_concurrent_jobs": 1})
     body = {"style": "ambient", "instrumental": True, "duration_s": 90, "variations": 1}
@@ -61,8 +106,6 @@ def test_a_full_queue_answers_429_with_retry_after(deploy: DeployFn) -> None:
 
 
 def wait_for_status(app: Deployed, song_id: str, status: str, timeout_s: float = 30) -> bool:
-    import time
-
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if app.client.get(f"/v1/songs/{song_id}").json()["status"] == status:
