@@ -141,32 +141,32 @@ class StemMaker:
             if not stems:
                 raise RuntimeError("the stem separator finished without stems")
 
-        delivered: list[tuple[str, dict[AudioFormat, bytes], float, dict[str, object]]] = []
+        from pipeline.encode import CONTENT_TYPES
+
+        loop = asyncio.get_running_loop()
+        objects: dict[str, dict[str, str]] = {}
+        loudness: dict[str, float] = {}
+        provenance: dict[str, object] = {}
         names = list(stems)
         for done, name in enumerate(names):
             yield StemsProgress("delivering", done, len(names))
-            delivered.append(
-                await asyncio.get_running_loop().run_in_executor(
-                    self._thread, self._deliver, task, name, stems.pop(name), method, timings
-                )
+            files, loudness[name], provenance = await loop.run_in_executor(
+                self._thread, self._deliver, task, name, stems.pop(name), method, timings
             )
-        from pipeline.encode import CONTENT_TYPES
-
-        started = time.perf_counter()
-        objects: dict[str, dict[str, str]] = {}
-        for name, files, _, _ in delivered:
+            # Stored one stem at a time: a long song's files are hundreds of MB for all four.
+            started = time.perf_counter()
             objects[name] = {}
             for fmt, data in files.items():
                 key = variation_key(task.job_id, task.index, f"stems/{name}.{fmt}")
                 await self._objects.put(key, data, CONTENT_TYPES[fmt])
                 objects[name][fmt] = key
-        timings["store"] = time.perf_counter() - started
+            add_elapsed(timings, "store", started)
         yield StemsProgress("delivering", len(names), len(names))
         yield MadeStems(
             method=method,
             objects=objects,
-            loudness_lufs={name: lufs for name, _, lufs, _ in delivered},
-            provenance=delivered[0][3] if delivered else {},
+            loudness_lufs=loudness,
+            provenance=provenance,
             timings_s={name: round(seconds, 3) for name, seconds in timings.items()},
         )
 
@@ -239,8 +239,8 @@ class StemMaker:
         stem: np.ndarray,
         method: str,
         timings: dict[str, float],
-    ) -> tuple[str, dict[AudioFormat, bytes], float, dict[str, object]]:
-        """One stem watermarked, encoded and signed: (name, files, loudness, provenance)."""
+    ) -> tuple[dict[AudioFormat, bytes], float, dict[str, object]]:
+        """One stem watermarked, encoded and signed: (files, loudness, provenance status)."""
         from pipeline.loudness import measure_loudness_lufs
 
         started = time.perf_counter()
@@ -261,7 +261,7 @@ class StemMaker:
         files, signed = self._delivery.sign(encoded, credentials)
         if signed["signed"]:
             add_elapsed(timings, "c2pa", started)
-        return name, files, lufs, {"watermark": watermark, "c2pa": signed}
+        return files, lufs, {"watermark": watermark, "c2pa": signed}
 
     async def check_health(self) -> None:
         return None
