@@ -102,6 +102,8 @@ def test_the_api_accepts_a_signed_link_instead_of_a_key(tmp_path: Path) -> None:
     with pytest.raises(ApiError) as refused:
         api.media_owner(_request(path, query.replace("sig=", "sig=f")))
     assert refused.value.status == 403 and "fresh links" in refused.value.message
+    bad_link_with_a_key = _request(path, query.replace("sig=", "sig=f"), "Bearer k")
+    assert api.media_owner(bad_link_with_a_key) == owner
     with pytest.raises(ApiError) as unsigned:
         api.media_owner(_request(path))
     assert unsigned.value.status == 401
