@@ -16,6 +16,7 @@ a GPU in production. Sketch songs never come here: their stems are exact
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +30,7 @@ from pipeline.audio import checked_audio
 from pipeline.stems import RESIDUAL_STEM, complete_to_mix, from_model_rate, to_model_rate
 
 from .devices import pick_torch_device
-from .progress import Finished, with_progress
+from .progress import Finished, ProgressCallback, with_progress
 
 if TYPE_CHECKING:
     from serve.config import StemsConfig
@@ -256,7 +257,7 @@ class StemSeparator:
     ) -> AsyncIterator[tuple[int, int] | SeparatedStems]:
         """Stream (segment, segments) progress, then the stems (`DemucsSeparator.separate`)."""
 
-        def work(on_progress: Callable[[int, int], None]) -> dict[str, np.ndarray]:
+        def work(on_progress: ProgressCallback) -> dict[str, np.ndarray]:
             return self._separator.separate(audio, sample_rate, on_progress=on_progress)
 
         async for item in with_progress(work, self._thread):
@@ -266,7 +267,5 @@ class StemSeparator:
                 yield item
 
     async def check_health(self) -> None:
-        import asyncio
-
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._thread, self._separator.check_health)
