@@ -407,19 +407,7 @@ class Conductor:
         fractions: dict[int, float],
     ) -> None:
         request = job.request
-        lora = request.get("lora") or {}
-        render_request = RenderRequest(
-            job_id=job.id,
-            variation=variation.index,
-            seed=variation.seed if variation.seed is not None else job.seed + variation.index,
-            duration_s=float(request["duration_s"]),
-            tags=tags,
-            sections=sections,
-            instrumental=bool(request["instrumental"]),
-            language=request["language"],
-            lora_id=lora.get("id"),
-            lora_scale=float(lora.get("scale", 1.0)),
-        )
+        render_request = _render_request(job, variation, sections, tags)
         last_error: Exception | None = None
         for attempt in range(1, self._jobs_config.variation_attempts + 1):
             try:
@@ -580,27 +568,41 @@ def _stems_progress(item: StemsProgress) -> float:
     return round(min(overall, 0.999), 4)
 
 
+def _render_request(
+    job: JobRecord, variation: VariationRecord, sections: list[LyricSection], tags: StyleTags
+) -> RenderRequest:
+    """How a variation of `job` is rendered (and rendered again for its exact stems)."""
+    request = job.request
+    lora = request.get("lora") or {}
+    return RenderRequest(
+        job_id=job.id,
+        variation=variation.index,
+        seed=variation.seed if variation.seed is not None else job.seed + variation.index,
+        duration_s=float(request["duration_s"]),
+        tags=tags,
+        sections=sections,
+        instrumental=bool(request["instrumental"]),
+        language=request["language"],
+        lora_id=lora.get("id"),
+        lora_scale=float(lora.get("scale", 1.0)),
+    )
+
+
 def _stems_task(job: JobRecord, index: int) -> StemsTask:
     """What the StemMaker needs to know of a finished variation."""
     variation = next(v for v in job.variations if v.index == index)
     if variation.status != "succeeded" or variation.model is None:
         raise RuntimeError(f"variation {index} of {job.id} is {variation.status}, not succeeded")
-    request = job.request
-    seed = variation.seed if variation.seed is not None else job.seed + index
-    lora = request.get("lora") or {}
+    render = _render_request(
+        job, variation, parse_lyrics(job.lyrics or ""), StyleTags.from_dict(job.tags or {})
+    )
     return StemsTask(
-        job_id=job.id,
-        index=index,
+        render=render,
         model=variation.model,
         model_version=variation.model_version or "",
         sample_rate=int(variation.sample_rate or 0),
-        seed=seed,
-        duration_s=float(request["duration_s"]),
-        tags=StyleTags.from_dict(job.tags or {}),
-        sections=parse_lyrics(job.lyrics or ""),
-        instrumental=bool(request["instrumental"]),
-        loudness_lufs=float(request["loudness_lufs"]),
-        objects={k: v for k, v in variation.objects.items() if k in ("wav", "flac", "m4a", "mp3")},
-        provenance=_provenance(job.id, index, seed, lora.get("id"), request),
+        loudness_lufs=float(job.request["loudness_lufs"]),
+        objects=variation.objects,
+        provenance=_provenance(job.id, index, render.seed, render.lora_id, job.request),
         fingerprint=variation.render.get("fingerprint"),
     )

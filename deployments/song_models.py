@@ -20,6 +20,7 @@ from .progress import ProgressCallback  # (step, steps), step counting from 1 to
 if TYPE_CHECKING:
     import numpy as np
 
+    from pipeline.sketch import SketchRender
     from serve.config import DecoderPoolConfig
 
 
@@ -110,21 +111,21 @@ class SketchSongModel:
     def render(
         self, requests: list[RenderRequest], on_progress: ProgressCallback
     ) -> list[np.ndarray]:
+        return [self.render_parts(request, on_progress).mix for request in requests]
+
+    def render_parts(self, request: RenderRequest, on_progress: ProgressCallback) -> SketchRender:
+        """One song with each part on its own track: what its exact stems are made of."""
         from pipeline.sketch import render_sketch
 
-        outputs = []
-        for request in requests:
-            rendered = render_sketch(
-                request.tags,
-                request.sections,
-                request.duration_s,
-                request.seed,
-                instrumental=request.instrumental,
-                sample_rate=self.sample_rate,
-                on_progress=on_progress,
-            )
-            outputs.append(rendered.mix)
-        return outputs
+        return render_sketch(
+            request.tags,
+            request.sections,
+            request.duration_s,
+            request.seed,
+            instrumental=request.instrumental,
+            sample_rate=self.sample_rate,
+            on_progress=on_progress,
+        )
 
     def model_calls(self, requests: list[RenderRequest]) -> list[list[int]]:
         return [[index] for index in range(len(requests))]  # one song per call

@@ -25,8 +25,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pipeline.lyrics import LyricSection
-from pipeline.tags import StyleTags
 from serve.objects import open_object_store, variation_key
 
 from .post_processor import (
@@ -36,6 +34,7 @@ from .post_processor import (
     song_credentials,
 )
 from .progress import Finished, ProgressCallback, with_progress
+from .song_models import RenderRequest, SketchSongModel
 
 if TYPE_CHECKING:
     import numpy as np
@@ -55,18 +54,12 @@ class StemsUnavailable(ValueError):
 class StemsTask:
     """One variation's stems to make: what the conductor knows of the song."""
 
-    job_id: str
-    index: int
+    render: RenderRequest  # how the variation was rendered
     model: str
     model_version: str
     sample_rate: int
-    seed: int
-    duration_s: float
-    tags: StyleTags
-    sections: list[LyricSection]
-    instrumental: bool
     loudness_lufs: float  # the mastering target the song was made with
-    objects: dict[str, str]  # the variation's files: format → object key
+    objects: dict[str, str]  # the variation's files: format (or "peaks", "hls") → object key
     provenance: Provenance
     fingerprint: list[float] | None = None  # of the original render (exact stems check it)
 
@@ -124,9 +117,9 @@ class StemMaker:
         else:
             if self._separator is None:
                 raise StemsUnavailable(
-                    f"variation {task.index} was made by {task.model}, which has no exact stems, "
-                    "and this server separates none: set postprocess.stems.demucs_checkpoint to "
-                    "an htdemucs checkpoint"
+                    f"variation {task.render.variation} was made by {task.model}, which has no "
+                    "exact stems, and this server separates none: set "
+                    "postprocess.stems.demucs_checkpoint to an htdemucs checkpoint"
                 )
             mix = await self._delivered_audio(task)
             timings["decode"] = time.perf_counter() - started
@@ -157,7 +150,9 @@ class StemMaker:
             started = time.perf_counter()
             objects[name] = {}
             for fmt, data in files.items():
-                key = variation_key(task.job_id, task.index, f"stems/{name}.{fmt}")
+                key = variation_key(
+                    task.render.job_id, task.render.variation, f"stems/{name}.{fmt}"
+                )
                 await self._objects.put(key, data, CONTENT_TYPES[fmt])
                 objects[name][fmt] = key
             add_elapsed(timings, "store", started)
@@ -175,30 +170,23 @@ class StemMaker:
         import numpy as np
 
         from pipeline.loudness import normalize_loudness
-        from pipeline.sketch import SKETCH_VERSION, render_sketch
         from pipeline.stems import render_fingerprint, same_render, sketch_stems
 
-        if task.model_version != SKETCH_VERSION:
+        model = SketchSongModel(sample_rate=task.sample_rate)
+        if task.model_version != model.version:
             raise StemsUnavailable(
-                f"variation {task.index} was made by sketch {task.model_version} and this server "
-                f"runs sketch {SKETCH_VERSION}, which renders it differently: its exact stems "
-                "can only be made by a server running that version"
+                f"variation {task.render.variation} was made by sketch {task.model_version} and "
+                f"this server runs sketch {model.version}, which renders it differently: its "
+                "exact stems can only be made by a server running that version"
             )
-        render = render_sketch(
-            task.tags,
-            task.sections,
-            task.duration_s,
-            task.seed,
-            instrumental=task.instrumental,
-            sample_rate=task.sample_rate,
-            on_progress=on_progress,
-        )
+        render = model.render_parts(task.render, on_progress)
         if task.fingerprint and not same_render(
             render_fingerprint(render.mix, task.sample_rate), task.fingerprint
         ):
             raise StemsUnavailable(
-                f"rendering variation {task.index} again did not reproduce its audio (the sketch "
-                "model's output changed without a version bump), so its exact stems are lost"
+                f"rendering variation {task.render.variation} again did not reproduce its audio "
+                "(the sketch model's output changed without a version bump), so its exact stems "
+                "are lost"
             )
         # The same deterministic mastering as the song's: its per-sample gain is the song's.
         mastered = normalize_loudness(
@@ -209,7 +197,7 @@ class StemMaker:
         )
         return {
             name: np.multiply(stem, mastered.gain, dtype=np.float32)
-            for name, stem in sketch_stems(render, instrumental=task.instrumental).items()
+            for name, stem in sketch_stems(render, instrumental=task.render.instrumental).items()
         }
 
     async def _delivered_audio(self, task: StemsTask) -> np.ndarray:
@@ -219,7 +207,8 @@ class StemMaker:
         fmt = next((f for f in _SOURCE_FORMATS if f in task.objects), None)
         if fmt is None:
             raise StemsUnavailable(
-                f"variation {task.index} has no audio file to separate (postprocess.formats)"
+                f"variation {task.render.variation} has no audio file to separate "
+                "(postprocess.formats)"
             )
         data = await self._objects.get(task.objects[fmt])
         audio, sample_rate = await asyncio.get_running_loop().run_in_executor(
@@ -227,7 +216,7 @@ class StemMaker:
         )
         if sample_rate != task.sample_rate:
             raise RuntimeError(
-                f"the {fmt} file of variation {task.index} is {sample_rate} Hz, "
+                f"the {fmt} file of variation {task.render.variation} is {sample_rate} Hz, "
                 f"the variation {task.sample_rate} Hz"
             )
         return audio

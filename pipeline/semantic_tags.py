@@ -37,17 +37,17 @@ import numpy as np
 from rapidfuzz.distance import OSA
 
 from pipeline.tags import (
-    _GENRES_BY_NAME,
-    _HINTS,
-    _KNOWN_WORDS,
     DEFAULT_BPM,
     DEFAULT_KEY,
+    GENRE_HINTS,
+    GENRES_BY_NAME,
+    KNOWN_WORDS,
     MAX_MOODS,
     StyleTags,
-    _correct_word,
-    _find_matches,
-    _phrase_tokens,
+    correct_word,
+    find_matches,
     normalize_style,
+    phrase_tokens,
     style_for,
 )
 from pipeline.vocabulary import FUZZY_BLOCKLIST, GENRES, MOODS, Genre, SubGenre
@@ -491,7 +491,7 @@ _ELISION = ("'", "\u2019")  # French / Italian "d'amour", "l'accordéon"
 def _translate_compound(word: str) -> str | None:
     for cut in range(3, len(word) - 2):
         head, tail = word[:cut], word[cut:]
-        english_tail = _COMPOUND_PARTS.get(tail) or (tail if tail in _KNOWN_WORDS else None)
+        english_tail = _COMPOUND_PARTS.get(tail) or (tail if tail in KNOWN_WORDS else None)
         if english_tail is None:
             continue
         for stem in (head, head[:-1] if head[-1] in "sn" else None):
@@ -648,12 +648,12 @@ class LexicalEvidence:
 
 
 def lexical_evidence(text: str) -> LexicalEvidence:
-    words = tuple(_correct_word(word) for word in _phrase_tokens(text))
-    matches, used = _find_matches(words)
+    words = tuple(correct_word(word) for word in phrase_tokens(text))
+    matches, used = find_matches(words)
     kinds = {match.target.kind for match in matches}
     if kinds & {"genre", "subgenre"}:
         source: GenreSource = "phrase"
-    elif any(word in _HINTS for word in words):
+    elif any(word in GENRE_HINTS for word in words):
         source = "hint"
     else:
         source = "default"
@@ -670,7 +670,7 @@ def _genre_word_owners() -> dict[str, set[str]]:
     for genre in GENRES:
         phrases = [genre.name, *genre.synonyms]
         phrases += [p for sub in genre.subgenres for p in (sub.name, *sub.synonyms)]
-        for word in {w for phrase in phrases for w in _phrase_tokens(phrase)}:
+        for word in {w for phrase in phrases for w in phrase_tokens(phrase)}:
             if len(word) >= 4 and word.isalpha():
                 owners.setdefault(word, set()).add(genre.name)
     return owners
@@ -723,8 +723,8 @@ def spelling_neighbours(text: str) -> frozenset[str]:
     first letter; words the lexicon's fuzzy blocklist names are skipped. A weak signal: it only
     adds SPELLING_BONUS to those genres' similarity."""
     owners: set[str] = set()
-    for word in _phrase_tokens(text):
-        if len(word) < 3 or not word.isalpha() or word in _KNOWN_WORDS or word in _BLOCKED:
+    for word in phrase_tokens(text):
+        if len(word) < 3 or not word.isalpha() or word in KNOWN_WORDS or word in _BLOCKED:
             continue
         for target, genres in _GENRE_WORDS.items():
             if target[0] == word[0] and OSA.distance(word, target, score_cutoff=1) <= 1:
@@ -750,12 +750,12 @@ def semantic_style(
     """
     translated = translate_music_words(text or "")
     lexical = normalize_style(translated, language=language, instrumental=instrumental)
-    if not _phrase_tokens(translated):
+    if not phrase_tokens(translated):
         return lexical
     evidence = lexical_evidence(translated)
     found = match_embedding(vector, index)
 
-    genre: Genre = _GENRES_BY_NAME[lexical.genre]
+    genre: Genre = GENRES_BY_NAME[lexical.genre]
     subgenre = _subgenre(genre, lexical.subgenre)
     if evidence.genre_source != "phrase":
         choice = _semantic_genre(found, spelling_neighbours(translated), min_similarity)
@@ -763,7 +763,7 @@ def semantic_style(
         if choice is not None and choice[0] != genre.name:
             name, score, sub = choice
             if score >= found.similarity(genre.name) + margin:
-                genre = _GENRES_BY_NAME[name]
+                genre = GENRES_BY_NAME[name]
                 subgenre = _subgenre(genre, sub)
 
     moods = list(lexical.moods)
@@ -918,7 +918,7 @@ def needs_embedding(text: str | None) -> bool:
     genre in `text` (after translation), and a mood or nothing else a mood could come from
     ("sad piano ballad", "deep house"). `normalize_style_semantic` then skips the encoder."""
     translated = translate_music_words(text or "")
-    if not _phrase_tokens(translated):
+    if not phrase_tokens(translated):
         return False
     evidence = lexical_evidence(translated)
     if evidence.genre_source != "phrase":

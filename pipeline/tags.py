@@ -131,13 +131,15 @@ class _Target:
 
 
 @dataclass(frozen=True)
-class _Match:
+class PhraseMatch:
+    """Vocabulary phrase `target` found at words[start:end] of a text (see `find_matches`)."""
+
     start: int
     end: int
     target: _Target
 
 
-def _phrase_tokens(text: str) -> tuple[str, ...]:
+def phrase_tokens(text: str) -> tuple[str, ...]:
     """The normalised word sequence of a text: lowercase, accents and apostrophes dropped, split on
     every character but letters, digits and "&". Vocabulary phrases and user text both go through
     this, so spelling variants of punctuation ("hip-hop", "hip hop") meet."""
@@ -151,23 +153,23 @@ def _vocabulary_phrases() -> Iterable[tuple[tuple[str, ...], _Target]]:
     """Every (phrase, meaning) pair of the vocabulary, canonical names included."""
     for genre in GENRES:
         for phrase in (genre.name, *genre.synonyms):
-            yield _phrase_tokens(phrase), _Target("genre", genre.name, genre.name)
+            yield phrase_tokens(phrase), _Target("genre", genre.name, genre.name)
         for sub in genre.subgenres:
             for phrase in (sub.name, *sub.synonyms):
-                yield _phrase_tokens(phrase), _Target("subgenre", sub.name, genre.name)
+                yield phrase_tokens(phrase), _Target("subgenre", sub.name, genre.name)
     for mood in MOODS:
         for phrase in (mood.name, *mood.synonyms):
-            yield _phrase_tokens(phrase), _Target("mood", mood.name)
+            yield phrase_tokens(phrase), _Target("mood", mood.name)
     for instrument in INSTRUMENTS:
         for phrase in (instrument.name, *instrument.synonyms):
-            yield _phrase_tokens(phrase), _Target("instrument", instrument.name)
+            yield phrase_tokens(phrase), _Target("instrument", instrument.name)
     for vocal in VOCAL_TYPES:
         for phrase in (vocal.name, *vocal.synonyms):
-            yield _phrase_tokens(phrase), _Target("vocal", vocal.name)
+            yield phrase_tokens(phrase), _Target("vocal", vocal.name)
         for phrase in vocal.cued_synonyms:
-            yield _phrase_tokens(phrase), _Target("cued_vocal", vocal.name)
+            yield phrase_tokens(phrase), _Target("cued_vocal", vocal.name)
     for phrase in GENERIC_GUITAR_WORDS:
-        yield _phrase_tokens(phrase), _Target("guitar", "guitar")
+        yield phrase_tokens(phrase), _Target("guitar", "guitar")
 
 
 def _phrase_owners() -> dict[tuple[str, ...], set[_Target]]:
@@ -189,18 +191,18 @@ def _build_phrase_table() -> Mapping[tuple[str, ...], _Target]:
 
 _PHRASES = _build_phrase_table()
 _MAX_PHRASE_WORDS = max(len(phrase) for phrase in _PHRASES)
-_GENRES_BY_NAME = MappingProxyType({genre.name: genre for genre in GENRES})
-_HINTS = MappingProxyType({hint: genre.name for genre in GENRES for hint in genre.hints})
+GENRES_BY_NAME = MappingProxyType({genre.name: genre for genre in GENRES})
+GENRE_HINTS = MappingProxyType({hint: genre.name for genre in GENRES for hint in genre.hints})
 _MOODS_BY_NAME = MappingProxyType({mood.name: mood for mood in MOODS})
-_TEMPO_WORDS = MappingProxyType({_phrase_tokens(word): shift for word, shift in TEMPO_WORDS})
+_TEMPO_WORDS = MappingProxyType({phrase_tokens(word): shift for word, shift in TEMPO_WORDS})
 _FAMILY_VOCAL = MappingProxyType(dict(FAMILY_DEFAULT_VOCAL))
 _TONICS = MappingProxyType(dict(TONIC_SPELLINGS))
 _COMMON_TONICS = MappingProxyType(dict(COMMON_TONICS))
 _VOCAL_CUES = frozenset(VOCAL_CUES)
 _SOLO_WORDS = frozenset(SOLO_WORDS)
-_KNOWN_WORDS = frozenset(
+KNOWN_WORDS = frozenset(
     {word for phrase in _PHRASES for word in phrase}
-    | set(_HINTS)
+    | set(GENRE_HINTS)
     | {word for phrase in _TEMPO_WORDS for word in phrase}
     | _VOCAL_CUES
     | _SOLO_WORDS
@@ -208,14 +210,14 @@ _KNOWN_WORDS = frozenset(
 _FUZZY_BLOCKED = frozenset(FUZZY_BLOCKLIST)
 # Only longer vocabulary words are fuzzy targets: short ones ("pop", "rap", "emo") are one typo
 # away from too many ordinary words.
-_FUZZY_TARGETS = tuple(sorted(word for word in _KNOWN_WORDS if len(word) >= 5 and word.isalpha()))
+_FUZZY_TARGETS = tuple(sorted(word for word in KNOWN_WORDS if len(word) >= 5 and word.isalpha()))
 
 
-def _correct_word(word: str) -> str:
+def correct_word(word: str) -> str:
     """Map a possibly misspelt word onto a vocabulary word, conservatively (see module doc)."""
-    if word in _KNOWN_WORDS or not word.isalpha():
+    if word in KNOWN_WORDS or not word.isalpha():
         return word
-    if len(word) >= 4 and word.endswith("s") and word[:-1] in _KNOWN_WORDS:
+    if len(word) >= 4 and word.endswith("s") and word[:-1] in KNOWN_WORDS:
         return word[:-1]
     if len(word) < 5 or word in _FUZZY_BLOCKED:
         return word
@@ -249,10 +251,10 @@ def _near_vocal_cue(words: tuple[str, ...], start: int, end: int) -> bool:
     return any(word in _VOCAL_CUES for word in window)
 
 
-def _find_matches(words: tuple[str, ...]) -> tuple[list[_Match], list[bool]]:
+def find_matches(words: tuple[str, ...]) -> tuple[list[PhraseMatch], list[bool]]:
     """Longest-first, non-overlapping phrase matches in text order, and which words they used."""
     used = [False] * len(words)
-    matches: list[_Match] = []
+    matches: list[PhraseMatch] = []
     for size in range(min(_MAX_PHRASE_WORDS, len(words)), 0, -1):
         for start in range(len(words) - size + 1):
             end = start + size
@@ -263,7 +265,7 @@ def _find_matches(words: tuple[str, ...]) -> tuple[list[_Match], list[bool]]:
                 continue
             if target.kind == "cued_vocal" and not _near_vocal_cue(words, start, end):
                 continue
-            matches.append(_Match(start, end, target))
+            matches.append(PhraseMatch(start, end, target))
             used[start:end] = [True] * size
     matches.sort(key=lambda match: match.start)
     return matches, used
@@ -275,7 +277,7 @@ def _contains(phrase: tuple[str, ...], part: tuple[str, ...]) -> bool:
 
 
 def _genre_phrases(genre: Genre) -> list[tuple[str, ...]]:
-    return [_phrase_tokens(phrase) for phrase in (genre.name, *genre.synonyms)]
+    return [phrase_tokens(phrase) for phrase in (genre.name, *genre.synonyms)]
 
 
 @dataclass(frozen=True)
@@ -294,7 +296,7 @@ def _combined_subgenre(first: _GenreMention, second: _GenreMention) -> _GenreMen
     for owner, other in ((first, second), (second, first)):
         owner_phrases = _genre_phrases(owner.genre)
         for sub in owner.genre.subgenres:
-            for phrase in map(_phrase_tokens, (sub.name, *sub.synonyms)):
+            for phrase in map(phrase_tokens, (sub.name, *sub.synonyms)):
                 if _contains(phrase, other.words) and any(
                     _contains(phrase, part) for part in owner_phrases
                 ):
@@ -302,7 +304,9 @@ def _combined_subgenre(first: _GenreMention, second: _GenreMention) -> _GenreMen
     return None
 
 
-def _resolve_genre(matches: list[_Match], words: tuple[str, ...]) -> tuple[Genre, SubGenre | None]:
+def _resolve_genre(
+    matches: list[PhraseMatch], words: tuple[str, ...]
+) -> tuple[Genre, SubGenre | None]:
     """The (genre, subgenre) the text asks for.
 
     The first genre or sub-genre phrase in the text is the primary one (no phrase → the first hint
@@ -312,8 +316,8 @@ def _resolve_genre(matches: list[_Match], words: tuple[str, ...]) -> tuple[Genre
     """
     mentions = [
         _GenreMention(
-            _GENRES_BY_NAME[str(m.target.genre)],
-            _subgenre(_GENRES_BY_NAME[str(m.target.genre)], m.target.name)
+            GENRES_BY_NAME[str(m.target.genre)],
+            _subgenre(GENRES_BY_NAME[str(m.target.genre)], m.target.name)
             if m.target.kind == "subgenre"
             else None,
             words[m.start : m.end],
@@ -321,11 +325,13 @@ def _resolve_genre(matches: list[_Match], words: tuple[str, ...]) -> tuple[Genre
         for m in matches
         if m.target.kind in ("genre", "subgenre")
     ]
-    hints = [_GenreMention(_GENRES_BY_NAME[_HINTS[w]], None, (w,)) for w in words if w in _HINTS]
+    hints = [
+        _GenreMention(GENRES_BY_NAME[GENRE_HINTS[w]], None, (w,)) for w in words if w in GENRE_HINTS
+    ]
     if not mentions:
         if hints:
             return hints[0].genre, None
-        return _GENRES_BY_NAME[DEFAULT_GENRE], None
+        return GENRES_BY_NAME[DEFAULT_GENRE], None
     primary = mentions[0]
     if primary.sub is not None:
         return primary.genre, primary.sub
@@ -469,8 +475,8 @@ def normalize_style(
     instruments, female vocals (or instrumental when asked).
     """
     raw = text or ""
-    words = tuple(_correct_word(word) for word in _phrase_tokens(raw))
-    matches, _ = _find_matches(words)
+    words = tuple(correct_word(word) for word in phrase_tokens(raw))
+    matches, _ = find_matches(words)
     genre, subgenre = _resolve_genre(matches, words)
 
     moods: list[str] = []
@@ -496,11 +502,11 @@ def style_for(
     `text` by the lexicon's rules, with the same per-text fingerprint, so the same decision gives
     the same tags whoever made it."""
     raw = text or ""
-    words = tuple(_correct_word(word) for word in _phrase_tokens(raw))
+    words = tuple(correct_word(word) for word in phrase_tokens(raw))
     language_code = (language or "").strip().lower()
     language_code = language_code if _LANGUAGE.fullmatch(language_code) else "en"
     fingerprint = " ".join(words)
-    matches, used = _find_matches(words)
+    matches, used = find_matches(words)
     instruments = _instruments(matches, words, used, genre, subgenre)
     vocal = "instrumental" if instrumental else _vocal(matches, genre)
 
@@ -528,7 +534,7 @@ def style_for(
 
 
 def _instruments(
-    matches: list[_Match],
+    matches: list[PhraseMatch],
     words: tuple[str, ...],
     used: list[bool],
     genre: Genre,
@@ -559,7 +565,7 @@ def _instruments(
     return named[:MAX_INSTRUMENTS]
 
 
-def _vocal(matches: list[_Match], genre: Genre) -> str:
+def _vocal(matches: list[PhraseMatch], genre: Genre) -> str:
     named = [m.target.name for m in matches if m.target.kind in ("vocal", "cued_vocal")]
     if "male" in named and "female" in named:
         return "duet"

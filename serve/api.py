@@ -29,7 +29,14 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .config import LORA_MODELS
-from .jobs import EventRecord, JobRecord, StemsRecord, VariationRecord, open_job_store
+from .jobs import (
+    FINISHED_STEMS_STATUSES,
+    EventRecord,
+    JobRecord,
+    StemsRecord,
+    VariationRecord,
+    open_job_store,
+)
 from .loras import LoraInfo, LoraRegistry, LoraValidator
 from .media_urls import MediaUrlSigner, sign_playlist
 from .objects import open_object_store
@@ -64,7 +71,6 @@ LOCAL_OWNER = "local"
 # Every JSON body the API takes is small (lyrics ≤ 5000 characters): refuse huge ones unread.
 MAX_REQUEST_BYTES = 256 * 1024
 _TERMINAL_EVENTS = frozenset({"done", "error"})  # of the song; stems may still follow
-_FINISHED_STEMS = frozenset({"succeeded", "failed"})
 _HEALTH_TIMEOUT_S = 5.0
 
 app = FastAPI(
@@ -508,7 +514,7 @@ class SongAPI:
                 after = event.seq
                 last_write = loop.time()
                 something_ended |= event.type in _TERMINAL_EVENTS or (
-                    event.type == "stems" and event.data.get("status") in _FINISHED_STEMS
+                    event.type == "stems" and event.data.get("status") in FINISHED_STEMS_STATUSES
                 )
             now = loop.time()
             # Checked at once when the song or some stems ended, else every second: a stream
@@ -620,7 +626,10 @@ class SongAPI:
         job = await self._owned_job(song_id, owner)
         return await self._objects.get(self._variation_object(job, index, "peaks"))
 
-    def _variation_object(self, job: JobRecord, index: int, name: str) -> str:
+    @staticmethod
+    def _finished_variation(job: JobRecord, index: int, not_ready_status: int) -> VariationRecord:
+        """Variation `index` of `job`: 404 when there is none, `not_ready_status` until it has
+        succeeded."""
         variation = next((v for v in job.variations if v.index == index), None)
         if variation is None:
             raise ApiError(
@@ -631,11 +640,15 @@ class SongAPI:
             )
         if variation.status != "succeeded":
             raise ApiError(
-                404,
+                not_ready_status,
                 "not_ready",
                 f"variation {index} is {variation.status}; wait for its `variation` event",
                 "index",
             )
+        return variation
+
+    def _variation_object(self, job: JobRecord, index: int, name: str) -> str:
+        variation = self._finished_variation(job, index, not_ready_status=404)
         if name not in variation.objects:
             raise ApiError(
                 404,
@@ -676,22 +689,7 @@ class SongAPI:
 
     def _check_stems_possible(self, job: JobRecord, index: int) -> None:
         """409 unless the variation is finished and this server can make its stems."""
-        variation = next((v for v in job.variations if v.index == index), None)
-        if variation is None:
-            raise ApiError(
-                404,
-                "not_found",
-                f"song {job.id} has variations 0-{len(job.variations) - 1}",
-                "index",
-            )
-        if variation.status != "succeeded":
-            raise ApiError(
-                409,
-                "not_ready",
-                f"variation {index} is {variation.status}; ask for its stems after its "
-                "`variation` event",
-                "index",
-            )
+        variation = self._finished_variation(job, index, not_ready_status=409)
         if variation.model != "sketch" and self._config.postprocess.stems.demucs_checkpoint is None:
             raise ApiError(
                 409,

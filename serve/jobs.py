@@ -26,6 +26,7 @@ import json
 import secrets
 import sqlite3
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +35,8 @@ from typing import Any, Protocol
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled"})
 VARIATION_STATUSES = ("queued", "running", "succeeded", "failed")
-STEMS_STATUSES = ("queued", "running", "succeeded", "failed")
 ACTIVE_STEMS_STATUSES = frozenset({"queued", "running"})
+FINISHED_STEMS_STATUSES = frozenset({"succeeded", "failed"})
 
 
 class LeaseLost(RuntimeError):
@@ -337,8 +338,161 @@ _VARIATION_FIELDS = frozenset(
 )
 
 
-_JSON_STEMS_FIELDS = frozenset({"objects", "info", "error"})
-_STEMS_FIELDS = frozenset({"status", "progress", "objects", "info", "error"})
+def _append(
+    db: sqlite3.Connection, job_id: str, event_type: str, data: dict[str, Any], now: float
+) -> int:
+    """Append an event to a job's log with the next sequence number (inside a transaction)."""
+    seq: int = db.execute(
+        "SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE job_id = ?", (job_id,)
+    ).fetchone()[0]
+    db.execute(
+        "INSERT INTO events (job_id, seq, type, data, created_at) VALUES (?, ?, ?, ?, ?)",
+        (job_id, seq, event_type, json.dumps(data), now),
+    )
+    return seq
+
+
+def _job_exhausted_event(row: sqlite3.Row, error: dict[str, Any]) -> tuple[str, str, Any]:
+    return row["id"], "error", error
+
+
+def _stems_exhausted_event(row: sqlite3.Row, error: dict[str, Any]) -> tuple[str, str, Any]:
+    return row["job_id"], "stems", {"variation": row["idx"], "status": "failed", "error": error}
+
+
+@dataclass(frozen=True)
+class _LeasedTable:
+    """A table whose rows are units of work leased to conductors: claimed with an expiry,
+    renewed, fenced, released, and failed once their attempts are used up. Songs and stems jobs
+    share this one mechanism."""
+
+    name: str
+    kind: str  # what its fields are called in errors: "job", "stems"
+    noun: str  # how messages name a row: "job", "stems job"
+    key: tuple[str, ...]  # primary key columns
+    order: str  # which runnable row is claimed first
+    fields: frozenset[str]  # what `_set_fields` may write
+    json_fields: frozenset[str]
+    terminal: frozenset[str]  # statuses that end the lease
+    exhausted_event: Callable[[sqlite3.Row, dict[str, Any]], tuple[str, str, Any]]
+
+    @property
+    def where(self) -> str:
+        return " AND ".join(f"{column} = ?" for column in self.key)
+
+
+_JOBS = _LeasedTable(
+    name="jobs",
+    kind="job",
+    noun="job",
+    key=("id",),
+    order="created_at, id",
+    fields=_JOB_FIELDS,
+    json_fields=_JSON_JOB_FIELDS,
+    terminal=TERMINAL_STATUSES,
+    exhausted_event=_job_exhausted_event,
+)
+_STEMS = _LeasedTable(
+    name="stems",
+    kind="stems",
+    noun="stems job",
+    key=("job_id", "idx"),
+    order="created_at, job_id, idx",
+    fields=frozenset({"status", "progress", "objects", "info", "error", "updated_at"}),
+    json_fields=frozenset({"objects", "info", "error"}),
+    terminal=FINISHED_STEMS_STATUSES,
+    exhausted_event=_stems_exhausted_event,
+)
+_RUNNABLE = "status IN ('queued', 'running') AND (lease_expires_at IS NULL OR lease_expires_at < ?)"
+
+
+def _claim_row(
+    db: sqlite3.Connection, table: _LeasedTable, lease_owner: str, lease_s: float, max_attempts: int
+) -> tuple[Any, ...] | None:
+    """Lease the first runnable row of `table` to `lease_owner` and return its key. Rows whose
+    attempts are used up are failed on the way, with the event the table logs for that."""
+    now = time.time()
+    keys = ", ".join(table.key)
+    exhausted = db.execute(
+        f"SELECT {keys}, attempts FROM {table.name} WHERE {_RUNNABLE} AND attempts >= ?",
+        (now, max_attempts),
+    ).fetchall()
+    for row in exhausted:
+        error = {
+            "code": "attempts_exhausted",
+            "message": f"the {table.noun} was started {row['attempts']} times without finishing "
+            "(its workers kept dying or timing out); giving up",
+        }
+        db.execute(
+            f"UPDATE {table.name} SET status = 'failed', error = ?, lease_owner = NULL, "
+            f"lease_expires_at = NULL, updated_at = ? WHERE {table.where}",
+            (json.dumps(error), now, *(row[column] for column in table.key)),
+        )
+        job_id, event_type, data = table.exhausted_event(row, error)
+        _append(db, job_id, event_type, data, now)
+    row = db.execute(
+        f"SELECT {keys} FROM {table.name} WHERE {_RUNNABLE} ORDER BY {table.order} LIMIT 1",
+        (now,),
+    ).fetchone()
+    if row is None:
+        return None
+    key = tuple(row)
+    db.execute(
+        f"UPDATE {table.name} SET status = 'running', lease_owner = ?, lease_expires_at = ?, "
+        f"attempts = attempts + 1, updated_at = ? WHERE {table.where}",
+        (lease_owner, now + lease_s, now, *key),
+    )
+    return key
+
+
+def _check_lease(
+    db: sqlite3.Connection, table: _LeasedTable, key: tuple[Any, ...], lease_owner: str
+) -> None:
+    row = db.execute(f"SELECT lease_owner FROM {table.name} WHERE {table.where}", key).fetchone()
+    if row is None or row["lease_owner"] != lease_owner:
+        name = "/".join(str(part) for part in key)
+        raise LeaseLost(f"{table.noun} {name} is no longer leased by {lease_owner}")
+
+
+def _renew_lease(
+    db: sqlite3.Connection,
+    table: _LeasedTable,
+    key: tuple[Any, ...],
+    lease_owner: str,
+    lease_s: float,
+) -> None:
+    _check_lease(db, table, key, lease_owner)
+    db.execute(
+        f"UPDATE {table.name} SET lease_expires_at = ? WHERE {table.where}",
+        (time.time() + lease_s, *key),
+    )
+
+
+def _release_lease(
+    db: sqlite3.Connection, table: _LeasedTable, key: tuple[Any, ...], lease_owner: str
+) -> None:
+    """Hand a running row back (a clean stop: the attempt is not counted)."""
+    db.execute(
+        f"UPDATE {table.name} SET lease_owner = NULL, lease_expires_at = NULL, "
+        "attempts = MAX(attempts - 1, 0), updated_at = ? "
+        f"WHERE {table.where} AND lease_owner = ? AND status = 'running'",
+        (time.time(), *key, lease_owner),
+    )
+
+
+def _set_fields(
+    db: sqlite3.Connection, table: _LeasedTable, key: tuple[Any, ...], fields: dict[str, Any]
+) -> None:
+    """Write `fields` (JSON where the table keeps JSON); a terminal status ends the lease."""
+    unknown = set(fields) - table.fields
+    if unknown:
+        raise ValueError(f"not {table.kind} fields: {sorted(unknown)}")
+    fields = {"updated_at": time.time(), **fields}
+    if fields.get("status") in table.terminal:
+        fields.update(lease_owner=None, lease_expires_at=None)
+    values = [json.dumps(v) if k in table.json_fields else v for k, v in fields.items()]
+    assignments = ", ".join(f"{name} = ?" for name in fields)
+    db.execute(f"UPDATE {table.name} SET {assignments} WHERE {table.where}", (*values, *key))
 
 
 def new_job_id() -> str:
@@ -545,7 +699,7 @@ class SQLiteJobStore:
             "INSERT INTO variations (job_id, idx, status, seed) VALUES (?, ?, 'queued', ?)",
             [(job_id, k, seed + k) for k in range(variations)],
         )
-        self._append(db, job_id, "stage", {"stage": "queued"}, now)
+        _append(db, job_id, "stage", {"stage": "queued"}, now)
         row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return self._job_from_row(db, row), True
 
@@ -566,36 +720,10 @@ class SQLiteJobStore:
     def _claim(
         self, db: sqlite3.Connection, lease_owner: str, lease_s: float, max_attempts: int
     ) -> JobRecord | None:
-        now = time.time()
-        runnable = (
-            "status IN ('queued', 'running') AND (lease_expires_at IS NULL OR lease_expires_at < ?)"
-        )
-        exhausted = db.execute(
-            f"SELECT id, attempts FROM jobs WHERE {runnable} AND attempts >= ?", (now, max_attempts)
-        ).fetchall()
-        for row in exhausted:
-            error = {
-                "code": "attempts_exhausted",
-                "message": f"the job was started {row['attempts']} times without finishing "
-                "(its workers kept dying or timing out); giving up",
-            }
-            db.execute(
-                "UPDATE jobs SET status = 'failed', error = ?, lease_owner = NULL, "
-                "lease_expires_at = NULL, updated_at = ? WHERE id = ?",
-                (json.dumps(error), now, row["id"]),
-            )
-            self._append(db, row["id"], "error", error, now)
-        row = db.execute(
-            f"SELECT id FROM jobs WHERE {runnable} ORDER BY created_at, id LIMIT 1", (now,)
-        ).fetchone()
-        if row is None:
+        key = _claim_row(db, _JOBS, lease_owner, lease_s, max_attempts)
+        if key is None:
             return None
-        db.execute(
-            "UPDATE jobs SET status = 'running', lease_owner = ?, lease_expires_at = ?, "
-            "attempts = attempts + 1, updated_at = ? WHERE id = ?",
-            (lease_owner, now + lease_s, now, row["id"]),
-        )
-        claimed = db.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],)).fetchone()
+        claimed = db.execute("SELECT * FROM jobs WHERE id = ?", key).fetchone()
         return self._job_from_row(db, claimed)
 
     async def claim_next(
@@ -606,49 +734,17 @@ class SQLiteJobStore:
         )
         return result
 
-    @staticmethod
-    def _check_lease(db: sqlite3.Connection, job_id: str, lease_owner: str) -> None:
-        row = db.execute("SELECT lease_owner FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is None or row["lease_owner"] != lease_owner:
-            raise LeaseLost(f"job {job_id} is no longer leased by {lease_owner}")
-
-    def _renew(self, db: sqlite3.Connection, job_id: str, lease_owner: str, lease_s: float) -> None:
-        self._check_lease(db, job_id, lease_owner)
-        db.execute(
-            "UPDATE jobs SET lease_expires_at = ? WHERE id = ?", (time.time() + lease_s, job_id)
-        )
-
     async def renew_lease(self, job_id: str, lease_owner: str, *, lease_s: float) -> None:
-        await self._run(self._transaction, self._renew, job_id, lease_owner, lease_s)
+        await self._run(self._transaction, _renew_lease, _JOBS, (job_id,), lease_owner, lease_s)
 
     async def release(self, job_id: str, lease_owner: str) -> None:
-        def release(db: sqlite3.Connection) -> None:
-            db.execute(
-                "UPDATE jobs SET lease_owner = NULL, lease_expires_at = NULL, "
-                "attempts = MAX(attempts - 1, 0), updated_at = ? "
-                "WHERE id = ? AND lease_owner = ? AND status = 'running'",
-                (time.time(), job_id, lease_owner),
-            )
-
-        await self._run(self._transaction, release)
-
-    @staticmethod
-    def _set_job_fields(db: sqlite3.Connection, job_id: str, fields: dict[str, Any]) -> None:
-        unknown = set(fields) - _JOB_FIELDS
-        if unknown:
-            raise ValueError(f"not job fields: {sorted(unknown)}")
-        fields = {"updated_at": time.time(), **fields}
-        if fields.get("status") in TERMINAL_STATUSES:
-            fields.update(lease_owner=None, lease_expires_at=None)
-        values = [json.dumps(v) if k in _JSON_JOB_FIELDS else v for k, v in fields.items()]
-        assignments = ", ".join(f"{name} = ?" for name in fields)
-        db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*values, job_id))
+        await self._run(self._transaction, _release_lease, _JOBS, (job_id,), lease_owner)
 
     def _update_job(
         self, db: sqlite3.Connection, job_id: str, lease_owner: str, fields: dict[str, Any]
     ) -> None:
-        self._check_lease(db, job_id, lease_owner)
-        self._set_job_fields(db, job_id, fields)
+        _check_lease(db, _JOBS, (job_id,), lease_owner)
+        _set_fields(db, _JOBS, (job_id,), fields)
 
     async def update_job(self, job_id: str, lease_owner: str, **fields: Any) -> None:
         await self._run(self._transaction, self._update_job, job_id, lease_owner, fields)
@@ -664,7 +760,7 @@ class SQLiteJobStore:
         unknown = set(fields) - _VARIATION_FIELDS
         if unknown:
             raise ValueError(f"not variation fields: {sorted(unknown)}")
-        self._check_lease(db, job_id, lease_owner)
+        _check_lease(db, _JOBS, (job_id,), lease_owner)
         values = [json.dumps(v) if k in _JSON_VARIATION_FIELDS else v for k, v in fields.items()]
         assignments = ", ".join(f"{name} = ?" for name in fields)
         db.execute(
@@ -680,19 +776,6 @@ class SQLiteJobStore:
             self._transaction, self._update_variation, job_id, index, lease_owner, fields
         )
 
-    @staticmethod
-    def _append(
-        db: sqlite3.Connection, job_id: str, event_type: str, data: dict[str, Any], now: float
-    ) -> int:
-        seq: int = db.execute(
-            "SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE job_id = ?", (job_id,)
-        ).fetchone()[0]
-        db.execute(
-            "INSERT INTO events (job_id, seq, type, data, created_at) VALUES (?, ?, ?, ?, ?)",
-            (job_id, seq, event_type, json.dumps(data), now),
-        )
-        return seq
-
     def _append_event(
         self,
         db: sqlite3.Connection,
@@ -703,10 +786,10 @@ class SQLiteJobStore:
         job_fields: dict[str, Any] | None,
     ) -> int:
         if lease_owner is not None:
-            self._check_lease(db, job_id, lease_owner)
+            _check_lease(db, _JOBS, (job_id,), lease_owner)
         if job_fields:
-            self._set_job_fields(db, job_id, job_fields)
-        return self._append(db, job_id, event_type, data, time.time())
+            _set_fields(db, _JOBS, (job_id,), job_fields)
+        return _append(db, job_id, event_type, data, time.time())
 
     async def append_event(
         self,
@@ -768,7 +851,7 @@ class SQLiteJobStore:
             "updated_at = ?",
             (job_id, index, now, now, now, now),
         )
-        self._append(db, job_id, "stems", {"variation": index, "status": "queued"}, now)
+        _append(db, job_id, "stems", {"variation": index, "status": "queued"}, now)
         record = self._get_stems(db, job_id, index)
         assert record is not None
         return record, True
@@ -796,40 +879,8 @@ class SQLiteJobStore:
     def _claim_stems(
         self, db: sqlite3.Connection, lease_owner: str, lease_s: float, max_attempts: int
     ) -> StemsRecord | None:
-        now = time.time()
-        runnable = (
-            "status IN ('queued', 'running') AND (lease_expires_at IS NULL OR lease_expires_at < ?)"
-        )
-        exhausted = db.execute(
-            f"SELECT job_id, idx, attempts FROM stems WHERE {runnable} AND attempts >= ?",
-            (now, max_attempts),
-        ).fetchall()
-        for row in exhausted:
-            error = {
-                "code": "attempts_exhausted",
-                "message": f"the stems job was started {row['attempts']} times without "
-                "finishing (its workers kept dying or timing out); giving up",
-            }
-            db.execute(
-                "UPDATE stems SET status = 'failed', error = ?, lease_owner = NULL, "
-                "lease_expires_at = NULL, updated_at = ? WHERE job_id = ? AND idx = ?",
-                (json.dumps(error), now, row["job_id"], row["idx"]),
-            )
-            event = {"variation": row["idx"], "status": "failed", "error": error}
-            self._append(db, row["job_id"], "stems", event, now)
-        row = db.execute(
-            f"SELECT job_id, idx FROM stems WHERE {runnable} ORDER BY created_at, job_id, idx "
-            "LIMIT 1",
-            (now,),
-        ).fetchone()
-        if row is None:
-            return None
-        db.execute(
-            "UPDATE stems SET status = 'running', lease_owner = ?, lease_expires_at = ?, "
-            "attempts = attempts + 1, updated_at = ? WHERE job_id = ? AND idx = ?",
-            (lease_owner, now + lease_s, now, row["job_id"], row["idx"]),
-        )
-        return self._get_stems(db, row["job_id"], row["idx"])
+        key = _claim_row(db, _STEMS, lease_owner, lease_s, max_attempts)
+        return None if key is None else self._get_stems(db, *key)
 
     async def claim_next_stems(
         self, lease_owner: str, *, lease_s: float, max_attempts: int
@@ -839,38 +890,15 @@ class SQLiteJobStore:
         )
         return result
 
-    @staticmethod
-    def _check_stems_lease(
-        db: sqlite3.Connection, job_id: str, index: int, lease_owner: str
-    ) -> None:
-        row = db.execute(
-            "SELECT lease_owner FROM stems WHERE job_id = ? AND idx = ?", (job_id, index)
-        ).fetchone()
-        if row is None or row["lease_owner"] != lease_owner:
-            raise LeaseLost(f"stems of {job_id}/{index} are no longer leased by {lease_owner}")
-
     async def renew_stems_lease(
         self, job_id: str, index: int, lease_owner: str, *, lease_s: float
     ) -> None:
-        def renew(db: sqlite3.Connection) -> None:
-            self._check_stems_lease(db, job_id, index, lease_owner)
-            db.execute(
-                "UPDATE stems SET lease_expires_at = ? WHERE job_id = ? AND idx = ?",
-                (time.time() + lease_s, job_id, index),
-            )
-
-        await self._run(self._transaction, renew)
+        await self._run(
+            self._transaction, _renew_lease, _STEMS, (job_id, index), lease_owner, lease_s
+        )
 
     async def release_stems(self, job_id: str, index: int, lease_owner: str) -> None:
-        def release(db: sqlite3.Connection) -> None:
-            db.execute(
-                "UPDATE stems SET lease_owner = NULL, lease_expires_at = NULL, "
-                "attempts = MAX(attempts - 1, 0), updated_at = ? "
-                "WHERE job_id = ? AND idx = ? AND lease_owner = ? AND status = 'running'",
-                (time.time(), job_id, index, lease_owner),
-            )
-
-        await self._run(self._transaction, release)
+        await self._run(self._transaction, _release_lease, _STEMS, (job_id, index), lease_owner)
 
     def _update_stems(
         self,
@@ -881,22 +909,10 @@ class SQLiteJobStore:
         fields: dict[str, Any],
         event: tuple[str, dict[str, Any]] | None,
     ) -> None:
-        unknown = set(fields) - _STEMS_FIELDS
-        if unknown:
-            raise ValueError(f"not stems fields: {sorted(unknown)}")
-        self._check_stems_lease(db, job_id, index, lease_owner)
-        now = time.time()
-        fields = {"updated_at": now, **fields}
-        if fields.get("status") in ("succeeded", "failed"):
-            fields.update(lease_owner=None, lease_expires_at=None)
-        values = [json.dumps(v) if k in _JSON_STEMS_FIELDS else v for k, v in fields.items()]
-        assignments = ", ".join(f"{name} = ?" for name in fields)
-        db.execute(
-            f"UPDATE stems SET {assignments} WHERE job_id = ? AND idx = ?",
-            (*values, job_id, index),
-        )
+        _check_lease(db, _STEMS, (job_id, index), lease_owner)
+        _set_fields(db, _STEMS, (job_id, index), fields)
         if event is not None:
-            self._append(db, job_id, event[0], event[1], now)
+            _append(db, job_id, event[0], event[1], time.time())
 
     async def update_stems(
         self,

@@ -155,6 +155,15 @@ def test_stems_requests_are_checked(deploy: DeployFn) -> None:
     assert client.post("/v1/songs/song_unknown/variations/0/stems").status_code == 404
     not_made = client.get(f"/v1/songs/{song_id}/variations/0/stems/drums.wav")
     assert not_made.status_code == 404
+    # A variation still rendering has no stems to make yet: 409, saying what to wait for.
+    long_song = client.post(
+        "/v1/songs", json={"style": "ambient", "duration_s": 120, "variations": 1}
+    ).json()["id"]
+    early = client.post(f"/v1/songs/{long_song}/variations/0/stems")
+    assert early.status_code == 409, early.text
+    error = early.json()["error"]
+    assert error["code"] == "not_ready" and "`variation` event" in error["message"]
+    assert client.get(f"/v1/songs/{long_song}/variations/0/stems").status_code == 404
 
 
 @pytest.fixture(scope="module")
@@ -171,15 +180,20 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return acestep, build_tiny_htdemucs(root / "htdemucs.th")
 
 
-def test_demucs_stems_of_an_ace_step_song(deploy: DeployFn, tiny_models: tuple[Path, Path]) -> None:
-    acestep, htdemucs = tiny_models
-    pool = {
+def _tiny_acestep_pool(checkpoint: Path) -> dict[str, Any]:
+    """A one-replica CPU pool of the tiny ACE-Step checkpoint, two denoising steps a song."""
+    return {
         "name": "DiT_CPU",
         "model": "ace-step",
-        "ace_step": {"path": str(acestep), "device": "cpu", "dtype": "float32",
+        "ace_step": {"path": str(checkpoint), "device": "cpu", "dtype": "float32",
                      "num_inference_steps": 2},
         "deployment": {"num_replicas": 1, "max_ongoing_requests": 4, "actor": {"num_cpus": 0.5}},
     }  # fmt: skip
+
+
+def test_demucs_stems_of_an_ace_step_song(deploy: DeployFn, tiny_models: tuple[Path, Path]) -> None:
+    acestep, htdemucs = tiny_models
+    pool = _tiny_acestep_pool(acestep)
     app = deploy(
         models={"auto_order": ["ace-step"], "pools": [pool]},
         postprocess={
@@ -225,13 +239,7 @@ def test_stems_need_a_separator_for_other_models(
     deploy: DeployFn, tiny_models: tuple[Path, Path]
 ) -> None:
     acestep, _ = tiny_models
-    pool = {
-        "name": "DiT_CPU",
-        "model": "ace-step",
-        "ace_step": {"path": str(acestep), "device": "cpu", "dtype": "float32",
-                     "num_inference_steps": 2},
-        "deployment": {"num_replicas": 1, "max_ongoing_requests": 4, "actor": {"num_cpus": 0.5}},
-    }  # fmt: skip
+    pool = _tiny_acestep_pool(acestep)
     app = deploy(models={"auto_order": ["ace-step"], "pools": [pool]})
     song_id, _ = _song(app.client, {"style": "rock", "duration_s": 5, "variations": 1})
     refused = app.client.post(f"/v1/songs/{song_id}/variations/0/stems")

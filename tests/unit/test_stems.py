@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from deployments.post_processor import Provenance
+from deployments.song_models import RenderRequest
 from deployments.stem_maker import StemMaker, StemsTask, StemsUnavailable
 from deployments.stem_separator import DemucsSeparator, pick_device
 from pipeline.loudness import normalize_loudness
@@ -132,18 +133,22 @@ def _stem_maker(tmp_path: Path) -> StemMaker:
     return StemMaker(config, storage)
 
 
-def _task(render: SketchRender, **changes: object) -> StemsTask:
+def _task(render: SketchRender, seed: int = 3, **changes: object) -> StemsTask:
+    request = RenderRequest(
+        job_id="song_x",
+        variation=0,
+        seed=seed,
+        duration_s=8.0,
+        tags=StyleTags(genre="pop", subgenre=None, family="pop", bpm=110, key="C major"),
+        sections=LYRICS,
+        instrumental=False,
+        language="en",
+    )
     fields: dict[str, object] = {
-        "job_id": "song_x",
-        "index": 0,
+        "render": request,
         "model": "sketch",
         "model_version": SKETCH_VERSION,
         "sample_rate": SAMPLE_RATE,
-        "seed": 3,
-        "duration_s": 8.0,
-        "tags": StyleTags(genre="pop", subgenre=None, family="pop", bpm=110, key="C major"),
-        "sections": LYRICS,
-        "instrumental": False,
         "loudness_lufs": -9.0,  # loud: the limiter shapes the gain curve
         "objects": {},
         "provenance": Provenance("t", 3, "0" * 64, "2026-11-21T00:00:00+00:00"),

@@ -15,9 +15,9 @@ from pipeline.tags import (
     KEY_TONICS,
     StyleTags,
     _phrase_owners,
-    _phrase_tokens,
     list_genres,
     normalize_style,
+    phrase_tokens,
 )
 from pipeline.vocabulary import (
     FAMILY_DEFAULT_VOCAL,
@@ -261,7 +261,7 @@ def test_no_synonym_maps_to_two_genres() -> None:
     for genre in GENRES:
         phrases = [genre.name, *genre.synonyms]
         phrases += [p for sub in genre.subgenres for p in (sub.name, *sub.synonyms)]
-        for phrase in map(_phrase_tokens, phrases):
+        for phrase in map(phrase_tokens, phrases):
             assert owner.setdefault(phrase, genre.name) == genre.name, phrase
     hint_owner: dict[str, str] = {}
     for genre in GENRES:
