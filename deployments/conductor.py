@@ -24,13 +24,22 @@ import os
 import secrets
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pipeline.lyrics import LyricSection, parse_lyrics
 from pipeline.tags import StyleTags
-from serve.jobs import JobRecord, LeaseLost, StemsRecord, VariationRecord, open_job_store
+from serve.store import (
+    JobRecord,
+    LeaseLost,
+    StemsRecord,
+    VariationRecord,
+    open_job_store,
+    open_object_store,
+)
+from serve.workflow import Backoff, StageFailed, retry_stage
 
 from .failures import describe_failure
 from .post_processor import Provenance
@@ -41,6 +50,8 @@ if TYPE_CHECKING:
     from serve.config import AppConfig
 
 logger = logging.getLogger("ray.serve")
+
+T = TypeVar("T")
 
 # Share of a job's progress bar each part takes. Rendering dominates the wait.
 _TEXT_STAGES_SHARE = 0.05  # lyrics + tags
@@ -63,15 +74,20 @@ class Conductor:
         DeploymentHandles."""
         self._config = config
         self._jobs_config = config.jobs
-        self._store = open_job_store(config.storage.database_url)
+        self._store = open_job_store(config.storage)
+        # Only to check that a stored render still exists (metadata): the conductor never reads
+        # audio.
+        self._objects = open_object_store(config.storage)
         self._lyrics = lyrics
         self._tags = tags
         self._router = router.options(stream=True)
         self._postprocessor = postprocessor
         self._stems = stems.options(stream=True) if stems is not None else None
-        self._lease_owner = f"conductor@{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        # Who holds a lease (diagnostics); each claim's own token is what fences its writes.
+        self._worker = f"conductor@{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self._active: dict[str, asyncio.Task[None]] = {}
         self._active_stems: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self._tokens: dict[Any, str] = {}  # claim token by job id / (job id, variation)
         self._wake = asyncio.Event()
         # Serve runs constructors on the replica's event loop: start claiming right away so jobs
         # left unfinished by a previous run resume without waiting for a request.
@@ -89,17 +105,18 @@ class Conductor:
         Only renders in flight are redone."""
         self._claim_loop.cancel()
         jobs, stems = dict(self._active), dict(self._active_stems)
+        tokens = dict(self._tokens)
         for task in [*jobs.values(), *stems.values()]:
             task.cancel()
         await asyncio.gather(*jobs.values(), *stems.values(), return_exceptions=True)
         for job_id in jobs:
             try:
-                await self._store.release(job_id, self._lease_owner)
+                await self._store.release(job_id, tokens[job_id])
             except Exception:  # the lease then simply expires
                 logger.exception("could not release %s", job_id)
         for job_id, index in stems:
             try:
-                await self._store.release_stems(job_id, index, self._lease_owner)
+                await self._store.release_stems(job_id, index, tokens[job_id, index])
             except Exception:
                 logger.exception("could not release the stems of %s/%d", job_id, index)
         logger.info("released %d unfinished job(s) on shutdown", len(jobs) + len(stems))
@@ -120,19 +137,36 @@ class Conductor:
                     await self._claim_stems()
             except Exception:
                 logger.exception("claiming jobs failed; retrying")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=config.poll_interval_s)
+            # Woken by the store (a job queued or handed back), by `wake()`, or by a finished
+            # task freeing a slot; expired leases notify nobody, so the poll interval bounds it.
+            woken = asyncio.ensure_future(self._wake.wait())
+            notified = asyncio.ensure_future(self._wait_for_work(config.poll_interval_s))
+            try:
+                await asyncio.wait([woken, notified], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                woken.cancel()
+                notified.cancel()
             self._wake.clear()
+
+    async def _wait_for_work(self, timeout: float) -> None:
+        try:
+            await self._store.wait_for_work(timeout)
+        except Exception:  # noqa: BLE001 - the store is down: the next claim reports it
+            await asyncio.sleep(timeout)
 
     async def _claim_songs(self) -> None:
         config = self._jobs_config
         while len(self._active) < config.max_concurrent_jobs:
             job = await self._store.claim_next(
-                self._lease_owner, lease_s=config.lease_s, max_attempts=config.max_attempts
+                self._worker,
+                lease_s=config.lease_s,
+                max_attempts=config.max_attempts,
+                exclude=tuple(self._active),  # an expired lease of ours: never drive a job twice
             )
             if job is None:
                 return
             logger.info("claimed %s (attempt %d)", job.id, job.attempts)
+            self._tokens[job.id] = _token(job)
             task = asyncio.create_task(self._drive(job), name=f"job-{job.id}")
             self._active[job.id] = task
             task.add_done_callback(functools.partial(self._finished, self._active, job.id))
@@ -141,11 +175,15 @@ class Conductor:
         config = self._jobs_config
         while len(self._active_stems) < config.max_concurrent_stems:
             record = await self._store.claim_next_stems(
-                self._lease_owner, lease_s=config.lease_s, max_attempts=config.max_attempts
+                self._worker,
+                lease_s=config.lease_s,
+                max_attempts=config.max_attempts,
+                exclude=tuple(self._active_stems),
             )
             if record is None:
                 return
             key = (record.job_id, record.index)
+            self._tokens[key] = _token(record)
             logger.info("claimed the stems of %s/%d (attempt %d)", *key, record.attempts)
             task = asyncio.create_task(self._drive_stems(record), name=f"stems-{key}")
             self._active_stems[key] = task
@@ -153,10 +191,12 @@ class Conductor:
 
     def _finished(self, active: dict[Any, asyncio.Task[None]], key: Any, _: Any) -> None:
         active.pop(key, None)
+        self._tokens.pop(key, None)
         self._wake.set()  # a slot is free
 
     async def _drive(self, job: JobRecord) -> None:
-        heartbeat = asyncio.create_task(self._heartbeat(job.id, asyncio.current_task()))
+        token = _token(job)
+        heartbeat = asyncio.create_task(self._heartbeat(job.id, token, asyncio.current_task()))
         try:
             await asyncio.wait_for(self._run_job(job), timeout=self._jobs_config.job_timeout_s)
         except LeaseLost:
@@ -166,22 +206,23 @@ class Conductor:
         except TimeoutError:
             await self._fail(
                 job.id,
+                token,
                 "timeout",
                 f"the job did not finish within jobs.job_timeout_s "
                 f"({self._jobs_config.job_timeout_s:g} s)",
             )
         except Exception as error:
             logger.exception("job %s failed", job.id)
-            await self._fail(job.id, "internal_error", describe_failure(error))
+            await self._fail(job.id, token, "internal_error", describe_failure(error))
         finally:
             heartbeat.cancel()
 
-    async def _heartbeat(self, job_id: str, driver: asyncio.Task[Any] | None) -> None:
+    async def _heartbeat(self, job_id: str, token: str, driver: asyncio.Task[Any] | None) -> None:
         config = self._jobs_config
         while True:
             await asyncio.sleep(config.heartbeat_s)
             try:
-                await self._store.renew_lease(job_id, self._lease_owner, lease_s=config.lease_s)
+                await self._store.renew_lease(job_id, token, lease_s=config.lease_s)
             except LeaseLost:
                 if driver is not None:
                     driver.cancel()
@@ -189,14 +230,14 @@ class Conductor:
             except Exception:
                 logger.exception("renewing the lease on %s failed", job_id)
 
-    async def _fail(self, job_id: str, code: str, message: str) -> None:
+    async def _fail(self, job_id: str, token: str, code: str, message: str) -> None:
         error = {"code": code, "message": message}
         with contextlib.suppress(LeaseLost):
             await self._store.append_event(
                 job_id,
                 "error",
                 error,
-                lease_owner=self._lease_owner,
+                token=token,
                 job_fields={"status": "failed", "stage": "failed", "error": error},
             )
 
@@ -231,7 +272,7 @@ class Conductor:
             await asyncio.sleep(config.heartbeat_s)
             try:
                 await self._store.renew_stems_lease(
-                    record.job_id, record.index, self._lease_owner, lease_s=config.lease_s
+                    record.job_id, record.index, _token(record), lease_s=config.lease_s
                 )
             except LeaseLost:
                 if driver is not None:
@@ -246,7 +287,7 @@ class Conductor:
         with contextlib.suppress(LeaseLost):
             await self._store.update_stems(
                 *_key(record),
-                self._lease_owner,
+                _token(record),
                 status="failed",
                 error=error,
                 event=("stems", event),
@@ -258,7 +299,7 @@ class Conductor:
         task = _stems_task(job, record.index)
         await self._store.update_stems(
             *_key(record),
-            self._lease_owner,
+            _token(record),
             progress=0.0,
             event=("stems", {"variation": record.index, "status": "running"}),
         )
@@ -278,7 +319,7 @@ class Conductor:
             progress = _stems_progress(item)
             await self._store.update_stems(
                 *_key(record),
-                self._lease_owner,
+                _token(record),
                 progress=progress,
                 event=(
                     "stems_progress",
@@ -307,7 +348,7 @@ class Conductor:
         }
         await self._store.update_stems(
             *_key(record),
-            self._lease_owner,
+            _token(record),
             status="succeeded",
             progress=1.0,
             objects=made.objects,
@@ -318,46 +359,63 @@ class Conductor:
 
     # -- stages -----------------------------------------------------------------------------------
 
-    async def _stage(self, job_id: str, stage: str, progress: float) -> None:
+    async def _stage(self, job: JobRecord, stage: str, progress: float) -> None:
         await self._store.append_event(
-            job_id,
+            job.id,
             "stage",
             {"stage": stage},
-            lease_owner=self._lease_owner,
+            token=_token(job),
             job_fields={"stage": stage, "progress": progress},
+        )
+
+    def _backoff(self, attempts: int) -> Backoff:
+        config = self._jobs_config
+        return Backoff(attempts, config.retry_backoff_s, config.retry_backoff_max_s)
+
+    async def _retry(self, stage: str, operation: Callable[[], Awaitable[T]], attempts: int) -> T:
+        """A stage's call, retried with backoff; LeaseLost ends the drive at once."""
+        return await retry_stage(
+            stage,
+            operation,
+            self._backoff(attempts),
+            describe=describe_failure,
+            fatal=(LeaseLost,),
         )
 
     async def _run_job(self, job: JobRecord) -> None:
         request = job.request
-        sections = await self._lyrics_stage(job, request)
-        tags = await self._tags_stage(job, request)
+        try:
+            sections = await self._lyrics_stage(job, request)
+            tags = await self._tags_stage(job, request)
+            await self._stage(job, "generating", _TEXT_STAGES_SHARE)
+            await self._variations(job, sections, tags)
+        except StageFailed as failure:
+            await self._fail(job.id, _token(job), f"{failure.stage}_failed", str(failure))
+            return
+        await self._store.append_event(
+            job.id,
+            "done",
+            {"status": "succeeded", "succeeded": len(job.variations), "failed": 0},
+            token=_token(job),
+            job_fields={"status": "succeeded", "stage": "done", "progress": 1.0},
+        )
 
-        await self._stage(job.id, "generating", _TEXT_STAGES_SHARE)
+    async def _variations(
+        self, job: JobRecord, sections: list[LyricSection], tags: StyleTags
+    ) -> None:
+        """Every variation not yet made, in parallel. When one fails for good the others stop
+        (the song fails), and its exception is raised as it is."""
         fractions = {v.index: (1.0 if v.status == "succeeded" else 0.0) for v in job.variations}
-        pending = [v for v in job.variations if v.status != "succeeded"]
-        await asyncio.gather(*(self._variation(job, v, sections, tags, fractions) for v in pending))
-
-        finished = await self._store.get_job(job.id)
-        assert finished is not None
-        succeeded = [v for v in finished.variations if v.status == "succeeded"]
-        if succeeded:
-            await self._store.append_event(
-                job.id,
-                "done",
-                {
-                    "status": "succeeded",
-                    "succeeded": len(succeeded),
-                    "failed": len(finished.variations) - len(succeeded),
-                },
-                lease_owner=self._lease_owner,
-                job_fields={"status": "succeeded", "stage": "done", "progress": 1.0},
-            )
-        else:
-            reasons = "; ".join(
-                f"variation {v.index}: {(v.error or {}).get('message', 'failed')}"
-                for v in finished.variations
-            )
-            await self._fail(job.id, "generation_failed", f"no variation could be made ({reasons})")
+        try:
+            async with asyncio.TaskGroup() as group:
+                for variation in job.variations:
+                    if variation.status != "succeeded":
+                        group.create_task(
+                            self._variation(job, variation, sections, tags, fractions)
+                        )
+        except BaseExceptionGroup as failures:
+            lost = failures.subgroup(LeaseLost)  # losing the lease outranks any other failure
+            raise (lost or failures).exceptions[0] from None
 
     async def _lyrics_stage(self, job: JobRecord, request: dict[str, Any]) -> list[LyricSection]:
         if job.lyrics is not None:
@@ -367,13 +425,17 @@ class Conductor:
         elif request.get("instrumental") or not request.get("prompt"):
             text, source = "", None
         else:
-            await self._stage(job.id, "lyrics", 0.0)
-            written = await self._lyrics.write.remote(
-                request["prompt"],
-                request["duration_s"],
-                style=request.get("style"),
-                language=request["language"],
-                seed=job.seed,
+            await self._stage(job, "lyrics", 0.0)
+            written = await self._retry(
+                "lyrics",
+                lambda: self._lyrics.write.remote(
+                    request["prompt"],
+                    request["duration_s"],
+                    style=request.get("style"),
+                    language=request["language"],
+                    seed=job.seed,
+                ),
+                self._jobs_config.stage_attempts,
             )
             text = written.text
             source = {
@@ -382,20 +444,24 @@ class Conductor:
                 "fallback_reason": written.fallback_reason,
                 "repairs": written.repairs,
             }
-        await self._store.update_job(job.id, self._lease_owner, lyrics=text, lyrics_source=source)
+        await self._store.update_job(job.id, _token(job), lyrics=text, lyrics_source=source)
         return parse_lyrics(text)
 
     async def _tags_stage(self, job: JobRecord, request: dict[str, Any]) -> StyleTags:
         if job.tags is not None:
             return StyleTags.from_dict(job.tags)
-        await self._stage(job.id, "tags", _TEXT_STAGES_SHARE / 2)
+        await self._stage(job, "tags", _TEXT_STAGES_SHARE / 2)
         # Without an explicit style, the description itself names the style ("a sunny indie-pop
         # song about …").
         style_text = request.get("style") or request.get("prompt")
-        tags: StyleTags = await self._tags.normalize.remote(
-            style_text, language=request["language"], instrumental=request["instrumental"]
+        tags: StyleTags = await self._retry(
+            "tags",
+            lambda: self._tags.normalize.remote(
+                style_text, language=request["language"], instrumental=request["instrumental"]
+            ),
+            self._jobs_config.stage_attempts,
         )
-        await self._store.update_job(job.id, self._lease_owner, tags=tags.to_dict())
+        await self._store.update_job(job.id, _token(job), tags=tags.to_dict())
         return tags
 
     async def _variation(
@@ -406,48 +472,58 @@ class Conductor:
         tags: StyleTags,
         fractions: dict[int, float],
     ) -> None:
-        request = job.request
+        """Render (unless a stored render survives from an earlier try) and master one
+        variation; both steps are retried with backoff. A variation that still fails is
+        recorded, and StageFailed fails the song: it never ends `succeeded` with a hole. The
+        only terminal event a variation sends is its `variation` event on success; a failure
+        is told by the song's `error` event."""
         render_request = _render_request(job, variation, sections, tags)
-        last_error: Exception | None = None
-        for attempt in range(1, self._jobs_config.variation_attempts + 1):
-            try:
-                await self._render_and_store(job.id, render_request, request, fractions)
-                return
-            except (LeaseLost, asyncio.CancelledError):
-                raise
-            except Exception as error:  # noqa: BLE001 - retried, then recorded on the variation
-                logger.warning(
-                    "variation %s/%d attempt %d failed: %s",
-                    job.id,
-                    variation.index,
-                    attempt,
-                    describe_failure(error),
-                )
-                last_error = error
-        error_info = {
-            "code": "generation_failed",
-            "message": describe_failure(last_error) if last_error else "failed",
-        }
-        await self._store.update_variation(
-            job.id, variation.index, self._lease_owner, status="failed", error=error_info
-        )
-        await self._variation_event(job.id, variation.index)
+        index = variation.index
+        rendered = await self._surviving_render(variation)
+        attempts = self._jobs_config.variation_attempts
 
-    async def _render_and_store(
-        self,
-        job_id: str,
-        render_request: RenderRequest,
-        request: dict[str, Any],
-        fractions: dict[int, float],
-    ) -> None:
+        async def make() -> None:
+            nonlocal rendered
+            if rendered is None:
+                rendered = await self._render(job, render_request, fractions)
+            try:
+                await self._master(job, render_request, rendered, fractions)
+            except KeyError:  # the stored render is gone: render again on the next try
+                rendered = None
+                raise
+
+        try:
+            await self._retry(f"variation {index}", make, attempts)
+        except StageFailed as failure:
+            error = {"code": "generation_failed", "message": str(failure)}
+            await self._store.update_variation(
+                job.id, index, _token(job), status="failed", error=error
+            )
+            reason = f"variation {index}: {failure.reason}"
+            raise StageFailed("generation", failure.attempts, reason) from failure
+
+    async def _surviving_render(self, variation: VariationRecord) -> RenderedSong | None:
+        """The render an earlier claim stored but could not master, when its bytes still exist."""
+        raw = variation.render.get("raw")
+        if not raw:
+            return None
+        rendered = RenderedSong(**raw)
+        if await self._objects.stat(rendered.render_key) is None:
+            return None
+        logger.info("mastering the stored render %s again (no new render)", rendered.render_key)
+        return rendered
+
+    async def _render(
+        self, job: JobRecord, render_request: RenderRequest, fractions: dict[int, float]
+    ) -> RenderedSong:
+        """Render on a decoder pool (through the router); the render is stored by the decoder and
+        its reference recorded on the variation before anything else can fail."""
         index = render_request.variation
-        await self._store.update_variation(
-            job_id, index, self._lease_owner, status="running", error=None
-        )
+        await self._store.update_variation(job.id, index, _token(job), status="running", error=None)
         fractions[index] = 0.0
         rendered: RenderedSong | None = None
         last_progress_at = 0.0
-        async for item in self._router.generate.remote(render_request, request["model"]):
+        async for item in self._router.generate.remote(render_request, job.request["model"]):
             if isinstance(item, RenderProgress):
                 fractions[index] = _RENDER_SHARE_OF_VARIATION * item.step / max(item.steps, 1)
                 now = time.monotonic()
@@ -456,28 +532,40 @@ class Conductor:
                     or item.step == item.steps
                 ):
                     last_progress_at = now
-                    await self._progress(
-                        job_id, "generating", index, item.step, item.steps, fractions
-                    )
+                    await self._progress(job, "generating", index, item.step, item.steps, fractions)
             elif isinstance(item, RenderedSong):
                 rendered = item
         if rendered is None:
             raise RuntimeError("the decoder finished without a song")
+        await self._store.update_variation(
+            job.id, index, _token(job), render={"raw": asdict(rendered)}
+        )
+        return rendered
 
-        await self._progress(job_id, "postprocessing", index, 0, 1, fractions)
+    async def _master(
+        self,
+        job: JobRecord,
+        render_request: RenderRequest,
+        rendered: RenderedSong,
+        fractions: dict[int, float],
+    ) -> None:
+        """Post-process a stored render into the delivered files, and record the variation."""
+        index, request = render_request.variation, job.request
+        fractions[index] = _RENDER_SHARE_OF_VARIATION
+        await self._progress(job, "postprocessing", index, 0, 1, fractions)
         processed = await self._postprocessor.process.remote(
             rendered,
-            job_id=job_id,
+            job_id=job.id,
             index=index,
             target_lufs=float(request["loudness_lufs"]),
             provenance=_provenance(
-                job_id, index, render_request.seed, render_request.lora_id, request
+                job.id, index, render_request.seed, render_request.lora_id, request
             ),
         )
         await self._store.update_variation(
-            job_id,
+            job.id,
             index,
-            self._lease_owner,
+            _token(job),
             status="succeeded",
             model=rendered.model,
             model_version=rendered.model_version,
@@ -487,6 +575,7 @@ class Conductor:
             true_peak_dbtp=processed.true_peak_dbtp,
             objects=processed.objects,
             render={
+                "raw": asdict(rendered),
                 "replica": rendered.replica,
                 "batch_size": rendered.batch_size,
                 "render_started_at": rendered.render_started_at,
@@ -498,12 +587,12 @@ class Conductor:
             error=None,
         )
         fractions[index] = 1.0
-        await self._progress(job_id, "postprocessing", index, 1, 1, fractions)
-        await self._variation_event(job_id, index)
+        await self._progress(job, "postprocessing", index, 1, 1, fractions)
+        await self._variation_event(job, index)
 
     async def _progress(
         self,
-        job_id: str,
+        job: JobRecord,
         stage: str,
         variation: int,
         step: int,
@@ -515,7 +604,7 @@ class Conductor:
         )
         overall = round(min(overall, 0.999), 4)  # 1.0 is reserved for `done`
         await self._store.append_event(
-            job_id,
+            job.id,
             "progress",
             {
                 "stage": stage,
@@ -524,17 +613,15 @@ class Conductor:
                 "steps": steps,
                 "progress": overall,
             },
-            lease_owner=self._lease_owner,
+            token=_token(job),
             job_fields={"progress": overall},
         )
 
-    async def _variation_event(self, job_id: str, index: int) -> None:
-        job = await self._store.get_job(job_id)
-        assert job is not None
-        record = next(v for v in job.variations if v.index == index)
-        await self._store.append_event(
-            job_id, "variation", asdict(record), lease_owner=self._lease_owner
-        )
+    async def _variation_event(self, job: JobRecord, index: int) -> None:
+        current = await self._store.get_job(job.id)
+        assert current is not None
+        record = next(v for v in current.variations if v.index == index)
+        await self._store.append_event(job.id, "variation", asdict(record), token=_token(job))
 
 
 def _provenance(
@@ -556,6 +643,12 @@ def _provenance(
 
 def _key(record: StemsRecord) -> tuple[str, int]:
     return record.job_id, record.index
+
+
+def _token(claimed: JobRecord | StemsRecord) -> str:
+    """The claim token of work this conductor claimed (what fences its writes)."""
+    assert claimed.lease_token is not None, "not a claimed record"
+    return claimed.lease_token
 
 
 def _stems_progress(item: StemsProgress) -> float:

@@ -3,7 +3,8 @@
 The same class is deployed once per pool in `models.pools` (e.g. `Sketch`, `DiT_CUDA`, `DiT_MPS`);
 the builder names each deployment and applies its resources. `render` is a streaming method: it
 yields `RenderProgress` while the model works and one `RenderedSong` at the end, so progress
-reaches the song's SSE stream while the audio is still being made.
+reaches the song's SSE stream while the audio is still being made. The audio itself goes to the
+object store (`raw_render_key`): the `RenderedSong` is a reference, a few hundred bytes.
 
 Requests are batched across callers with `serve.batch` (size and wait live-tunable through the
 pool's `batching` settings, applied in `reconfigure`), and LoRA adapters are loaded per replica
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from serve.loras import LORA_WEIGHTS_NAME, lora_weights_key
-from serve.objects import open_object_store
+from serve.store import RAW_RENDER_CONTENT_TYPE, open_object_store, raw_render_key
 
 from .progress import Finished, with_progress
 from .song_models import RenderedSong, RenderProgress, RenderRequest, load_song_model
@@ -88,7 +89,7 @@ class SongDecoder:
 
         self._pool = pool
         self._model = load_song_model(pool)
-        self._objects = open_object_store(storage.storage_url)
+        self._objects = open_object_store(storage)
         self._replica = f"{pool.name}@{socket.gethostname()}:{os.getpid()}"
         self._lora_dir = Path(tempfile.mkdtemp(prefix=f"songserve-loras-{pool.name}-"))
         # Every call into the model (renders, adapter loads and unloads) runs on this one thread,
@@ -162,9 +163,14 @@ class SongDecoder:
             else:
                 yield [RenderProgress(*item)] * len(requests)
         finished_at = time.time()
+        # Stored before anything else can fail, so a failed master is redone from these bytes
+        # instead of a new render; what is yielded is only the reference.
+        keys = [raw_render_key(r.job_id, r.variation) for r in requests]
+        await asyncio.gather(*(self._store_render(k, a) for k, a in zip(keys, audios, strict=True)))
         yield [
             RenderedSong(
-                audio=audio,
+                render_key=key,
+                n_samples=int(audio.shape[-1]),
                 sample_rate=self._model.sample_rate,
                 model=self._model.name,
                 model_version=self._model.version,
@@ -173,10 +179,16 @@ class SongDecoder:
                 render_finished_at=finished_at,
                 batch_size=size,
             )
-            for audio, size in zip(audios, call_size, strict=True)
+            for key, audio, size in zip(keys, audios, call_size, strict=True)
         ]
         for request in requests:
             self._metrics.songs.inc(tags={"lora": "adapter" if request.lora_id else "base"})
+
+    async def _store_render(self, key: str, audio: Any) -> None:
+        from pipeline.audio import raw_render_bytes
+
+        data = await asyncio.to_thread(raw_render_bytes, audio)
+        await self._objects.put(key, data, RAW_RENDER_CONTENT_TYPE)
 
     async def _load_lora(self, lora_id: str) -> LoadedLora:
         """Fetch a registered LoRA from the object store and load it into the model."""

@@ -33,7 +33,7 @@ from pipeline.lyrics import LyricSection, format_lyrics
 
 if TYPE_CHECKING:
     from serve.config import LyricsConfig, StorageConfig
-    from serve.jobs import JobStore
+    from serve.store import JobStore
 
 logger = logging.getLogger("ray.serve")
 
@@ -113,7 +113,7 @@ ATTEMPTS = 2  # the first answer, then one stricter retry
 class LyricsLLM:
     def __init__(self, config: LyricsConfig, storage: StorageConfig | None = None) -> None:
         """Load the configured engine; LLM results are cached in `storage`'s job store."""
-        from serve.jobs import open_job_store
+        from serve.store import open_job_store
 
         self._config = config
         self._chat: ChatEngine | None = (
@@ -121,7 +121,7 @@ class LyricsLLM:
         )
         self._cache: JobStore | None = None
         if self._chat is not None and config.cache and storage is not None:
-            self._cache = open_job_store(storage.database_url)
+            self._cache = open_job_store(storage)
 
     async def write(
         self,

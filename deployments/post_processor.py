@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from serve.objects import open_object_store, variation_key
+from serve.store import open_object_store, variation_key
 
 
 def _songserve_version() -> str:
@@ -162,21 +162,23 @@ class PostProcessor:
     def __init__(self, config: PostProcessConfig, storage: StorageConfig) -> None:
         """Raises ValueError naming the setting when signing is on but the chain is missing."""
         self._config = config
-        self._objects = open_object_store(storage.storage_url)
+        self._objects = open_object_store(storage)
         self._delivery = DeliveryChain(config)
 
     def _master_and_encode(
-        self, rendered: RenderedSong, target_lufs: float, provenance: Provenance
+        self, rendered: RenderedSong, raw: bytes, target_lufs: float, provenance: Provenance
     ) -> tuple[dict[str, tuple[bytes, str]], ProcessedVariation]:
+        from pipeline.audio import raw_render_from_bytes
         from pipeline.encode import CONTENT_TYPES
         from pipeline.loudness import normalize_loudness
         from pipeline.peaks import peaks_document
         from pipeline.stems import render_fingerprint
 
         timings: dict[str, float] = {}
+        audio = raw_render_from_bytes(raw)
         started = time.perf_counter()
         mastered = normalize_loudness(
-            rendered.audio,
+            audio,
             rendered.sample_rate,
             target_lufs=target_lufs,
             ceiling_dbtp=self._config.ceiling_dbtp,
@@ -236,7 +238,7 @@ class PostProcessor:
             objects={},
             timings_s=timings,
             provenance={"watermark": watermark, "c2pa": signed},
-            fingerprint=render_fingerprint(rendered.audio, rendered.sample_rate),
+            fingerprint=render_fingerprint(audio, rendered.sample_rate),
         )
         return artefacts, summary
 
@@ -251,9 +253,13 @@ class PostProcessor:
     ) -> ProcessedVariation:
         """Master to `target_lufs` (true peak ≤ the ceiling), encode every configured format, sign
         each file with its content credentials, cut the HLS rendition and the waveform peaks,
-        store them, and return the measurements, object keys and provenance status."""
+        store them, and return the measurements, object keys and provenance status. The raw
+        render is read from the object store (`rendered.render_key`); KeyError when missing."""
+        started = time.perf_counter()
+        raw = await self._objects.get(rendered.render_key)
+        fetched_s = time.perf_counter() - started
         artefacts, summary = await asyncio.to_thread(
-            self._master_and_encode, rendered, target_lufs, provenance
+            self._master_and_encode, rendered, raw, target_lufs, provenance
         )
         started = time.perf_counter()
         objects: dict[str, str] = {}
@@ -265,7 +271,7 @@ class PostProcessor:
                     objects["hls"] = key
                 continue
             objects[name.removeprefix("audio.").removesuffix(".json")] = key
-        timings = {**summary.timings_s, "store": time.perf_counter() - started}
+        timings = {**summary.timings_s, "fetch": fetched_s, "store": time.perf_counter() - started}
         return replace(summary, objects=objects, timings_s=timings)
 
     async def verify(self, data: bytes, fmt: AudioFormat, max_seconds: float) -> dict[str, object]:

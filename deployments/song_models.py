@@ -50,9 +50,11 @@ class RenderProgress:
 
 @dataclass(frozen=True)
 class RenderedSong:
-    """Streamed by a decoder last: the raw (un-mastered) render and who made it."""
+    """Streamed by a decoder last: where it stored the raw (un-mastered) render, and who made it.
+    The audio itself never travels through the router or the conductor."""
 
-    audio: np.ndarray  # float32 [2, n_samples]
+    render_key: str  # object-store key of the float32 `.npy` [2, n_samples] render
+    n_samples: int
     sample_rate: int
     model: str
     model_version: str

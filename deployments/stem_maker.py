@@ -9,7 +9,8 @@ song:
   mastered stems sum to the delivered song, sample for sample (before any watermark);
 - **every other model** is separated by htdemucs on the `StemSeparator` replicas (GPU nodes where
   the operator put them) from the delivered master, read back losslessly when the server keeps
-  wav or flac; the stems then sum to that master.
+  wav or flac; the stems then sum to that master. The separator reads the master from the object
+  store and writes raw stems there; this deployment reads them back one at a time.
 
 Each stem then goes down the same `DeliveryChain` as a song — watermark (each stem carries its
 own), every configured format, C2PA credentials naming the stem and how it was made — into the
@@ -25,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from serve.objects import open_object_store, variation_key
+from serve.store import open_object_store, variation_key
 
 from .post_processor import (
     DeliveryChain,
@@ -44,6 +45,13 @@ if TYPE_CHECKING:
 # Formats a separator reads the delivered song from, best first: lossless ones give it exactly
 # the master; a lossy one still works, with the codec's error in every stem.
 _SOURCE_FORMATS = ("wav", "flac", "m4a", "mp3")
+
+
+@dataclass(frozen=True)
+class _StoredStem:
+    """A separated stem the separator stored raw (read when it is delivered)."""
+
+    key: str
 
 
 class StemsUnavailable(ValueError):
@@ -92,7 +100,7 @@ class StemMaker:
         """`separator` is the StemSeparator DeploymentHandle, None when no Demucs checkpoint is
         configured (then only sketch songs have stems)."""
         self._config = config
-        self._objects = open_object_store(storage.storage_url)
+        self._objects = open_object_store(storage)
         self._delivery = DeliveryChain(config)
         self._separator = separator.options(stream=True) if separator is not None else None
         # One stem job's CPU work at a time per replica; scale with replicas.
@@ -102,7 +110,7 @@ class StemMaker:
         """Stream progress, then the stored stems. Raises StemsUnavailable when the variation's
         stems cannot be made on this server."""
         timings: dict[str, float] = {}
-        stems: dict[str, np.ndarray] = {}
+        stems: dict[str, np.ndarray | _StoredStem] = {}
         started = time.perf_counter()
         if task.model == "sketch":
             method = "exact"
@@ -110,7 +118,7 @@ class StemMaker:
                 lambda on_progress: self._exact_stems(task, on_progress), self._thread
             ):
                 if isinstance(item, Finished):
-                    stems = item.value
+                    stems = dict(item.value)
                 else:
                     yield StemsProgress("rendering", *item)
             timings["render"] = time.perf_counter() - started
@@ -121,18 +129,21 @@ class StemMaker:
                     "exact stems, and this server separates none: set "
                     "postprocess.stems.demucs_checkpoint to an htdemucs checkpoint"
                 )
-            mix = await self._delivered_audio(task)
-            timings["decode"] = time.perf_counter() - started
-            started = time.perf_counter()
+            source_key = self._separation_source(task)
+            stems_prefix = variation_key(task.render.job_id, task.render.variation, "stems/raw/")
             method = ""
-            async for part in self._separator.separate.remote(mix, task.sample_rate):
+            raw_keys: dict[str, str] = {}
+            async for part in self._separator.separate.remote(
+                source_key, task.sample_rate, stems_prefix
+            ):
                 if isinstance(part, tuple):
                     yield StemsProgress("separating", *part)
                 else:
-                    method, stems = part.separator, part.stems
+                    method, raw_keys = part.separator, part.stems
             timings["separate"] = time.perf_counter() - started
-            if not stems:
+            if not raw_keys:
                 raise RuntimeError("the stem separator finished without stems")
+            stems = {name: _StoredStem(key) for name, key in raw_keys.items()}
 
         from pipeline.encode import CONTENT_TYPES
 
@@ -143,8 +154,13 @@ class StemMaker:
         names = list(stems)
         for done, name in enumerate(names):
             yield StemsProgress("delivering", done, len(names))
+            stem = stems.pop(name)
+            if isinstance(stem, _StoredStem):  # read one at a time: a long song's are large
+                from pipeline.audio import raw_render_from_bytes
+
+                stem = raw_render_from_bytes(await self._objects.get(stem.key))
             files, loudness[name], provenance = await loop.run_in_executor(
-                self._thread, self._deliver, task, name, stems.pop(name), method, timings
+                self._thread, self._deliver, task, name, stem, method, timings
             )
             # Stored one stem at a time: a long song's files are hundreds of MB for all four.
             started = time.perf_counter()
@@ -200,26 +216,16 @@ class StemMaker:
             for name, stem in sketch_stems(render, instrumental=task.render.instrumental).items()
         }
 
-    async def _delivered_audio(self, task: StemsTask) -> np.ndarray:
-        """The variation as delivered (mastered, watermarked), decoded from its best file."""
-        from pipeline.encode import decode_audio
-
+    @staticmethod
+    def _separation_source(task: StemsTask) -> str:
+        """The key of the variation's best file to separate (mastered, watermarked)."""
         fmt = next((f for f in _SOURCE_FORMATS if f in task.objects), None)
         if fmt is None:
             raise StemsUnavailable(
                 f"variation {task.render.variation} has no audio file to separate "
                 "(postprocess.formats)"
             )
-        data = await self._objects.get(task.objects[fmt])
-        audio, sample_rate = await asyncio.get_running_loop().run_in_executor(
-            self._thread, decode_audio, data
-        )
-        if sample_rate != task.sample_rate:
-            raise RuntimeError(
-                f"the {fmt} file of variation {task.render.variation} is {sample_rate} Hz, "
-                f"the variation {task.sample_rate} Hz"
-            )
-        return audio
+        return task.objects[fmt]
 
     def _deliver(
         self,

@@ -1,9 +1,8 @@
 """`StemSeparator` — the Demucs replicas: htdemucs stems for songs of models that have no exact
 stems of their own (`DemucsSeparator` is the model behind it).
 
-The deployment takes and returns arrays and touches no store, so operators can place it on GPU
-nodes (`deployments.separator.actor`) while `StemMaker`, which reads and writes the stores, stays
-where they are reachable.
+The deployment reads the delivered song from the object store and writes the raw stems back, so
+audio never travels in messages; operators place it on GPU nodes (`deployments.separator.actor`).
 
 The checkpoint is a Demucs model package (`.th`: a torch-saved dict `{klass, args, kwargs, state,
 ...}`, the format of the official `955717e8-8726e21a.th` htdemucs and of
@@ -28,12 +27,13 @@ import numpy as np
 
 from pipeline.audio import checked_audio
 from pipeline.stems import RESIDUAL_STEM, complete_to_mix, from_model_rate, to_model_rate
+from serve.store import RAW_RENDER_CONTENT_TYPE, open_object_store
 
 from .devices import pick_torch_device
 from .progress import Finished, ProgressCallback, with_progress
 
 if TYPE_CHECKING:
-    from serve.config import StemsConfig
+    from serve.config import StemsConfig, StorageConfig
 
 CHECKPOINT_SETTING = "postprocess.stems.demucs_checkpoint"
 DEVICE_SETTING = "postprocess.stems.device"
@@ -233,16 +233,18 @@ def _segment_count(length: int, model_rate: int, segment_s: float, overlap: floa
 
 @dataclass(frozen=True)
 class SeparatedStems:
-    """What `StemSeparator.separate` streams last."""
+    """What `StemSeparator.separate` streams last: where it stored each raw stem."""
 
     separator: str  # the model's architecture, e.g. "htdemucs"
-    stems: dict[str, np.ndarray]
+    stems: dict[str, str]  # stem name → object key of its float32 `.npy` audio
 
 
 class StemSeparator:
-    """Serve deployment: one `DemucsSeparator` per replica, one song at a time on it."""
+    """Serve deployment: one `DemucsSeparator` per replica, one song at a time on it. It reads
+    the song from the object store and writes the stems there: audio never passes through the
+    StemMaker's or the conductor's messages."""
 
-    def __init__(self, config: StemsConfig) -> None:
+    def __init__(self, config: StemsConfig, storage: StorageConfig) -> None:
         separator = DemucsSeparator.from_config(config)
         if separator is None:
             raise ValueError(
@@ -250,21 +252,41 @@ class StemSeparator:
                 "songs have stems and the deployment is left out)"
             )
         self._separator = separator
+        self._objects = open_object_store(storage)
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="demucs")
 
     async def separate(
-        self, audio: np.ndarray, sample_rate: int
+        self, source_key: str, sample_rate: int, stems_prefix: str
     ) -> AsyncIterator[tuple[int, int] | SeparatedStems]:
-        """Stream (segment, segments) progress, then the stems (`DemucsSeparator.separate`)."""
+        """Separate the audio file at `source_key` (any format `decode_audio` reads, expected at
+        `sample_rate` Hz): stream (segment, segments) progress, then store each stem raw under
+        `stems_prefix` + NAME.npy and yield their keys. KeyError when the source is missing."""
+        from pipeline.audio import raw_render_bytes
+        from pipeline.encode import decode_audio
+
+        data = await self._objects.get(source_key)
+        audio, decoded_rate = await asyncio.get_running_loop().run_in_executor(
+            self._thread, decode_audio, data
+        )
+        del data
+        if decoded_rate != sample_rate:
+            raise RuntimeError(f"{source_key} is {decoded_rate} Hz, expected {sample_rate} Hz")
 
         def work(on_progress: ProgressCallback) -> dict[str, np.ndarray]:
             return self._separator.separate(audio, sample_rate, on_progress=on_progress)
 
+        stems: dict[str, np.ndarray] = {}
         async for item in with_progress(work, self._thread):
             if isinstance(item, Finished):
-                yield SeparatedStems(self._separator.name, item.value)
+                stems = item.value
             else:
                 yield item
+        keys: dict[str, str] = {}
+        for name in list(stems):
+            raw = await asyncio.to_thread(raw_render_bytes, stems.pop(name))
+            keys[name] = f"{stems_prefix}{name}.npy"
+            await self._objects.put(keys[name], raw, RAW_RENDER_CONTENT_TYPE)
+        yield SeparatedStems(self._separator.name, keys)
 
     async def check_health(self) -> None:
         loop = asyncio.get_running_loop()

@@ -25,3 +25,21 @@ def checked_audio(audio: np.ndarray, *, allow_non_finite: bool = False) -> np.nd
     if not allow_non_finite and not np.isfinite(array).all():
         raise ValueError("audio contains NaN or infinite samples")
     return array
+
+
+def raw_render_bytes(audio: np.ndarray) -> bytes:
+    """A render as stored between decoding and mastering: float32 `.npy`, lossless and
+    self-describing (shape and dtype travel with it), so mastering can be redone from it."""
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(checked_audio(audio), dtype=np.float32))
+    return buffer.getvalue()
+
+
+def raw_render_from_bytes(data: bytes) -> np.ndarray:
+    """The audio `raw_render_bytes` stored; raises ValueError for anything else."""
+    import io
+
+    audio = np.load(io.BytesIO(data), allow_pickle=False)
+    return checked_audio(audio)

@@ -123,9 +123,9 @@ def _register_loras(checkpoint: Path, storage: StorageConfig, count: int) -> lis
 
     from deployments.ace_step import lora_validator
     from serve.loras import LoraRegistry
-    from serve.objects import open_object_store
+    from serve.store import open_object_store
 
-    registry = LoraRegistry(open_object_store(storage.storage_url))
+    registry = LoraRegistry(open_object_store(storage))
     validate = lora_validator(checkpoint, max_rank=64)
     base = load_file(checkpoint / "loras/tiny-a/pytorch_lora_weights.safetensors")
     ids = []

@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from serve.config import app_args_from_serve_config, load_serve_config  # noqa: E402
-from serve.jobs import SQLiteJobStore  # noqa: E402
+from serve.store.sqlite import SQLiteJobStore  # noqa: E402
 from tests.helpers import free_port, read_events  # noqa: E402
 
 PROMPT = "a sunny indie-pop song about sailing home"

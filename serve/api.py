@@ -29,17 +29,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .config import LORA_MODELS
-from .jobs import (
-    FINISHED_STEMS_STATUSES,
-    EventRecord,
-    JobRecord,
-    StemsRecord,
-    VariationRecord,
-    open_job_store,
-)
 from .loras import LoraInfo, LoraRegistry, LoraValidator
 from .media_urls import MediaUrlSigner, sign_playlist
-from .objects import open_object_store
 from .schemas import (
     LoraList,
     LoraOut,
@@ -60,6 +51,16 @@ from .schemas import (
     TagsRequest,
     VariationOut,
     VerifyOut,
+)
+from .store import (
+    FINISHED_STEMS_STATUSES,
+    EventRecord,
+    JobRecord,
+    StemsRecord,
+    StoreUnavailable,
+    VariationRecord,
+    open_job_store,
+    open_object_store,
 )
 
 if TYPE_CHECKING:
@@ -129,6 +130,14 @@ async def _limit_request_size(request: Request, call_next: Any) -> Response:
 @app.exception_handler(ApiError)
 async def _api_error(_: Request, error: ApiError) -> JSONResponse:
     return error_response(error.status, error.code, error.message, error.field, error.headers)
+
+
+@app.exception_handler(StoreUnavailable)
+async def _store_unavailable(_: Request, error: StoreUnavailable) -> JSONResponse:
+    # A database outage or restart: nothing the client did, and over in seconds.
+    retry_after = str(current_api().retry_after_s)
+    message = "the job store is unavailable for a moment; retry later"
+    return error_response(503, "store_unavailable", message, None, {"Retry-After": retry_after})
 
 
 @app.exception_handler(RequestValidationError)
@@ -226,8 +235,8 @@ class SongAPI:
         postprocessor: Any = None,
     ) -> None:
         self._config = config
-        self._jobs = open_job_store(config.storage.database_url)
-        self._objects = open_object_store(config.storage.storage_url)
+        self._jobs = open_job_store(config.storage)
+        self._objects = open_object_store(config.storage)
         self._conductor, self._lyrics, self._tags, self._router = conductor, lyrics, tags, router
         self._postprocessor = postprocessor
         self._models = ["auto", *config.models.served_models]
@@ -235,6 +244,7 @@ class SongAPI:
         self._lora_validator: LoraValidator | None = None
         self.max_upload_bytes = config.loras.max_upload_bytes
         self.max_verify_bytes = config.api.max_verify_bytes
+        self.retry_after_s = config.api.overload_retry_after_s
         if config.loras.preload:
             # Registering validates each file against the base checkpoint: do it off the
             # constructor so the replica comes up at once.
@@ -502,35 +512,29 @@ class SongAPI:
         return self._event_frames(song_id, owner, after)
 
     async def _event_frames(self, job_id: str, owner: str, after: int) -> AsyncIterator[str]:
-        config = self._config.api
-        loop = asyncio.get_running_loop()
-        last_write = last_status_check = loop.time()
+        keepalive_s = self._config.api.sse_keepalive_s
         yield "retry: 2000\n\n"
+        # A stream resumed past the end closes at once; after that the song's status is read only
+        # when an event may have ended it or on keep-alive, so an idle stream costs no queries
+        # on Postgres (LISTEN/NOTIFY wakes it).
+        check_status = True
         while True:
-            events = await self._jobs.events_after(job_id, after)
-            something_ended = False
+            if (
+                check_status
+                and await self._nothing_more(job_id)
+                and not await self._jobs.events_after(job_id, after, limit=1)
+            ):
+                return
+            events = await self._jobs.wait_for_events(job_id, after, keepalive_s)
+            check_status = not events
             for event in events:
                 yield _format_sse(event.seq, event.type, self._event_out(job_id, owner, event))
                 after = event.seq
-                last_write = loop.time()
-                something_ended |= event.type in _TERMINAL_EVENTS or (
+                check_status |= event.type in _TERMINAL_EVENTS or (
                     event.type == "stems" and event.data.get("status") in FINISHED_STEMS_STATUSES
                 )
-            now = loop.time()
-            # Checked at once when the song or some stems ended, else every second: a stream
-            # resumed past the end must still close.
-            if something_ended or now - last_status_check >= 1.0:
-                last_status_check = now
-                if await self._nothing_more(job_id) and not await self._jobs.events_after(
-                    job_id, after, limit=1
-                ):
-                    return
-            if events:
-                continue
-            if now - last_write >= config.sse_keepalive_s:
-                last_write = now
+            if not events:
                 yield ": keep-alive\n\n"
-            await asyncio.sleep(config.sse_poll_interval_s)
 
     async def _nothing_more(self, job_id: str) -> bool:
         """Whether a song will log no more events: it ended and no stems job is under way."""

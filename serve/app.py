@@ -40,7 +40,13 @@ from .config import (
     StorageConfig,
     resolve_config,
 )
-from .placement import cluster_nodes, unplaceable_pools, unplaceable_reason
+from .placement import (
+    cluster_nodes,
+    local_storage_conflicts,
+    unplaceable_pools,
+    unplaceable_reason,
+)
+from .store import check_stores
 
 logger = logging.getLogger("ray.serve")
 
@@ -63,6 +69,7 @@ def build_app(args: AppConfig) -> Application:
     """The application for a Serve config's `args:` (or an `AppConfig` when called directly)."""
     config = resolve_config(args)
     options = config.deployments
+    _check_storage(config)
     _report_unplaceable(config)
     if config.postprocess.c2pa.enabled:
         from serve.certs import ensure_dev_chain
@@ -88,7 +95,7 @@ def build_app(args: AppConfig) -> Application:
     separator = None
     if config.postprocess.stems.demucs_checkpoint is not None:
         separator = _deployment(StemSeparator, "StemSeparator", options.separator).bind(
-            config.postprocess.stems
+            config.postprocess.stems, config.storage
         )
     stems = _deployment(StemMaker, "StemMaker", options.stems).bind(
         config.postprocess, config.storage, separator
@@ -100,6 +107,19 @@ def build_app(args: AppConfig) -> Application:
     return _deployment(ingress, "SongAPI", options.api).bind(
         config, conductor, lyrics, tags, router, postprocessor
     )
+
+
+def _check_storage(config: AppConfig) -> None:
+    """Refuse a config whose stores cannot serve where its replicas run (local files on a
+    cluster), and, when deploying to a connected cluster, stores that cannot be reached."""
+    import ray
+
+    nodes = cluster_nodes() if ray.is_initialized() else None
+    conflict = local_storage_conflicts(config, nodes)
+    if conflict:
+        raise ValueError(conflict)
+    if nodes is not None:
+        check_stores(config.storage)
 
 
 def _report_unplaceable(config: AppConfig) -> None:

@@ -252,6 +252,22 @@ def cmd_certs_dev(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_services(args: argparse.Namespace) -> int:
+    from serve.services import ServiceError, export_lines, start_services, stop_services
+
+    try:
+        if args.services_command == "up":
+            print(f"starting PostgreSQL and SeaweedFS in {args.dir} …", file=sys.stderr)
+            sys.stdout.write(export_lines(start_services(args.dir)))
+            print(f"up; stop them with: songserve services down --dir {args.dir}", file=sys.stderr)
+        else:
+            stopped = stop_services(args.dir)
+            print(f"stopped {', '.join(stopped) or 'nothing (none running)'}", file=sys.stderr)
+    except ServiceError as error:
+        raise CliError(str(error)) from None
+    return 0
+
+
 def _serve_address(config_path: Path) -> tuple[str, int]:
     import yaml
 
@@ -274,10 +290,28 @@ def _restore_default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def _check_before_start(config_path: Path) -> None:
+    """Stop at once on a config or store that cannot work, before Ray starts (a failed build
+    inside `serve run` would only be logged while this command waits for health)."""
+    from serve.config import app_args_from_serve_config, load_serve_config, resolve_config
+    from serve.placement import local_storage_conflicts
+    from serve.store import check_stores
+
+    try:
+        config = resolve_config(app_args_from_serve_config(load_serve_config(config_path)))
+        conflict = local_storage_conflicts(config)
+        if conflict:
+            raise ValueError(conflict)
+        check_stores(config.storage)
+    except ValueError as error:  # pydantic's ValidationError is one
+        raise CliError(f"{config_path}: {error}") from None
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     config_path = Path(args.config)
     if not config_path.is_file():
         raise CliError(f"--config {config_path}: no such file (try config/local.yaml)")
+    _check_before_start(config_path)
     host, port = _serve_address(config_path)
     serve_bin = Path(sys.executable).with_name("serve")
     command = [str(serve_bin) if serve_bin.exists() else "serve", "run", str(config_path)]
@@ -409,6 +443,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     certs_dev.add_argument("--force", action="store_true", help="replace existing files")
     certs_dev.set_defaults(handler=cmd_certs_dev)
+
+    services = commands.add_parser(
+        "services", help="local PostgreSQL and S3 (SeaweedFS) for a cluster-shaped setup"
+    )
+    services_commands = services.add_subparsers(dest="services_command", required=True)
+    for name, text in (
+        ("up", 'start them; prints export lines: eval "$(songserve services up)"'),
+        ("down", "stop what `services up` started"),
+    ):
+        command = services_commands.add_parser(name, help=text)
+        command.add_argument("--dir", default="var/services", help="their data, logs and state")
+        command.set_defaults(handler=cmd_services)
     return parser
 
 

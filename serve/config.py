@@ -155,9 +155,6 @@ class ApiConfig(_Strict):
         None,
         description="Absolute URL clients reach the API at, for links; relative links if unset.",
     )
-    sse_poll_interval_s: float = Field(
-        0.1, gt=0, description="How often an SSE stream checks the job store for new events."
-    )
     sse_keepalive_s: float = Field(15.0, gt=0, description="Comment sent on an idle SSE stream.")
     overload_retry_after_s: int = Field(
         5, ge=1, description="Retry-After seconds sent with 429/503 when overloaded."
@@ -202,38 +199,65 @@ class StorageConfig(_Strict):
     )
     database_url: str = Field(
         "sqlite:///{data_dir}/jobs.db",
-        description="Job store: sqlite:///PATH (env SONGSERVE_DATABASE_URL).",
+        description="Job store: sqlite:///PATH (one machine) or postgresql://USER@HOST:PORT/DB "
+        "(a cluster; the password from PGPASSWORD or the URL) (env SONGSERVE_DATABASE_URL).",
     )
     storage_url: str = Field(
         "file://{data_dir}/objects",
-        description="Object store: file://PATH (env SONGSERVE_STORAGE_URL).",
+        description="Object store: file://PATH (one machine) or s3://BUCKET[/PREFIX] (a cluster; "
+        "credentials from the AWS_* environment) (env SONGSERVE_STORAGE_URL).",
     )
     s3_endpoint_url: str | None = Field(
         None,
-        description="S3-compatible endpoint for s3:// storage (env SONGSERVE_S3_ENDPOINT_URL).",
+        description="S3-compatible endpoint for s3:// storage, e.g. SeaweedFS or MinIO; unset: "
+        "AWS (env SONGSERVE_S3_ENDPOINT_URL).",
+    )
+    presign_media: bool = Field(
+        False,
+        description="With s3:// storage, media links redirect to presigned S3 URLs so audio bytes "
+        "bypass the API; off: the API proxies them (with Range).",
+    )
+    database_pool_size: int = Field(
+        10, ge=1, le=200, description="Most Postgres connections one replica's job store opens."
+    )
+    poll_interval_s: float = Field(
+        0.1,
+        gt=0,
+        description="How often SQLite-backed waits (SSE streams, idle conductors) look for news; "
+        "Postgres notifies instead.",
     )
 
     @field_validator("database_url")
     @classmethod
     def _known_database(cls, url: str) -> str:
         scheme = urlparse(url).scheme
-        if scheme != "sqlite":
+        if scheme not in ("sqlite", "postgresql", "postgres"):
             raise ValueError(
-                f"unsupported job store {scheme!r}: use sqlite:///PATH "
-                "(PostgreSQL support lands with the Postgres store)"
+                f"unsupported job store {scheme!r}: use sqlite:///PATH or "
+                "postgresql://USER@HOST:PORT/DB"
             )
         return url
 
     @field_validator("storage_url")
     @classmethod
     def _known_storage(cls, url: str) -> str:
-        scheme = urlparse(url).scheme
-        if scheme != "file":
+        parsed = urlparse(url)
+        if parsed.scheme not in ("file", "s3"):
             raise ValueError(
-                f"unsupported object store {scheme!r}: use file://PATH "
-                "(S3 support lands with the S3 store)"
+                f"unsupported object store {parsed.scheme!r}: use file://PATH or "
+                "s3://BUCKET[/PREFIX]"
             )
+        if parsed.scheme == "s3" and not parsed.netloc:
+            raise ValueError("an s3:// storage_url names its bucket: s3://BUCKET[/PREFIX]")
         return url
+
+    @property
+    def is_shared(self) -> bool:
+        """Whether every node of a cluster reaches the same jobs and bytes (Postgres and S3), so
+        store-touching deployments may run off the head node."""
+        return self.database_url.startswith(("postgresql:", "postgres:")) and (
+            self.storage_url.startswith("s3:")
+        )
 
     def resolved(self) -> StorageConfig:
         """A copy with `{data_dir}` substituted and local paths made absolute.
@@ -282,7 +306,22 @@ class JobsConfig(_Strict):
         3, ge=1, description="Claims of one job before it fails as exhausted (crash loops end)."
     )
     variation_attempts: int = Field(
-        2, ge=1, description="Tries per variation within one claim before it is marked failed."
+        5,
+        ge=1,
+        description="Tries per variation (render, then master) within one claim; a variation "
+        "still failing then fails the song, with the reason.",
+    )
+    stage_attempts: int = Field(
+        5,
+        ge=1,
+        description="Tries of the lyrics and tags stages within one claim (a replica dying or "
+        "back-pressure is retried) before the song fails with the reason.",
+    )
+    retry_backoff_s: float = Field(
+        1.0, ge=0, description="Wait before a stage's second try; doubles with every further try."
+    )
+    retry_backoff_max_s: float = Field(
+        15.0, ge=0, description="Longest wait between two tries of a stage."
     )
     max_concurrent_jobs: int = Field(
         8, ge=1, description="Jobs one conductor replica drives at once."

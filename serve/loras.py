@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .objects import ObjectStore
+from .store import ObjectStore
 
 LORA_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"

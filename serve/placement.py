@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .config import ActorOptions, DecoderPoolConfig
+    from .config import ActorOptions, AppConfig, DecoderPoolConfig
 
 __all__ = [
     "NodeInfo",
     "cluster_nodes",
+    "local_storage_conflicts",
     "matching_nodes",
     "unplaceable_pools",
     "unplaceable_reason",
@@ -137,6 +138,65 @@ def unplaceable_reason(actor: ActorOptions, nodes: Iterable[NodeInfo]) -> str | 
     lacking = ", ".join(r.description for r in requirements if not r.satisfied_by(closest))
     wanted = ", ".join(r.description for r in requirements)
     return f"no single node has all of: {wanted} (closest: node {closest.short_id} lacks {lacking})"
+
+
+HEAD_SELECTOR = {"role": "head"}
+"""The label the example configs give the head node (`ray start --head --labels=role=head`)."""
+
+
+def store_touching_deployments(config: AppConfig) -> dict[str, ActorOptions]:
+    """Setting name → actor options of every deployment that reads or writes the job store or the
+    object store (the router and the tag normaliser touch neither)."""
+    touching = {
+        f"deployments.{name}": getattr(config.deployments, name).actor
+        for name in ("api", "conductor", "postprocess", "stems", "lyrics")
+    }
+    if config.postprocess.stems.demucs_checkpoint is not None:
+        touching["deployments.separator"] = config.deployments.separator.actor
+    for pool in config.models.pools:  # LoRA weights in, raw renders out
+        touching[f"models.pools[{pool.name}].deployment"] = pool.deployment.actor
+    return touching
+
+
+def local_storage_conflicts(
+    config: AppConfig, nodes: Iterable[NodeInfo] | None = None
+) -> str | None:
+    """Why this config cannot run on this cluster with its local stores, or None.
+
+    SQLite and local files live on one node's disk: a replica on any other node would write where
+    no one reads. So with them every store-touching deployment must stay on one node — refused
+    when one is pinned off the head (an accelerator type, or a label other than role=head), and,
+    when `nodes` are known, when the cluster has more than one alive node. Postgres and S3 lift
+    the restriction (`StorageConfig.is_shared`).
+    """
+    storage = config.storage
+    if storage.is_shared:
+        return None
+    local = [
+        name
+        for name, url in (
+            ("storage.database_url", storage.database_url),
+            ("storage.storage_url", storage.storage_url),
+        )
+        if not url.startswith(("postgresql:", "postgres:", "s3:"))
+    ]
+    fix = (
+        f"{' and '.join(local)} keep state on one node's disk; for a cluster set "
+        "SONGSERVE_DATABASE_URL=postgresql://… and SONGSERVE_STORAGE_URL=s3://… (songserve "
+        "services up starts both locally to try)"
+    )
+    off_head = sorted(
+        name
+        for name, actor in store_touching_deployments(config).items()
+        if actor.accelerator_type
+        or (actor.label_selector and actor.label_selector != HEAD_SELECTOR)
+    )
+    if off_head:
+        return f"{', '.join(off_head)} are placed off the head node but {fix}"
+    alive = [node for node in nodes or () if node.alive]
+    if len(alive) > 1:
+        return f"the cluster has {len(alive)} nodes but {fix}"
+    return None
 
 
 # --------------------------------------------------------------------------------------------------

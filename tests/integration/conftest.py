@@ -13,7 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from serve.jobs import JobRecord, SQLiteJobStore, StemsRecord
+from serve.store import JobRecord, StemsRecord
+from serve.store.sqlite import SQLiteJobStore
 from tests.helpers import free_port
 
 APP_NAME = "songserve"

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from serve.jobs import LeaseLost, SQLiteJobStore
+from serve.store import LeaseLost
+from serve.store.sqlite import SQLiteJobStore
 
 
 @pytest.fixture

@@ -1,247 +1,44 @@
-"""The job store: the durable state of every song job, its variations and its event log.
+"""`SQLiteJobStore` — the embedded job store: one SQLite file in WAL mode, shared by every process
+of a one-machine Ray cluster.
 
-A job accepted with 202 lives here, never only in a replica's memory. Conductors claim jobs with a
-lease (owner + expiry) and renew it while they work; a job whose lease expired is taken over by the
-next claim, and a job claimed `max_attempts` times fails with a reason instead of crash-looping.
-Writes that belong to a claimed job are fenced by the lease owner: a conductor that lost its lease
-gets `LeaseLost` and stops, so two conductors never interleave results.
-
-The event log is append-only per job with a dense sequence number: SSE streams replay it to late
-subscribers and resume from `Last-Event-ID`.
-
-Stems are jobs of their own, one per (song, variation), leased and counted the same way, so a
-stems request accepted with 202 survives its worker too. Their events go to the song's log, which
-is what a client already listens to.
-
-`JobStore` is the interface; `SQLiteJobStore` the embedded implementation (one file, WAL mode, safe
-across the processes of a local Ray cluster). A Postgres implementation plugs in behind the same
-methods.
+Writes take `BEGIN IMMEDIATE`, so a claim is atomic across processes. SQLite has no notifications:
+`wait_for_events` and `wait_for_work` poll (a cheap indexed query every `poll_interval_s`). The
+Postgres store is the one a multi-node cluster uses.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import secrets
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
-TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled"})
-VARIATION_STATUSES = ("queued", "running", "succeeded", "failed")
-ACTIVE_STEMS_STATUSES = frozenset({"queued", "running"})
-FINISHED_STEMS_STATUSES = frozenset({"succeeded", "failed"})
-
-
-class LeaseLost(RuntimeError):
-    """The caller no longer holds the job's lease: another conductor took it over."""
-
-
-@dataclass(frozen=True)
-class VariationRecord:
-    index: int
-    status: str = "queued"
-    model: str | None = None
-    model_version: str | None = None
-    seed: int | None = None
-    duration_s: float | None = None
-    sample_rate: int | None = None
-    loudness_lufs: float | None = None
-    true_peak_dbtp: float | None = None
-    objects: dict[str, str] = field(default_factory=dict)  # "m4a"/"mp3"/…/"peaks" → object key
-    render: dict[str, Any] = field(default_factory=dict)  # replica, timings (diagnostics)
-    error: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True)
-class JobRecord:
-    id: str
-    owner: str
-    status: str
-    stage: str | None
-    progress: float
-    request: dict[str, Any]
-    seed: int
-    created_at: float
-    updated_at: float
-    attempts: int = 0
-    lease_owner: str | None = None
-    lease_expires_at: float | None = None
-    idempotency_key: str | None = None
-    lyrics: str | None = None
-    lyrics_source: dict[str, Any] | None = None
-    tags: dict[str, Any] | None = None
-    error: dict[str, Any] | None = None
-    variations: list[VariationRecord] = field(default_factory=list)
-
-    @property
-    def is_terminal(self) -> bool:
-        return self.status in TERMINAL_STATUSES
-
-
-@dataclass(frozen=True)
-class StemsRecord:
-    """The stems job of one variation."""
-
-    job_id: str
-    index: int  # the variation's
-    status: str
-    progress: float
-    created_at: float
-    updated_at: float
-    attempts: int = 0
-    lease_owner: str | None = None
-    lease_expires_at: float | None = None
-    objects: dict[str, dict[str, str]] = field(default_factory=dict)  # stem → format → key
-    info: dict[str, Any] = field(default_factory=dict)  # method, separator, provenance, timings
-    error: dict[str, Any] | None = None
-
-    @property
-    def is_active(self) -> bool:
-        return self.status in ACTIVE_STEMS_STATUSES
-
-
-@dataclass(frozen=True)
-class EventRecord:
-    seq: int
-    type: str
-    data: dict[str, Any]
-    created_at: float
-
-
-class JobStore(Protocol):
-    """Durable job state. All methods are safe to call from many processes at once."""
-
-    async def create_job(
-        self,
-        *,
-        owner: str,
-        request: dict[str, Any],
-        seed: int,
-        variations: int,
-        idempotency_key: str | None = None,
-    ) -> tuple[JobRecord, bool]:
-        """Insert a queued job; with an idempotency key already used by `owner`, return that job.
-        The bool says whether a job was created."""
-        ...
-
-    async def get_job(self, job_id: str) -> JobRecord | None: ...
-
-    async def count_jobs(self, status: str) -> int:
-        """How many jobs are in `status` (admission control reads the queue depth)."""
-        ...
-
-    async def list_jobs(
-        self, owner: str, *, limit: int, cursor: str | None = None
-    ) -> tuple[list[JobRecord], str | None]:
-        """Newest first; returns the page and the cursor of the next page (None at the end)."""
-        ...
-
-    async def claim_next(
-        self, lease_owner: str, *, lease_s: float, max_attempts: int
-    ) -> JobRecord | None:
-        """Atomically lease the oldest runnable job (queued, or running with an expired lease).
-        Jobs whose attempts are exhausted are failed on the way, with an `error` event."""
-        ...
-
-    async def renew_lease(self, job_id: str, lease_owner: str, *, lease_s: float) -> None:
-        """Extend the lease; raises LeaseLost when another owner holds it."""
-        ...
-
-    async def release(self, job_id: str, lease_owner: str) -> None:
-        """Hand a running job back for any conductor to claim now (a clean stop, not a crash:
-        the attempt is not counted). A no-op when `lease_owner` no longer holds it."""
-        ...
-
-    async def update_job(self, job_id: str, lease_owner: str, **fields: Any) -> None:
-        """Set job fields (stage results, status, progress) under the lease; raises LeaseLost."""
-        ...
-
-    async def update_variation(
-        self, job_id: str, index: int, lease_owner: str, **fields: Any
-    ) -> None:
-        """Set variation fields under the job's lease; raises LeaseLost."""
-        ...
-
-    async def append_event(
-        self,
-        job_id: str,
-        event_type: str,
-        data: dict[str, Any],
-        *,
-        lease_owner: str | None = None,
-        job_fields: dict[str, Any] | None = None,
-    ) -> int:
-        """Append an event (and optionally update job fields in the same transaction, fenced by
-        `lease_owner`); returns its sequence number."""
-        ...
-
-    async def events_after(
-        self, job_id: str, after_seq: int, limit: int = 500
-    ) -> list[EventRecord]:
-        """Events with seq > after_seq, oldest first."""
-        ...
-
-    async def request_stems(self, job_id: str, index: int) -> tuple[StemsRecord, bool]:
-        """Queue the stems of a variation, with a `stems` event on the song's log. A queued,
-        running or finished stems job is returned as it is; a failed one is queued again. The
-        bool says whether a job was queued."""
-        ...
-
-    async def get_stems(self, job_id: str, index: int) -> StemsRecord | None: ...
-
-    async def list_stems(self, job_id: str) -> list[StemsRecord]:
-        """Every stems job of a song, by variation."""
-        ...
-
-    async def claim_next_stems(
-        self, lease_owner: str, *, lease_s: float, max_attempts: int
-    ) -> StemsRecord | None:
-        """Lease the oldest runnable stems job, as `claim_next` does for songs (exhausted ones
-        fail on the way, with a `stems` event)."""
-        ...
-
-    async def renew_stems_lease(
-        self, job_id: str, index: int, lease_owner: str, *, lease_s: float
-    ) -> None:
-        """Extend a stems lease; raises LeaseLost when another owner holds it."""
-        ...
-
-    async def release_stems(self, job_id: str, index: int, lease_owner: str) -> None:
-        """Hand a running stems job back (a clean stop: the attempt is not counted)."""
-        ...
-
-    async def update_stems(
-        self,
-        job_id: str,
-        index: int,
-        lease_owner: str,
-        *,
-        event: tuple[str, dict[str, Any]] | None = None,
-        **fields: Any,
-    ) -> None:
-        """Set stems fields under its lease, and append `event` (type, data) to the song's log in
-        the same transaction; raises LeaseLost."""
-        ...
-
-    async def cache_get(self, namespace: str, key: str) -> Any | None:
-        """A value `cache_put` stored under (namespace, key), or None."""
-        ...
-
-    async def cache_put(self, namespace: str, key: str, value: Any) -> None:
-        """Store a JSON-serialisable value under (namespace, key), replacing any older one."""
-        ...
-
-    async def close(self) -> None: ...
-
-
-# --------------------------------------------------------------------------------------------------
+from .records import (
+    FINISHED_STEMS_STATUSES,
+    JOB_FIELDS,
+    JSON_JOB_FIELDS,
+    JSON_STEMS_FIELDS,
+    JSON_VARIATION_FIELDS,
+    STEMS_FIELDS,
+    TERMINAL_STATUSES,
+    VARIATION_FIELDS,
+    EventRecord,
+    JobRecord,
+    LeaseLost,
+    StemsRecord,
+    VariationRecord,
+    check_fields,
+    decode_cursor,
+    encode_cursor,
+    exhausted_error,
+    new_job_id,
+    new_lease_token,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -259,6 +56,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     error TEXT,
     attempts INTEGER NOT NULL DEFAULT 0,
     lease_owner TEXT,
+    lease_token TEXT,
     lease_expires_at REAL,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
@@ -293,6 +91,7 @@ CREATE TABLE IF NOT EXISTS stems (
     error TEXT,
     attempts INTEGER NOT NULL DEFAULT 0,
     lease_owner TEXT,
+    lease_token TEXT,
     lease_expires_at REAL,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
@@ -315,27 +114,6 @@ CREATE TABLE IF NOT EXISTS events (
     PRIMARY KEY (job_id, seq)
 );
 """
-
-_JSON_JOB_FIELDS = frozenset({"request", "lyrics_source", "tags", "error"})
-_JOB_FIELDS = frozenset(
-    {"status", "stage", "progress", "lyrics", "lyrics_source", "tags", "error", "updated_at"}
-)
-_JSON_VARIATION_FIELDS = frozenset({"objects", "render", "error"})
-_VARIATION_FIELDS = frozenset(
-    {
-        "status",
-        "model",
-        "model_version",
-        "seed",
-        "duration_s",
-        "sample_rate",
-        "loudness_lufs",
-        "true_peak_dbtp",
-        "objects",
-        "render",
-        "error",
-    }
-)
 
 
 def _append(
@@ -387,8 +165,8 @@ _JOBS = _LeasedTable(
     noun="job",
     key=("id",),
     order="created_at, id",
-    fields=_JOB_FIELDS,
-    json_fields=_JSON_JOB_FIELDS,
+    fields=JOB_FIELDS,
+    json_fields=JSON_JOB_FIELDS,
     terminal=TERMINAL_STATUSES,
     exhausted_event=_job_exhausted_event,
 )
@@ -398,8 +176,8 @@ _STEMS = _LeasedTable(
     noun="stems job",
     key=("job_id", "idx"),
     order="created_at, job_id, idx",
-    fields=frozenset({"status", "progress", "objects", "info", "error", "updated_at"}),
-    json_fields=frozenset({"objects", "info", "error"}),
+    fields=STEMS_FIELDS,
+    json_fields=JSON_STEMS_FIELDS,
     terminal=FINISHED_STEMS_STATUSES,
     exhausted_event=_stems_exhausted_event,
 )
@@ -407,10 +185,16 @@ _RUNNABLE = "status IN ('queued', 'running') AND (lease_expires_at IS NULL OR le
 
 
 def _claim_row(
-    db: sqlite3.Connection, table: _LeasedTable, lease_owner: str, lease_s: float, max_attempts: int
-) -> tuple[Any, ...] | None:
-    """Lease the first runnable row of `table` to `lease_owner` and return its key. Rows whose
-    attempts are used up are failed on the way, with the event the table logs for that."""
+    db: sqlite3.Connection,
+    table: _LeasedTable,
+    worker: str,
+    lease_s: float,
+    max_attempts: int,
+    exclude: Collection[tuple[Any, ...]],
+) -> tuple[tuple[Any, ...], str] | None:
+    """Lease the first runnable row of `table` (whose key is not in `exclude`) to `worker` with a
+    fresh token; returns its key and the token. Rows whose attempts are used up are failed on
+    the way, with the event the table logs for that."""
     now = time.time()
     keys = ", ".join(table.key)
     exhausted = db.execute(
@@ -418,50 +202,48 @@ def _claim_row(
         (now, max_attempts),
     ).fetchall()
     for row in exhausted:
-        error = {
-            "code": "attempts_exhausted",
-            "message": f"the {table.noun} was started {row['attempts']} times without finishing "
-            "(its workers kept dying or timing out); giving up",
-        }
+        error = exhausted_error(table.noun, row["attempts"])
         db.execute(
             f"UPDATE {table.name} SET status = 'failed', error = ?, lease_owner = NULL, "
-            f"lease_expires_at = NULL, updated_at = ? WHERE {table.where}",
+            f"lease_token = NULL, lease_expires_at = NULL, updated_at = ? WHERE {table.where}",
             (json.dumps(error), now, *(row[column] for column in table.key)),
         )
         job_id, event_type, data = table.exhausted_event(row, error)
         _append(db, job_id, event_type, data, now)
-    row = db.execute(
-        f"SELECT {keys} FROM {table.name} WHERE {_RUNNABLE} ORDER BY {table.order} LIMIT 1",
-        (now,),
-    ).fetchone()
-    if row is None:
-        return None
-    key = tuple(row)
-    db.execute(
-        f"UPDATE {table.name} SET status = 'running', lease_owner = ?, lease_expires_at = ?, "
-        f"attempts = attempts + 1, updated_at = ? WHERE {table.where}",
-        (lease_owner, now + lease_s, now, *key),
+    skipped = set(exclude)
+    cursor = db.execute(
+        f"SELECT {keys} FROM {table.name} WHERE {_RUNNABLE} ORDER BY {table.order}", (now,)
     )
-    return key
+    key = next((tuple(row) for row in cursor if tuple(row) not in skipped), None)
+    cursor.close()
+    if key is None:
+        return None
+    token = new_lease_token()
+    db.execute(
+        f"UPDATE {table.name} SET status = 'running', lease_owner = ?, lease_token = ?, "
+        f"lease_expires_at = ?, attempts = attempts + 1, updated_at = ? WHERE {table.where}",
+        (worker, token, now + lease_s, now, *key),
+    )
+    return key, token
 
 
 def _check_lease(
-    db: sqlite3.Connection, table: _LeasedTable, key: tuple[Any, ...], lease_owner: str
+    db: sqlite3.Connection, table: _LeasedTable, key: tuple[Any, ...], token: str
 ) -> None:
-    row = db.execute(f"SELECT lease_owner FROM {table.name} WHERE {table.where}", key).fetchone()
-    if row is None or row["lease_owner"] != lease_owner:
+    row = db.execute(f"SELECT lease_token FROM {table.name} WHERE {table.where}", key).fetchone()
+    if row is None or row["lease_token"] != token:
         name = "/".join(str(part) for part in key)
-        raise LeaseLost(f"{table.noun} {name} is no longer leased by {lease_owner}")
+        raise LeaseLost(f"{table.noun} {name} was claimed again; this claim may not write to it")
 
 
 def _renew_lease(
     db: sqlite3.Connection,
     table: _LeasedTable,
     key: tuple[Any, ...],
-    lease_owner: str,
+    token: str,
     lease_s: float,
 ) -> None:
-    _check_lease(db, table, key, lease_owner)
+    _check_lease(db, table, key, token)
     db.execute(
         f"UPDATE {table.name} SET lease_expires_at = ? WHERE {table.where}",
         (time.time() + lease_s, *key),
@@ -469,14 +251,14 @@ def _renew_lease(
 
 
 def _release_lease(
-    db: sqlite3.Connection, table: _LeasedTable, key: tuple[Any, ...], lease_owner: str
+    db: sqlite3.Connection, table: _LeasedTable, key: tuple[Any, ...], token: str
 ) -> None:
     """Hand a running row back (a clean stop: the attempt is not counted)."""
     db.execute(
-        f"UPDATE {table.name} SET lease_owner = NULL, lease_expires_at = NULL, "
-        "attempts = MAX(attempts - 1, 0), updated_at = ? "
-        f"WHERE {table.where} AND lease_owner = ? AND status = 'running'",
-        (time.time(), *key, lease_owner),
+        f"UPDATE {table.name} SET lease_owner = NULL, lease_token = NULL, "
+        "lease_expires_at = NULL, attempts = MAX(attempts - 1, 0), updated_at = ? "
+        f"WHERE {table.where} AND lease_token = ? AND status = 'running'",
+        (time.time(), *key, token),
     )
 
 
@@ -484,33 +266,13 @@ def _set_fields(
     db: sqlite3.Connection, table: _LeasedTable, key: tuple[Any, ...], fields: dict[str, Any]
 ) -> None:
     """Write `fields` (JSON where the table keeps JSON); a terminal status ends the lease."""
-    unknown = set(fields) - table.fields
-    if unknown:
-        raise ValueError(f"not {table.kind} fields: {sorted(unknown)}")
+    check_fields(table.kind, fields, table.fields)
     fields = {"updated_at": time.time(), **fields}
     if fields.get("status") in table.terminal:
-        fields.update(lease_owner=None, lease_expires_at=None)
+        fields.update(lease_owner=None, lease_token=None, lease_expires_at=None)
     values = [json.dumps(v) if k in table.json_fields else v for k, v in fields.items()]
     assignments = ", ".join(f"{name} = ?" for name in fields)
     db.execute(f"UPDATE {table.name} SET {assignments} WHERE {table.where}", (*values, *key))
-
-
-def new_job_id() -> str:
-    """Time-ordered, unguessable id: `song_` + 12 hex digits of ms + 16 random hex digits."""
-    return f"song_{int(time.time() * 1000):012x}{secrets.token_hex(8)}"
-
-
-def _encode_cursor(created_at: float, job_id: str) -> str:
-    return base64.urlsafe_b64encode(f"{created_at!r}|{job_id}".encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[float, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created_at, job_id = raw.split("|", 1)
-        return float(created_at), job_id
-    except (ValueError, UnicodeDecodeError) as error:
-        raise ValueError("cursor is not one this server issued") from error
 
 
 def _loads(raw: str | None) -> Any:
@@ -525,7 +287,8 @@ class SQLiteJobStore:
     atomic across processes.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, poll_interval_s: float = 0.1) -> None:
+        self._poll_interval_s = poll_interval_s
         self._path = Path(path)
         self._path.parent.mkdir(parents=True, exist_ok=True)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-jobs")
@@ -541,6 +304,11 @@ class SQLiteJobStore:
         connection.execute("PRAGMA synchronous=NORMAL")
         connection.execute("PRAGMA foreign_keys=ON")
         connection.executescript(_SCHEMA)
+        for table in (_JOBS, _STEMS):  # files written before claims carried tokens
+            info = connection.execute(f"PRAGMA table_info({table.name})")
+            columns = {row["name"] for row in info}
+            if "lease_token" not in columns:
+                connection.execute(f"ALTER TABLE {table.name} ADD COLUMN lease_token TEXT")
         self._connection = connection
 
     @property
@@ -597,6 +365,7 @@ class SQLiteJobStore:
             updated_at=row["updated_at"],
             attempts=row["attempts"],
             lease_owner=row["lease_owner"],
+            lease_token=row["lease_token"],
             lease_expires_at=row["lease_expires_at"],
             idempotency_key=row["idempotency_key"],
             lyrics=row["lyrics"],
@@ -626,7 +395,7 @@ class SQLiteJobStore:
         self, owner: str, limit: int, cursor: str | None
     ) -> tuple[list[JobRecord], str | None]:
         if cursor:
-            created_at, job_id = _decode_cursor(cursor)
+            created_at, job_id = decode_cursor(cursor)
             rows = self._db.execute(
                 "SELECT * FROM jobs WHERE owner = ? AND (created_at < ? OR "
                 "(created_at = ? AND id < ?)) ORDER BY created_at DESC, id DESC LIMIT ?",
@@ -638,9 +407,7 @@ class SQLiteJobStore:
                 (owner, limit + 1),
             ).fetchall()
         jobs = [self._job_from_row(self._db, row) for row in rows[:limit]]
-        next_cursor = (
-            _encode_cursor(jobs[-1].created_at, jobs[-1].id) if len(rows) > limit else None
-        )
+        next_cursor = encode_cursor(jobs[-1].created_at, jobs[-1].id) if len(rows) > limit else None
         return jobs, next_cursor
 
     async def list_jobs(
@@ -669,6 +436,34 @@ class SQLiteJobStore:
     ) -> list[EventRecord]:
         result: list[EventRecord] = await self._run(self._events_after, job_id, after_seq, limit)
         return result
+
+    async def wait_for_events(
+        self, job_id: str, after_seq: int, timeout: float
+    ) -> list[EventRecord]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            events = await self.events_after(job_id, after_seq)
+            remaining = deadline - loop.time()
+            if events or remaining <= 0:
+                return events
+            await asyncio.sleep(min(self._poll_interval_s, remaining))
+
+    def _has_work(self) -> bool:
+        now = time.time()
+        return any(
+            self._db.execute(f"SELECT 1 FROM {table} WHERE {_RUNNABLE} LIMIT 1", (now,)).fetchone()
+            for table in ("jobs", "stems")
+        )
+
+    async def wait_for_work(self, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not await self._run(self._has_work):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            await asyncio.sleep(min(self._poll_interval_s, remaining))
 
     # -- writes ----------------------------------------------------------------------------------
 
@@ -718,50 +513,58 @@ class SQLiteJobStore:
         return result
 
     def _claim(
-        self, db: sqlite3.Connection, lease_owner: str, lease_s: float, max_attempts: int
+        self,
+        db: sqlite3.Connection,
+        worker: str,
+        lease_s: float,
+        max_attempts: int,
+        exclude: Collection[str],
     ) -> JobRecord | None:
-        key = _claim_row(db, _JOBS, lease_owner, lease_s, max_attempts)
-        if key is None:
+        claimed = _claim_row(db, _JOBS, worker, lease_s, max_attempts, {(i,) for i in exclude})
+        if claimed is None:
             return None
-        claimed = db.execute("SELECT * FROM jobs WHERE id = ?", key).fetchone()
-        return self._job_from_row(db, claimed)
+        row = db.execute("SELECT * FROM jobs WHERE id = ?", claimed[0]).fetchone()
+        return self._job_from_row(db, row)
 
     async def claim_next(
-        self, lease_owner: str, *, lease_s: float, max_attempts: int
+        self,
+        worker: str,
+        *,
+        lease_s: float,
+        max_attempts: int,
+        exclude: Collection[str] = (),
     ) -> JobRecord | None:
         result: JobRecord | None = await self._run(
-            self._transaction, self._claim, lease_owner, lease_s, max_attempts
+            self._transaction, self._claim, worker, lease_s, max_attempts, tuple(exclude)
         )
         return result
 
-    async def renew_lease(self, job_id: str, lease_owner: str, *, lease_s: float) -> None:
-        await self._run(self._transaction, _renew_lease, _JOBS, (job_id,), lease_owner, lease_s)
+    async def renew_lease(self, job_id: str, token: str, *, lease_s: float) -> None:
+        await self._run(self._transaction, _renew_lease, _JOBS, (job_id,), token, lease_s)
 
-    async def release(self, job_id: str, lease_owner: str) -> None:
-        await self._run(self._transaction, _release_lease, _JOBS, (job_id,), lease_owner)
+    async def release(self, job_id: str, token: str) -> None:
+        await self._run(self._transaction, _release_lease, _JOBS, (job_id,), token)
 
     def _update_job(
-        self, db: sqlite3.Connection, job_id: str, lease_owner: str, fields: dict[str, Any]
+        self, db: sqlite3.Connection, job_id: str, token: str, fields: dict[str, Any]
     ) -> None:
-        _check_lease(db, _JOBS, (job_id,), lease_owner)
+        _check_lease(db, _JOBS, (job_id,), token)
         _set_fields(db, _JOBS, (job_id,), fields)
 
-    async def update_job(self, job_id: str, lease_owner: str, **fields: Any) -> None:
-        await self._run(self._transaction, self._update_job, job_id, lease_owner, fields)
+    async def update_job(self, job_id: str, token: str, **fields: Any) -> None:
+        await self._run(self._transaction, self._update_job, job_id, token, fields)
 
     def _update_variation(
         self,
         db: sqlite3.Connection,
         job_id: str,
         index: int,
-        lease_owner: str,
+        token: str,
         fields: dict[str, Any],
     ) -> None:
-        unknown = set(fields) - _VARIATION_FIELDS
-        if unknown:
-            raise ValueError(f"not variation fields: {sorted(unknown)}")
-        _check_lease(db, _JOBS, (job_id,), lease_owner)
-        values = [json.dumps(v) if k in _JSON_VARIATION_FIELDS else v for k, v in fields.items()]
+        check_fields("variation", fields, VARIATION_FIELDS)
+        _check_lease(db, _JOBS, (job_id,), token)
+        values = [json.dumps(v) if k in JSON_VARIATION_FIELDS else v for k, v in fields.items()]
         assignments = ", ".join(f"{name} = ?" for name in fields)
         db.execute(
             f"UPDATE variations SET {assignments} WHERE job_id = ? AND idx = ?",
@@ -769,12 +572,8 @@ class SQLiteJobStore:
         )
         db.execute("UPDATE jobs SET updated_at = ? WHERE id = ?", (time.time(), job_id))
 
-    async def update_variation(
-        self, job_id: str, index: int, lease_owner: str, **fields: Any
-    ) -> None:
-        await self._run(
-            self._transaction, self._update_variation, job_id, index, lease_owner, fields
-        )
+    async def update_variation(self, job_id: str, index: int, token: str, **fields: Any) -> None:
+        await self._run(self._transaction, self._update_variation, job_id, index, token, fields)
 
     def _append_event(
         self,
@@ -782,11 +581,11 @@ class SQLiteJobStore:
         job_id: str,
         event_type: str,
         data: dict[str, Any],
-        lease_owner: str | None,
+        token: str | None,
         job_fields: dict[str, Any] | None,
     ) -> int:
-        if lease_owner is not None:
-            _check_lease(db, _JOBS, (job_id,), lease_owner)
+        if token is not None:
+            _check_lease(db, _JOBS, (job_id,), token)
         if job_fields:
             _set_fields(db, _JOBS, (job_id,), job_fields)
         return _append(db, job_id, event_type, data, time.time())
@@ -797,7 +596,7 @@ class SQLiteJobStore:
         event_type: str,
         data: dict[str, Any],
         *,
-        lease_owner: str | None = None,
+        token: str | None = None,
         job_fields: dict[str, Any] | None = None,
     ) -> int:
         seq: int = await self._run(
@@ -806,7 +605,7 @@ class SQLiteJobStore:
             job_id,
             event_type,
             data,
-            lease_owner,
+            token,
             job_fields,
         )
         return seq
@@ -824,6 +623,7 @@ class SQLiteJobStore:
             updated_at=row["updated_at"],
             attempts=row["attempts"],
             lease_owner=row["lease_owner"],
+            lease_token=row["lease_token"],
             lease_expires_at=row["lease_expires_at"],
             objects=json.loads(row["objects"]),
             info=json.loads(row["info"]),
@@ -847,7 +647,8 @@ class SQLiteJobStore:
             "INSERT INTO stems (job_id, idx, status, progress, created_at, updated_at) "
             "VALUES (?, ?, 'queued', 0, ?, ?) ON CONFLICT (job_id, idx) DO UPDATE SET "
             "status = 'queued', progress = 0, objects = '{}', info = '{}', error = NULL, "
-            "attempts = 0, lease_owner = NULL, lease_expires_at = NULL, created_at = ?, "
+            "attempts = 0, lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, "
+            "created_at = ?, "
             "updated_at = ?",
             (job_id, index, now, now, now, now),
         )
@@ -877,39 +678,47 @@ class SQLiteJobStore:
         return result
 
     def _claim_stems(
-        self, db: sqlite3.Connection, lease_owner: str, lease_s: float, max_attempts: int
+        self,
+        db: sqlite3.Connection,
+        worker: str,
+        lease_s: float,
+        max_attempts: int,
+        exclude: Collection[tuple[str, int]],
     ) -> StemsRecord | None:
-        key = _claim_row(db, _STEMS, lease_owner, lease_s, max_attempts)
-        return None if key is None else self._get_stems(db, *key)
+        claimed = _claim_row(db, _STEMS, worker, lease_s, max_attempts, exclude)
+        return None if claimed is None else self._get_stems(db, *claimed[0])
 
     async def claim_next_stems(
-        self, lease_owner: str, *, lease_s: float, max_attempts: int
+        self,
+        worker: str,
+        *,
+        lease_s: float,
+        max_attempts: int,
+        exclude: Collection[tuple[str, int]] = (),
     ) -> StemsRecord | None:
         result: StemsRecord | None = await self._run(
-            self._transaction, self._claim_stems, lease_owner, lease_s, max_attempts
+            self._transaction, self._claim_stems, worker, lease_s, max_attempts, tuple(exclude)
         )
         return result
 
     async def renew_stems_lease(
-        self, job_id: str, index: int, lease_owner: str, *, lease_s: float
+        self, job_id: str, index: int, token: str, *, lease_s: float
     ) -> None:
-        await self._run(
-            self._transaction, _renew_lease, _STEMS, (job_id, index), lease_owner, lease_s
-        )
+        await self._run(self._transaction, _renew_lease, _STEMS, (job_id, index), token, lease_s)
 
-    async def release_stems(self, job_id: str, index: int, lease_owner: str) -> None:
-        await self._run(self._transaction, _release_lease, _STEMS, (job_id, index), lease_owner)
+    async def release_stems(self, job_id: str, index: int, token: str) -> None:
+        await self._run(self._transaction, _release_lease, _STEMS, (job_id, index), token)
 
     def _update_stems(
         self,
         db: sqlite3.Connection,
         job_id: str,
         index: int,
-        lease_owner: str,
+        token: str,
         fields: dict[str, Any],
         event: tuple[str, dict[str, Any]] | None,
     ) -> None:
-        _check_lease(db, _STEMS, (job_id, index), lease_owner)
+        _check_lease(db, _STEMS, (job_id, index), token)
         _set_fields(db, _STEMS, (job_id, index), fields)
         if event is not None:
             _append(db, job_id, event[0], event[1], time.time())
@@ -918,14 +727,12 @@ class SQLiteJobStore:
         self,
         job_id: str,
         index: int,
-        lease_owner: str,
+        token: str,
         *,
         event: tuple[str, dict[str, Any]] | None = None,
         **fields: Any,
     ) -> None:
-        await self._run(
-            self._transaction, self._update_stems, job_id, index, lease_owner, fields, event
-        )
+        await self._run(self._transaction, self._update_stems, job_id, index, token, fields, event)
 
     async def cache_get(self, namespace: str, key: str) -> Any | None:
         def read() -> Any | None:
@@ -954,12 +761,3 @@ class SQLiteJobStore:
 
         await self._run(_close)
         self._executor.shutdown(wait=True)
-
-
-def open_job_store(database_url: str) -> JobStore:
-    """The job store for a (resolved) `storage.database_url`."""
-    scheme, _, rest = database_url.partition("://")
-    if scheme == "sqlite":
-        # SQLAlchemy's convention: sqlite:///relative.db, sqlite:////absolute.db
-        return SQLiteJobStore(rest[1:])
-    raise ValueError(f"storage.database_url: unsupported scheme {scheme!r}; use sqlite:///PATH")

@@ -1,63 +1,21 @@
-"""The object store: encoded audio, peaks and other artefacts, under deterministic keys.
+"""`FilesystemObjectStore` — the object store on one machine's disk (the embedded default).
 
-Keys are derived from (job, variation, artefact) so a re-run after a crash overwrites instead of
-duplicating. `ObjectStore` is the interface; `FilesystemObjectStore` is the embedded implementation.
-An S3 implementation plugs in behind the same methods.
+Each object's content type is kept beside it in a hidden `.NAME.type` file (hidden files are not
+keys), so both backends answer `stat` with what `put` was given.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import mimetypes
 import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
-CONTENT_TYPES = {
-    ".m4a": "audio/mp4",
-    ".mp3": "audio/mpeg",
-    ".flac": "audio/flac",
-    ".wav": "audio/wav",
-    ".json": "application/json",
-}
-
-
-def variation_key(job_id: str, index: int, name: str) -> str:
-    """The key of one artefact of a variation, e.g. `songs/<job>/v0/audio.m4a`."""
-    return f"songs/{job_id}/v{index}/{name}"
-
-
-@dataclass(frozen=True)
-class ObjectInfo:
-    size: int
-    content_type: str
-
-
-class ObjectStore(Protocol):
-    async def put(self, key: str, data: bytes, content_type: str) -> None:
-        """Store `data` under `key`, replacing what was there atomically."""
-        ...
-
-    async def get(self, key: str) -> bytes:
-        """The whole object; raises KeyError when missing."""
-        ...
-
-    async def stat(self, key: str) -> ObjectInfo | None: ...
-
-    def iter_range(
-        self, key: str, start: int, end: int, chunk_bytes: int = 1 << 20
-    ) -> AsyncIterator[bytes]:
-        """Bytes `start..end` inclusive, in chunks."""
-        ...
-
-    async def delete_prefix(self, prefix: str) -> None: ...
-
-    async def list_keys(self, prefix: str) -> list[str]:
-        """Every key under `prefix` (a folder-like path ending in "/"), sorted."""
-        ...
+from .objects import ChecksumMismatch, ObjectInfo
 
 
 class FilesystemObjectStore:
@@ -73,9 +31,12 @@ class FilesystemObjectStore:
             raise KeyError(f"invalid object key {key!r}")
         return path
 
-    def _put(self, key: str, data: bytes) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
+    @staticmethod
+    def _type_path(path: Path) -> Path:
+        return path.with_name(f".{path.name}.type")
+
+    @staticmethod
+    def _write_atomically(path: Path, data: bytes) -> None:
         handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         try:
             with os.fdopen(handle, "wb") as temp:
@@ -85,8 +46,16 @@ class FilesystemObjectStore:
             Path(temp_name).unlink(missing_ok=True)
             raise
 
+    def _put(self, key: str, data: bytes, content_type: str) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._write_atomically(self._type_path(path), content_type.encode())
+        self._write_atomically(path, data)
+        if hashlib.sha256(path.read_bytes()).digest() != hashlib.sha256(data).digest():
+            raise ChecksumMismatch(f"{key}: the file on disk differs from what was written")
+
     async def put(self, key: str, data: bytes, content_type: str) -> None:
-        await asyncio.to_thread(self._put, key, data)
+        await asyncio.to_thread(self._put, key, data, content_type)
 
     async def get(self, key: str) -> bytes:
         path = self._path(key)
@@ -95,15 +64,19 @@ class FilesystemObjectStore:
         except FileNotFoundError as error:
             raise KeyError(key) from error
 
-    async def stat(self, key: str) -> ObjectInfo | None:
-        path = self._path(key)
+    def _stat(self, path: Path) -> ObjectInfo | None:
         try:
             size = path.stat().st_size
         except FileNotFoundError:
             return None
-        return ObjectInfo(
-            size=size, content_type=CONTENT_TYPES.get(path.suffix, "application/octet-stream")
-        )
+        try:
+            content_type = self._type_path(path).read_text()
+        except FileNotFoundError:  # written before content types were kept
+            content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return ObjectInfo(size=size, content_type=content_type)
+
+    async def stat(self, key: str) -> ObjectInfo | None:
+        return await asyncio.to_thread(self._stat, self._path(key))
 
     async def iter_range(
         self, key: str, start: int, end: int, chunk_bytes: int = 1 << 20
@@ -111,9 +84,12 @@ class FilesystemObjectStore:
         path = self._path(key)
 
         def read(offset: int, size: int) -> bytes:
-            with path.open("rb") as handle:
-                handle.seek(offset)
-                return handle.read(size)
+            try:
+                with path.open("rb") as handle:
+                    handle.seek(offset)
+                    return handle.read(size)
+            except FileNotFoundError as error:
+                raise KeyError(key) from error
 
         offset = start
         while offset <= end:
@@ -129,6 +105,7 @@ class FilesystemObjectStore:
             await asyncio.to_thread(shutil.rmtree, path, True)
         else:
             path.unlink(missing_ok=True)
+            self._type_path(path).unlink(missing_ok=True)
 
     async def list_keys(self, prefix: str) -> list[str]:
         base = self._path(prefix.rstrip("/"))
@@ -144,10 +121,5 @@ class FilesystemObjectStore:
 
         return await asyncio.to_thread(walk)
 
-
-def open_object_store(storage_url: str) -> ObjectStore:
-    """The object store for a (resolved) `storage.storage_url`."""
-    scheme, _, rest = storage_url.partition("://")
-    if scheme == "file":
-        return FilesystemObjectStore(rest)
-    raise ValueError(f"storage.storage_url: unsupported scheme {scheme!r}; use file://PATH")
+    async def presigned_url(self, key: str, expires_s: float) -> str | None:
+        return None  # files are served through the API

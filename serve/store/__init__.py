@@ -1,0 +1,129 @@
+"""Durable state: the job store (SQLite embedded, Postgres in a cluster) and the object store
+(local files embedded, S3 in a cluster), chosen by `storage.database_url` / `storage.storage_url`.
+
+Backends import their drivers lazily, so the API and CLI start without psycopg or boto3 loaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .objects import (
+    RAW_RENDER_CONTENT_TYPE,
+    ChecksumMismatch,
+    ObjectInfo,
+    ObjectStore,
+    raw_render_key,
+    variation_key,
+)
+from .protocol import JobStore
+from .records import (
+    ACTIVE_STEMS_STATUSES,
+    FINISHED_STEMS_STATUSES,
+    JOB_STATUSES,
+    TERMINAL_STATUSES,
+    VARIATION_STATUSES,
+    EventRecord,
+    JobRecord,
+    LeaseLost,
+    StemsRecord,
+    StoreUnavailable,
+    VariationRecord,
+    new_job_id,
+)
+
+if TYPE_CHECKING:
+    from serve.config import StorageConfig
+
+__all__ = [
+    "ACTIVE_STEMS_STATUSES",
+    "FINISHED_STEMS_STATUSES",
+    "JOB_STATUSES",
+    "RAW_RENDER_CONTENT_TYPE",
+    "TERMINAL_STATUSES",
+    "VARIATION_STATUSES",
+    "ChecksumMismatch",
+    "EventRecord",
+    "JobRecord",
+    "JobStore",
+    "LeaseLost",
+    "ObjectInfo",
+    "ObjectStore",
+    "StemsRecord",
+    "StoreUnavailable",
+    "VariationRecord",
+    "check_stores",
+    "new_job_id",
+    "open_job_store",
+    "open_object_store",
+    "raw_render_key",
+    "variation_key",
+]
+
+
+def open_job_store(storage: StorageConfig) -> JobStore:
+    """The job store `storage.database_url` (resolved) names."""
+    database_url = storage.database_url
+    scheme = database_url.partition("://")[0]
+    if scheme == "sqlite":
+        from .sqlite import SQLiteJobStore
+
+        # SQLAlchemy's convention: sqlite:///relative.db, sqlite:////absolute.db
+        return SQLiteJobStore(
+            database_url.partition("://")[2][1:], poll_interval_s=storage.poll_interval_s
+        )
+    if scheme in ("postgresql", "postgres"):
+        from .postgres import PostgresJobStore
+
+        return PostgresJobStore(database_url, max_connections=storage.database_pool_size)
+    raise ValueError(
+        f"storage.database_url: unsupported scheme {scheme!r}; use sqlite:///PATH or "
+        "postgresql://USER@HOST:PORT/DB"
+    )
+
+
+def open_object_store(storage: StorageConfig) -> ObjectStore:
+    """The object store `storage.storage_url` (resolved) names."""
+    storage_url = storage.storage_url
+    scheme, _, rest = storage_url.partition("://")
+    if scheme == "file":
+        from .files import FilesystemObjectStore
+
+        return FilesystemObjectStore(rest)
+    if scheme == "s3":
+        from .s3 import S3ObjectStore
+
+        return S3ObjectStore.from_url(storage_url, endpoint_url=storage.s3_endpoint_url)
+    raise ValueError(
+        f"storage.storage_url: unsupported scheme {scheme!r}; use file://PATH or s3://BUCKET/PREFIX"
+    )
+
+
+def check_stores(storage: StorageConfig) -> None:
+    """Fail fast: connect to both stores once (and apply the job store's migrations); raises
+    ValueError naming the setting and what is wrong, never echoing a password."""
+    scheme = storage.database_url.partition("://")[0]
+    if scheme in ("postgresql", "postgres"):
+        from .postgres import check_database
+
+        check_database(storage.database_url)
+    else:
+        _check_local_dir(storage.database_path.parent, "storage.database_url")
+    if storage.storage_url.startswith("s3:"):
+        from .s3 import S3ObjectStore
+
+        S3ObjectStore.from_url(storage.storage_url, endpoint_url=storage.s3_endpoint_url).check()
+    else:
+        _check_local_dir(storage.storage_path, "storage.storage_url")
+
+
+def _check_local_dir(path: Path, setting: str) -> None:
+    import os
+
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"{setting}: cannot create {path}: {error.strerror}") from None
+    if not os.access(path, os.W_OK):
+        raise ValueError(f"{setting}: {path} is not writable by this user")

@@ -1,0 +1,66 @@
+"""`ObjectStore` — the contract for bytes: encoded audio, peaks, raw renders, stems, LoRA files.
+
+Keys are deterministic, derived from (job, variation, artefact), so a re-run after a crash
+overwrites instead of duplicating. Backends: `FilesystemObjectStore` (the embedded default, one
+machine) and `S3ObjectStore` (any S3-compatible service, for a cluster).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+
+def variation_key(job_id: str, index: int, name: str) -> str:
+    """The key of one artefact of a variation, e.g. `songs/<job>/v0/audio.m4a`."""
+    return f"songs/{job_id}/v{index}/{name}"
+
+
+RAW_RENDER_CONTENT_TYPE = "application/x-npy"
+
+
+def raw_render_key(job_id: str, index: int) -> str:
+    """Where a variation's raw render (before mastering) lives: written by the decoder, read by
+    the post-processor, kept so a failed master is redone without rendering again."""
+    return variation_key(job_id, index, "render.npy")
+
+
+class ChecksumMismatch(RuntimeError):
+    """What the store holds after a write is not what was sent."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    size: int
+    content_type: str
+
+
+class ObjectStore(Protocol):
+    async def put(self, key: str, data: bytes, content_type: str) -> None:
+        """Store `data` under `key` with its content type, replacing what was there atomically;
+        the stored bytes are verified against a checksum (ChecksumMismatch)."""
+        ...
+
+    async def get(self, key: str) -> bytes:
+        """The whole object; raises KeyError when missing."""
+        ...
+
+    async def stat(self, key: str) -> ObjectInfo | None: ...
+
+    def iter_range(
+        self, key: str, start: int, end: int, chunk_bytes: int = 1 << 20
+    ) -> AsyncIterator[bytes]:
+        """Bytes `start..end` inclusive, in chunks."""
+        ...
+
+    async def delete_prefix(self, prefix: str) -> None: ...
+
+    async def list_keys(self, prefix: str) -> list[str]:
+        """Every key under `prefix` (a folder-like path ending in "/"), sorted."""
+        ...
+
+    async def presigned_url(self, key: str, expires_s: float) -> str | None:
+        """A time-limited GET link clients can fetch directly, bypassing the API; None where the
+        backend has no such links (local files)."""
+        ...

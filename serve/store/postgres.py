@@ -1,0 +1,1027 @@
+"""`PostgresJobStore`: the `JobStore` of a cluster, on PostgreSQL through psycopg 3 (async).
+
+Every replica of every node opens its own store on one database; the database holds the truth and
+its clock decides leases. What makes that safe under concurrency:
+
+- Claims pick the oldest runnable row with `FOR UPDATE SKIP LOCKED`, so concurrent claimers never
+  wait on, nor take, each other's row; each claim writes a fresh `lease_token`.
+- Every write that belongs to claimed work is `UPDATE … WHERE key AND lease_token = %s`: no row
+  means the claim was superseded, and the caller gets `LeaseLost`.
+- A job's events are numbered from `jobs.last_seq`, incremented by the append itself; the row lock
+  that UPDATE takes queues concurrent appenders, so sequence numbers are dense and commit in order.
+- Idempotency keys are a unique index used with `INSERT … ON CONFLICT DO NOTHING`.
+
+Readers sleep instead of polling: appends `NOTIFY songserve_events, '<job id>:<seq>'`, and work
+becoming claimable `NOTIFY songserve_work`, in the writing transaction (delivered on commit). Each
+store holds one LISTEN connection outside its pool and wakes the waiters of `wait_for_events` and
+`wait_for_work` in this process, so an idle SSE subscriber costs the database nothing.
+
+The pool opens lazily on first use (`open_job_store` is synchronous) and applies the schema's
+migrations, serialised across replicas by an advisory lock. Connection failures surface as
+`StoreUnavailable` with messages that never carry the password; the pool checks a connection before
+lending it, so the store recovers by itself once the database is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from .postgres_migrations import MIGRATIONS
+from .records import (
+    FINISHED_STEMS_STATUSES,
+    JOB_FIELDS,
+    JSON_JOB_FIELDS,
+    JSON_STEMS_FIELDS,
+    JSON_VARIATION_FIELDS,
+    STEMS_FIELDS,
+    TERMINAL_STATUSES,
+    VARIATION_FIELDS,
+    EventRecord,
+    JobRecord,
+    LeaseLost,
+    StemsRecord,
+    StoreUnavailable,
+    VariationRecord,
+    check_fields,
+    decode_cursor,
+    encode_cursor,
+    exhausted_error,
+    new_job_id,
+    new_lease_token,
+)
+
+logger = logging.getLogger(__name__)
+
+EVENTS_CHANNEL = "songserve_events"
+"""NOTIFY channel of appended events; the payload is `<job id>:<seq>`."""
+WORK_CHANNEL = "songserve_work"
+"""NOTIFY channel of work that became claimable; the payload is `job:<id>` or `stems:<id>:<k>`."""
+
+_MIGRATION_LOCK = 0x736F6E67736572  # pg_advisory_lock key of schema migrations ("songser")
+_NOW = "extract(epoch FROM clock_timestamp())::double precision"  # the database's clock, in s
+_RUNNABLE = (
+    f"status IN ('queued', 'running') AND (lease_expires_at IS NULL OR lease_expires_at < {_NOW})"
+)
+_END_LEASE = "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL"
+# Dead peers are noticed by TCP keepalives rather than by a hung LISTEN connection.
+_KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
+_LISTEN_BACKOFF_S = (0.1, 2.0)  # first and longest pause between LISTEN reconnection attempts
+
+
+def _variations_of(job: str) -> str:
+    """A JSONB array of the variations of the job whose id is the SQL expression `job`."""
+    return (
+        "(SELECT COALESCE(jsonb_agg(to_jsonb(v) ORDER BY v.idx), '[]'::jsonb) "
+        f"FROM variations AS v WHERE v.job_id = {job}) AS variations"
+    )
+
+
+_SELECT_JOB = f"SELECT jobs.*, {_variations_of('jobs.id')} FROM jobs"
+
+
+# -- connection info, errors and migrations -----------------------------------------------------
+
+
+def _target(conninfo: str) -> str:
+    """`user@host:port/db` of a connection string: what messages may show (never the password)."""
+    try:
+        params = conninfo_to_dict(conninfo)
+    except psycopg.Error:
+        return "(an unparsable URL)"
+    user = params.get("user") or "(default user)"
+    host = params.get("host") or "(default host)"
+    port = params.get("port") or "5432"
+    dbname = params.get("dbname") or "(default database)"
+    return f"{user}@{host}:{port}/{dbname}"
+
+
+def _redact(text: str, conninfo: str) -> str:
+    """`text` with the connection string's password blanked, however it is spelled."""
+    try:
+        password = conninfo_to_dict(conninfo).get("password")
+    except psycopg.Error:
+        return "(details withheld: the URL could not be parsed)"
+    if password:
+        for spelling in {str(password), quote(str(password), safe=""), quote(str(password))}:
+            text = text.replace(spelling, "***")
+    return text
+
+
+def _first_line(error: BaseException, conninfo: str) -> str:
+    lines = str(error).strip().splitlines()
+    return _redact(lines[0], conninfo) if lines else "no details"
+
+
+def _unavailable(conninfo: str, error: BaseException) -> StoreUnavailable:
+    return StoreUnavailable(
+        f"the job database {_target(conninfo)} is unavailable "
+        f"({type(error).__name__}: {_first_line(error, conninfo)})"
+    )
+
+
+def apply_migrations(conninfo: str, *, connect_timeout_s: int = 5) -> list[int]:
+    """Bring the schema up to date: apply each missing migration in its own transaction, under
+    an advisory lock so replicas starting together apply each version once. Returns the versions
+    this call applied. Raises psycopg errors."""
+    with psycopg.connect(conninfo, autocommit=True, connect_timeout=connect_timeout_s) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK,))
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                "version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)"
+            )
+            applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+            done = []
+            for version, script in MIGRATIONS:
+                if version in applied:
+                    continue
+                with conn.transaction():
+                    conn.execute(script.encode())  # several statements: no parameters
+                    conn.execute(
+                        "INSERT INTO schema_migrations (version, applied_at) "
+                        "VALUES (%s, clock_timestamp())",
+                        (version,),
+                    )
+                done.append(version)
+            return done
+        finally:
+            if not conn.broken:
+                conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
+
+
+def _why_unusable(conninfo: str, error: psycopg.Error) -> str:
+    """What is wrong with a database URL, in words an operator can act on."""
+    params: dict[str, Any] = {}
+    with contextlib.suppress(psycopg.Error):
+        params = conninfo_to_dict(conninfo)
+    host = params.get("host") or "localhost"
+    port = params.get("port") or "5432"
+    user = params.get("user") or "(default user)"
+    dbname = params.get("dbname") or user
+    text = str(error).lower()
+    if isinstance(error, psycopg.ProgrammingError) and not params:
+        return "the URL is not a valid PostgreSQL connection string"
+    if "resolve host" in text or "translate host name" in text or "name or service" in text:
+        return f"unknown host {host!r} (the name does not resolve)"
+    if "connection refused" in text:
+        return f"connection refused at {host}:{port} (is PostgreSQL running and listening there?)"
+    if (
+        "password" in text
+        or "authentication failed" in text
+        or ("role" in text and "not exist" in text)
+    ):
+        return f"authentication failed for user {user!r} (check the user and password)"
+    if "database" in text and "does not exist" in text:
+        return f"database {dbname!r} does not exist on {host}:{port} (create it, e.g. createdb)"
+    if "timeout" in text or "timed out" in text:
+        return f"timed out connecting to {host}:{port}"
+    if isinstance(error, psycopg.errors.InsufficientPrivilege):
+        return f"user {user!r} may not create the job store's tables in {dbname!r}"
+    return f"{type(error).__name__}: {_first_line(error, conninfo)}"
+
+
+def check_database(database_url: str, *, connect_timeout_s: int = 5) -> None:
+    """Fail fast at start-up: connect to `database_url` and bring its schema up to date, or raise
+    ValueError naming the setting and what is wrong (never the password)."""
+    try:
+        apply_migrations(database_url, connect_timeout_s=connect_timeout_s)
+    except psycopg.Error as error:
+        raise ValueError(
+            "storage.database_url (env SONGSERVE_DATABASE_URL): cannot use the job database "
+            f"{_target(database_url)}: {_why_unusable(database_url, error)}"
+        ) from None
+
+
+# -- leased work ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Leased:
+    """A table whose rows are work leased to workers (songs and stems share one mechanism)."""
+
+    table: str
+    kind: str  # what its fields are called in errors: "job", "stems"
+    noun: str  # how messages name a row
+    key: tuple[str, ...]
+    order: str  # which runnable row is claimed first
+    fields: frozenset[str]  # what a lease holder may write
+    json_fields: frozenset[str]
+    terminal: frozenset[str]  # statuses that end the lease
+    exhausted_event: Callable[[dict[str, Any], dict[str, Any]], tuple[str, str, dict[str, Any]]]
+    work: Callable[[Sequence[Any]], str]  # WORK_CHANNEL payload of a row's key
+
+    @property
+    def where(self) -> str:
+        return " AND ".join(f"{self.table}.{column} = %s" for column in self.key)
+
+
+_JOBS = _Leased(
+    table="jobs",
+    kind="job",
+    noun="job",
+    key=("id",),
+    order="created_at, id",
+    fields=JOB_FIELDS,
+    json_fields=JSON_JOB_FIELDS,
+    terminal=TERMINAL_STATUSES,
+    exhausted_event=lambda row, error: (row["id"], "error", error),
+    work=lambda key: f"job:{key[0]}",
+)
+_STEMS = _Leased(
+    table="stems",
+    kind="stems",
+    noun="stems job",
+    key=("job_id", "idx"),
+    order="created_at, job_id, idx",
+    fields=STEMS_FIELDS,
+    json_fields=JSON_STEMS_FIELDS,
+    terminal=FINISHED_STEMS_STATUSES,
+    exhausted_event=lambda row, error: (
+        row["job_id"],
+        "stems",
+        {"variation": row["idx"], "status": "failed", "error": error},
+    ),
+    work=lambda key: f"stems:{key[0]}:{key[1]}",
+)
+
+
+def _assignments(table: _Leased, fields: dict[str, Any]) -> tuple[list[str], list[Any]]:
+    """SET clauses and their parameters for lease-holder `fields` of `table`; a terminal status
+    ends the lease, and `updated_at` is the database's now unless given."""
+    check_fields(table.kind, fields, table.fields)
+    clauses: list[str] = []
+    params: list[Any] = []
+    if "updated_at" not in fields:
+        clauses.append(f"updated_at = {_NOW}")
+    if fields.get("status") in table.terminal:
+        clauses.append(_END_LEASE)
+    for name, value in fields.items():
+        clauses.append(f"{name} = %s")
+        params.append(Jsonb(value) if name in table.json_fields and value is not None else value)
+    return clauses, params
+
+
+def _job(row: dict[str, Any]) -> JobRecord:
+    return JobRecord(
+        id=row["id"],
+        owner=row["owner"],
+        status=row["status"],
+        stage=row["stage"],
+        progress=row["progress"],
+        request=row["request"],
+        seed=row["seed"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        attempts=row["attempts"],
+        lease_owner=row["lease_owner"],
+        lease_token=row["lease_token"],
+        lease_expires_at=row["lease_expires_at"],
+        idempotency_key=row["idempotency_key"],
+        lyrics=row["lyrics"],
+        lyrics_source=row["lyrics_source"],
+        tags=row["tags"],
+        error=row["error"],
+        variations=[
+            VariationRecord(
+                index=v["idx"],
+                status=v["status"],
+                model=v["model"],
+                model_version=v["model_version"],
+                seed=v["seed"],
+                duration_s=v["duration_s"],
+                sample_rate=v["sample_rate"],
+                loudness_lufs=v["loudness_lufs"],
+                true_peak_dbtp=v["true_peak_dbtp"],
+                objects=v["objects"],
+                render=v["render"],
+                error=v["error"],
+            )
+            for v in row["variations"]
+        ],
+    )
+
+
+def _stems(row: dict[str, Any]) -> StemsRecord:
+    return StemsRecord(
+        job_id=row["job_id"],
+        index=row["idx"],
+        status=row["status"],
+        progress=row["progress"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        attempts=row["attempts"],
+        lease_owner=row["lease_owner"],
+        lease_token=row["lease_token"],
+        lease_expires_at=row["lease_expires_at"],
+        objects=row["objects"],
+        info=row["info"],
+        error=row["error"],
+    )
+
+
+# -- notifications -------------------------------------------------------------------------------
+
+
+class _JobWaiter:
+    """A `wait_for_events` caller: woken by events of its job numbered past `after_seq`."""
+
+    __slots__ = ("after_seq", "woken")
+
+    def __init__(self, after_seq: int) -> None:
+        self.after_seq = after_seq
+        self.woken = asyncio.Event()
+
+
+class _Listener:
+    """One LISTEN connection (outside the pool) that wakes this process's waiters.
+
+    `wait_for_events` callers wait per job (a notification with a sequence number they have seen
+    leaves them asleep), `wait_for_work` callers in one set. When the connection drops it
+    reconnects with backoff, and every (re)connection wakes every waiter: notifications sent while
+    nobody listened are lost, so waiters must read again.
+    """
+
+    def __init__(self, conninfo: str, connect_kwargs: dict[str, Any]) -> None:
+        self._conninfo = conninfo
+        self._connect_kwargs = connect_kwargs
+        self._job_waiters: dict[str, set[_JobWaiter]] = {}
+        self._work_waiters: set[asyncio.Event] = set()
+        self._task: asyncio.Task[None] | None = None
+        self.connected = asyncio.Event()
+        self.tried = asyncio.Event()  # the first connection attempt has ended, either way
+        self.connections = 0  # how many times LISTEN was (re)established
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="songserve-jobs-listen")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    @contextlib.contextmanager
+    def job_waiter(self, job_id: str, after_seq: int) -> Iterator[asyncio.Event]:
+        waiter = _JobWaiter(after_seq)
+        self._job_waiters.setdefault(job_id, set()).add(waiter)
+        try:
+            yield waiter.woken
+        finally:
+            waiters = self._job_waiters.get(job_id)
+            if waiters is not None:
+                waiters.discard(waiter)
+                if not waiters:
+                    del self._job_waiters[job_id]
+
+    @contextlib.contextmanager
+    def work_waiter(self) -> Iterator[asyncio.Event]:
+        event = asyncio.Event()
+        self._work_waiters.add(event)
+        try:
+            yield event
+        finally:
+            self._work_waiters.discard(event)
+
+    def _wake_all(self) -> None:
+        for waiters in self._job_waiters.values():
+            for waiter in waiters:
+                waiter.woken.set()
+        for event in self._work_waiters:
+            event.set()
+
+    def _dispatch(self, notify: psycopg.Notify) -> None:
+        if notify.channel == EVENTS_CHANNEL:
+            job_id, _, seq = notify.payload.rpartition(":")
+            newest = int(seq) if seq.isdigit() else None
+            for waiter in self._job_waiters.get(job_id, ()):
+                if newest is None or newest > waiter.after_seq:
+                    waiter.woken.set()
+        elif notify.channel == WORK_CHANNEL:
+            for event in self._work_waiters:
+                event.set()
+
+    async def _run(self) -> None:
+        pause, longest = _LISTEN_BACKOFF_S
+        failures = 0
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(
+                    self._conninfo, autocommit=True, **self._connect_kwargs
+                )
+            except psycopg.Error as error:
+                self.tried.set()
+                failures += 1
+                logger.log(
+                    logging.WARNING if failures == 1 else logging.DEBUG,
+                    "job store LISTEN: %s; retrying (every %g s at most)",
+                    _unavailable(self._conninfo, error),
+                    longest,
+                )
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, longest)
+                continue
+            try:
+                await conn.execute(f"LISTEN {EVENTS_CHANNEL}")
+                await conn.execute(f"LISTEN {WORK_CHANNEL}")
+                self.connected.set()
+                self.tried.set()
+                if self.connections:
+                    logger.warning("job store LISTEN connection re-established")
+                self.connections += 1
+                failures = 0
+                pause = _LISTEN_BACKOFF_S[0]
+                self._wake_all()
+                async for notify in conn.notifies():
+                    self._dispatch(notify)
+            except psycopg.Error as error:
+                logger.warning(
+                    "job store LISTEN connection lost: %s; reconnecting",
+                    _unavailable(self._conninfo, error),
+                )
+            finally:
+                self.connected.clear()
+                await conn.close()
+            await asyncio.sleep(pause)
+
+
+# -- the store -----------------------------------------------------------------------------------
+
+
+class PostgresJobStore:
+    """`JobStore` on PostgreSQL, shared by every replica of a cluster.
+
+    `database_url` is a libpq URL or conninfo string. `max_connections` bounds the pool;
+    `connect_timeout_s` bounds one connection attempt (libpq counts whole seconds, at least 2);
+    `timeout_s` bounds how long a call waits for a pooled connection before it raises
+    `StoreUnavailable`. `queries` counts the statements this store executed (benchmarks and tests
+    read it: waiting for events or work executes none).
+    """
+
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        max_connections: int = 10,
+        connect_timeout_s: int = 3,
+        timeout_s: float = 5.0,
+    ) -> None:
+        self._conninfo = database_url
+        self._max_connections = max_connections
+        self._connect_timeout_s = max(2, int(connect_timeout_s))
+        self._timeout_s = timeout_s
+        self._connect_kwargs: dict[str, Any] = {
+            "connect_timeout": self._connect_timeout_s,
+            **_KEEPALIVES,
+        }
+        self._pool: AsyncConnectionPool | None = None
+        self._migrated = False
+        self._opening = asyncio.Lock()
+        self._listener: _Listener | None = None
+        self._closed = False
+        self.queries = 0
+
+    def __repr__(self) -> str:
+        return f"PostgresJobStore({_target(self._conninfo)})"
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open the pool, apply migrations and start listening now rather than on first use.
+        Raises StoreUnavailable."""
+        await self._ready()
+        await self._listening(self._connect_timeout_s)
+
+    async def _ready(self) -> AsyncConnectionPool:
+        if self._pool is not None and self._migrated:
+            return self._pool
+        async with self._opening:
+            if self._closed:
+                raise RuntimeError("the job store is closed")
+            if self._pool is None:
+                pool = AsyncConnectionPool(
+                    self._conninfo,
+                    min_size=1,
+                    max_size=self._max_connections,
+                    open=False,
+                    kwargs={"autocommit": True, **self._connect_kwargs},
+                    # A connection that died with a database restart is replaced, not lent.
+                    check=AsyncConnectionPool.check_connection,
+                    timeout=self._timeout_s,
+                    # Past this the pool stops retrying in the background and the next call
+                    # starts a fresh attempt, so recovery never waits out a long backoff.
+                    reconnect_timeout=max(self._timeout_s, 2.0),
+                    name="songserve-jobs",
+                )
+                await pool.open(wait=False)
+                self._pool = pool
+            if not self._migrated:
+                try:
+                    await asyncio.to_thread(
+                        apply_migrations, self._conninfo, connect_timeout_s=self._connect_timeout_s
+                    )
+                except psycopg.OperationalError as error:
+                    raise _unavailable(self._conninfo, error) from None
+                self._migrated = True
+        return self._pool
+
+    @contextlib.asynccontextmanager
+    async def _cursor(
+        self, *, transaction: bool = False
+    ) -> AsyncIterator[psycopg.AsyncCursor[dict[str, Any]]]:
+        """A cursor on a pooled connection: autocommit (one statement, one transaction) or one
+        transaction around the block. Connection failures raise StoreUnavailable."""
+        pool = await self._ready()
+        try:
+            async with pool.connection() as conn:
+                if transaction:
+                    async with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+                        yield cur
+                else:
+                    async with conn.cursor(row_factory=dict_row) as cur:
+                        yield cur
+        except psycopg.OperationalError as error:
+            raise _unavailable(self._conninfo, error) from None
+
+    async def _execute(
+        self, cur: psycopg.AsyncCursor[dict[str, Any]], query: str, params: Sequence[Any] = ()
+    ) -> None:
+        """The one way SQL is sent, so `queries` counts every statement (once it has run)."""
+        try:
+            await cur.execute(query, params)
+        finally:
+            self.queries += 1
+
+    async def _one(
+        self, cur: psycopg.AsyncCursor[dict[str, Any]], query: str, params: Sequence[Any] = ()
+    ) -> dict[str, Any] | None:
+        await self._execute(cur, query, params)
+        return await cur.fetchone()
+
+    async def _all(
+        self, cur: psycopg.AsyncCursor[dict[str, Any]], query: str, params: Sequence[Any] = ()
+    ) -> list[dict[str, Any]]:
+        await self._execute(cur, query, params)
+        return await cur.fetchall()
+
+    async def _append(
+        self,
+        cur: psycopg.AsyncCursor[dict[str, Any]],
+        job_id: str,
+        event_type: str,
+        data: dict[str, Any],
+        *,
+        token: str | None = None,
+        job_fields: dict[str, Any] | None = None,
+    ) -> int:
+        """Append an event with the job's next sequence number, optionally setting job fields
+        fenced by `token`, and notify listeners (on commit): one statement."""
+        clauses, params = _assignments(_JOBS, job_fields) if job_fields else ([], [])
+        fence = " AND lease_token = %s" if token is not None else ""
+        row = await self._one(
+            cur,
+            f"WITH job AS (UPDATE jobs SET {', '.join([*clauses, 'last_seq = last_seq + 1'])} "
+            f"WHERE id = %s{fence} RETURNING id, last_seq) "
+            "INSERT INTO events (job_id, seq, type, data, created_at) "
+            f"SELECT id, last_seq, %s, %s, {_NOW} FROM job "
+            f"RETURNING seq, pg_notify('{EVENTS_CHANNEL}', job_id || ':' || seq)",
+            [
+                *params,
+                job_id,
+                *([token] if token is not None else []),
+                event_type,
+                Jsonb(data),
+            ],
+        )
+        if row is None:
+            if token is not None:
+                raise LeaseLost(f"job {job_id} is no longer leased to this claim")
+            raise KeyError(f"no job {job_id}")
+        seq: int = row["seq"]
+        return seq
+
+    async def _notify_work(self, cur: psycopg.AsyncCursor[dict[str, Any]], payload: str) -> None:
+        await self._execute(cur, "SELECT pg_notify(%s, %s)", (WORK_CHANNEL, payload))
+
+    # -- leases (songs and stems) -----------------------------------------------------------------
+
+    async def _claim(
+        self,
+        table: _Leased,
+        worker: str,
+        lease_s: float,
+        max_attempts: int,
+        exclude: tuple[str, list[Any]],
+        returning: str,
+    ) -> dict[str, Any] | None:
+        keys = ", ".join(table.key)
+        exclude_sql, exclude_params = exclude
+        async with self._cursor(transaction=True) as cur:
+            exhausted = await self._all(
+                cur,
+                f"SELECT {keys}, attempts FROM {table.table} WHERE {_RUNNABLE} "
+                f"AND attempts >= %s ORDER BY {table.order} FOR UPDATE SKIP LOCKED",
+                (max_attempts,),
+            )
+            for row in exhausted:
+                error = exhausted_error(table.noun, row["attempts"])
+                key = [row[column] for column in table.key]
+                await self._execute(
+                    cur,
+                    f"UPDATE {table.table} SET status = 'failed', error = %s, {_END_LEASE}, "
+                    f"updated_at = {_NOW} WHERE {table.where}",
+                    (Jsonb(error), *key),
+                )
+                await self._append(cur, *table.exhausted_event(row, error))
+            match = " AND ".join(f"{table.table}.{column} = next.{column}" for column in table.key)
+            return await self._one(
+                cur,
+                f"WITH next AS (SELECT {keys} FROM {table.table} WHERE {_RUNNABLE} "
+                f"AND attempts < %s{exclude_sql} ORDER BY {table.order} "
+                "LIMIT 1 FOR UPDATE SKIP LOCKED) "
+                f"UPDATE {table.table} SET status = 'running', lease_owner = %s, "
+                f"lease_token = %s, lease_expires_at = {_NOW} + %s, "
+                f"attempts = {table.table}.attempts + 1, updated_at = {_NOW} "
+                f"FROM next WHERE {match} RETURNING {returning}",
+                (max_attempts, *exclude_params, worker, new_lease_token(), float(lease_s)),
+            )
+
+    async def _renew(self, table: _Leased, key: Sequence[Any], token: str, lease_s: float) -> None:
+        async with self._cursor() as cur:
+            row = await self._one(
+                cur,
+                f"UPDATE {table.table} SET lease_expires_at = {_NOW} + %s "
+                f"WHERE {table.where} AND lease_token = %s RETURNING 1 AS renewed",
+                (float(lease_s), *key, token),
+            )
+        if row is None:
+            raise LeaseLost(
+                f"{table.noun} {':'.join(map(str, key))} is no longer leased to this claim"
+            )
+
+    async def _release(self, table: _Leased, key: Sequence[Any], token: str) -> None:
+        async with self._cursor() as cur:
+            await self._execute(
+                cur,
+                f"UPDATE {table.table} SET {_END_LEASE}, attempts = GREATEST(attempts - 1, 0), "
+                f"updated_at = {_NOW} WHERE {table.where} AND lease_token = %s "
+                "AND status = 'running' RETURNING pg_notify(%s, %s)",
+                (*key, token, WORK_CHANNEL, table.work(key)),
+            )
+
+    async def _update(
+        self,
+        cur: psycopg.AsyncCursor[dict[str, Any]],
+        table: _Leased,
+        key: Sequence[Any],
+        token: str,
+        fields: dict[str, Any],
+    ) -> None:
+        clauses, params = _assignments(table, fields)
+        row = await self._one(
+            cur,
+            f"UPDATE {table.table} SET {', '.join(clauses)} "
+            f"WHERE {table.where} AND lease_token = %s RETURNING 1 AS updated",
+            (*params, *key, token),
+        )
+        if row is None:
+            raise LeaseLost(
+                f"{table.noun} {':'.join(map(str, key))} is no longer leased to this claim"
+            )
+
+    # -- songs ------------------------------------------------------------------------------------
+
+    async def create_job(
+        self,
+        *,
+        owner: str,
+        request: dict[str, Any],
+        seed: int,
+        variations: int,
+        idempotency_key: str | None = None,
+    ) -> tuple[JobRecord, bool]:
+        job_id = new_job_id()
+        async with self._cursor(transaction=True) as cur:
+            inserted = await self._one(
+                cur,
+                "INSERT INTO jobs (id, owner, idempotency_key, status, progress, request, seed, "
+                "created_at, updated_at) SELECT %s, %s, %s, 'queued', 0, %s, %s, now, now "
+                f"FROM (SELECT {_NOW} AS now) AS clock "
+                "ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL "
+                "DO NOTHING RETURNING id",
+                (job_id, owner, idempotency_key, Jsonb(request), seed),
+            )
+            if inserted is None:  # the key was used: ON CONFLICT waited for its writer's commit
+                existing = await self._one(
+                    cur,
+                    f"{_SELECT_JOB} WHERE owner = %s AND idempotency_key = %s",
+                    (owner, idempotency_key),
+                )
+                assert existing is not None
+                return _job(existing), False
+            await self._execute(
+                cur,
+                "INSERT INTO variations (job_id, idx, status, seed) "
+                "SELECT %s, k, 'queued', %s::bigint + k FROM generate_series(0, %s - 1) AS k",
+                (job_id, seed, variations),
+            )
+            await self._append(cur, job_id, "stage", {"stage": "queued"})
+            await self._notify_work(cur, _JOBS.work((job_id,)))
+            row = await self._one(cur, f"{_SELECT_JOB} WHERE id = %s", (job_id,))
+        assert row is not None
+        return _job(row), True
+
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        async with self._cursor() as cur:
+            row = await self._one(cur, f"{_SELECT_JOB} WHERE id = %s", (job_id,))
+        return None if row is None else _job(row)
+
+    async def count_jobs(self, status: str) -> int:
+        async with self._cursor() as cur:
+            row = await self._one(
+                cur, "SELECT count(*) AS n FROM jobs WHERE status = %s", (status,)
+            )
+        assert row is not None
+        return int(row["n"])
+
+    async def list_jobs(
+        self, owner: str, *, limit: int, cursor: str | None = None
+    ) -> tuple[list[JobRecord], str | None]:
+        after = decode_cursor(cursor) if cursor else None  # ValueError before any query
+        async with self._cursor() as cur:
+            if after is None:
+                rows = await self._all(
+                    cur,
+                    f"{_SELECT_JOB} WHERE owner = %s ORDER BY created_at DESC, id DESC LIMIT %s",
+                    (owner, limit + 1),
+                )
+            else:
+                rows = await self._all(
+                    cur,
+                    f"{_SELECT_JOB} WHERE owner = %s AND (created_at, id) < (%s, %s) "
+                    "ORDER BY created_at DESC, id DESC LIMIT %s",
+                    (owner, after[0], after[1], limit + 1),
+                )
+        jobs = [_job(row) for row in rows[:limit]]
+        next_cursor = encode_cursor(jobs[-1].created_at, jobs[-1].id) if len(rows) > limit else None
+        return jobs, next_cursor
+
+    async def claim_next(
+        self,
+        worker: str,
+        *,
+        lease_s: float,
+        max_attempts: int,
+        exclude: Collection[str] = (),
+    ) -> JobRecord | None:
+        row = await self._claim(
+            _JOBS,
+            worker,
+            lease_s,
+            max_attempts,
+            (" AND id <> ALL(%s::text[])", [list(exclude)]),
+            f"jobs.*, {_variations_of('jobs.id')}",
+        )
+        return None if row is None else _job(row)
+
+    async def renew_lease(self, job_id: str, token: str, *, lease_s: float) -> None:
+        await self._renew(_JOBS, (job_id,), token, lease_s)
+
+    async def release(self, job_id: str, token: str) -> None:
+        await self._release(_JOBS, (job_id,), token)
+
+    async def update_job(self, job_id: str, token: str, **fields: Any) -> None:
+        async with self._cursor() as cur:
+            await self._update(cur, _JOBS, (job_id,), token, fields)
+
+    async def update_variation(self, job_id: str, index: int, token: str, **fields: Any) -> None:
+        check_fields("variation", fields, VARIATION_FIELDS)
+        params = [
+            Jsonb(value) if name in JSON_VARIATION_FIELDS and value is not None else value
+            for name, value in fields.items()
+        ]
+        # One statement: the fence (and updated_at) on the job, the fields on the variation.
+        variation = (
+            ", variation AS (UPDATE variations SET "
+            + ", ".join(f"{name} = %s" for name in fields)
+            + " WHERE job_id = (SELECT id FROM job) AND idx = %s)"
+            if fields
+            else ""
+        )
+        async with self._cursor() as cur:
+            row = await self._one(
+                cur,
+                f"WITH job AS (UPDATE jobs SET updated_at = {_NOW} "
+                f"WHERE id = %s AND lease_token = %s RETURNING id){variation} "
+                "SELECT id FROM job",
+                (job_id, token, *params, *([index] if fields else [])),
+            )
+        if row is None:
+            raise LeaseLost(f"job {job_id} is no longer leased to this claim")
+
+    # -- events -----------------------------------------------------------------------------------
+
+    async def append_event(
+        self,
+        job_id: str,
+        event_type: str,
+        data: dict[str, Any],
+        *,
+        token: str | None = None,
+        job_fields: dict[str, Any] | None = None,
+    ) -> int:
+        async with self._cursor() as cur:
+            return await self._append(
+                cur, job_id, event_type, data, token=token, job_fields=job_fields
+            )
+
+    async def events_after(
+        self, job_id: str, after_seq: int, limit: int = 500
+    ) -> list[EventRecord]:
+        async with self._cursor() as cur:
+            rows = await self._all(
+                cur,
+                "SELECT seq, type, data, created_at FROM events WHERE job_id = %s AND seq > %s "
+                "ORDER BY seq LIMIT %s",
+                (job_id, after_seq, limit),
+            )
+        return [
+            EventRecord(seq=r["seq"], type=r["type"], data=r["data"], created_at=r["created_at"])
+            for r in rows
+        ]
+
+    async def _listening(self, timeout: float) -> _Listener:
+        """The LISTEN connection, started on first use. Until its first connection attempt has
+        ended, callers wait for it (at most `timeout`), so the first waiters are heard without
+        reading twice. A waiter that registers while it is down is woken when it is back (every
+        reconnection wakes every waiter, which reads again)."""
+        if self._closed:
+            raise RuntimeError("the job store is closed")
+        if self._listener is None:
+            self._listener = _Listener(self._conninfo, self._connect_kwargs)
+            self._listener.start()
+        if not self._listener.tried.is_set() and timeout > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._listener.tried.wait(), min(timeout, self._connect_timeout_s + 1)
+                )
+        return self._listener
+
+    async def wait_for_events(
+        self, job_id: str, after_seq: int, timeout: float
+    ) -> list[EventRecord]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        listener = await self._listening(timeout)
+        # Registered before reading, so an event committed after the read wakes this waiter.
+        with listener.job_waiter(job_id, after_seq) as woken:
+            while True:
+                woken.clear()
+                events = await self.events_after(job_id, after_seq)
+                if events:
+                    return events
+                try:
+                    await asyncio.wait_for(woken.wait(), deadline - loop.time())
+                except TimeoutError:
+                    return []
+
+    async def wait_for_work(self, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        listener = await self._listening(timeout)
+        with listener.work_waiter() as woken, contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(woken.wait(), deadline - loop.time())
+
+    # -- stems ------------------------------------------------------------------------------------
+
+    async def request_stems(self, job_id: str, index: int) -> tuple[StemsRecord, bool]:
+        try:
+            async with self._cursor(transaction=True) as cur:
+                row = await self._one(
+                    cur,
+                    "INSERT INTO stems (job_id, idx, status, progress, created_at, updated_at) "
+                    f"SELECT %s, %s, 'queued', 0, now, now FROM (SELECT {_NOW} AS now) AS clock "
+                    "ON CONFLICT (job_id, idx) DO UPDATE SET status = 'queued', progress = 0, "
+                    "objects = '{}', info = '{}', error = NULL, attempts = 0, "
+                    f"{_END_LEASE}, created_at = EXCLUDED.created_at, "
+                    "updated_at = EXCLUDED.updated_at WHERE stems.status = 'failed' RETURNING *",
+                    (job_id, index),
+                )
+                if row is None:  # queued, running or finished: returned as it is
+                    existing = await self._one(
+                        cur, "SELECT * FROM stems WHERE job_id = %s AND idx = %s", (job_id, index)
+                    )
+                    assert existing is not None
+                    return _stems(existing), False
+                await self._append(cur, job_id, "stems", {"variation": index, "status": "queued"})
+                await self._notify_work(cur, _STEMS.work((job_id, index)))
+        except psycopg.errors.ForeignKeyViolation:
+            raise KeyError(f"no job {job_id}") from None
+        return _stems(row), True
+
+    async def get_stems(self, job_id: str, index: int) -> StemsRecord | None:
+        async with self._cursor() as cur:
+            row = await self._one(
+                cur, "SELECT * FROM stems WHERE job_id = %s AND idx = %s", (job_id, index)
+            )
+        return None if row is None else _stems(row)
+
+    async def list_stems(self, job_id: str) -> list[StemsRecord]:
+        async with self._cursor() as cur:
+            rows = await self._all(
+                cur, "SELECT * FROM stems WHERE job_id = %s ORDER BY idx", (job_id,)
+            )
+        return [_stems(row) for row in rows]
+
+    async def claim_next_stems(
+        self,
+        worker: str,
+        *,
+        lease_s: float,
+        max_attempts: int,
+        exclude: Collection[tuple[str, int]] = (),
+    ) -> StemsRecord | None:
+        excluded = list(exclude)
+        row = await self._claim(
+            _STEMS,
+            worker,
+            lease_s,
+            max_attempts,
+            (
+                " AND NOT EXISTS (SELECT 1 FROM unnest(%s::text[], %s::integer[]) AS x(j, i) "
+                "WHERE x.j = stems.job_id AND x.i = stems.idx)",
+                [[job for job, _ in excluded], [index for _, index in excluded]],
+            ),
+            "stems.*",
+        )
+        return None if row is None else _stems(row)
+
+    async def renew_stems_lease(
+        self, job_id: str, index: int, token: str, *, lease_s: float
+    ) -> None:
+        await self._renew(_STEMS, (job_id, index), token, lease_s)
+
+    async def release_stems(self, job_id: str, index: int, token: str) -> None:
+        await self._release(_STEMS, (job_id, index), token)
+
+    async def update_stems(
+        self,
+        job_id: str,
+        index: int,
+        token: str,
+        *,
+        event: tuple[str, dict[str, Any]] | None = None,
+        **fields: Any,
+    ) -> None:
+        async with self._cursor(transaction=event is not None) as cur:
+            await self._update(cur, _STEMS, (job_id, index), token, fields)
+            if event is not None:
+                await self._append(cur, job_id, event[0], event[1])
+
+    # -- cache ------------------------------------------------------------------------------------
+
+    async def cache_get(self, namespace: str, key: str) -> Any | None:
+        async with self._cursor() as cur:
+            row = await self._one(
+                cur, "SELECT value FROM cache WHERE namespace = %s AND key = %s", (namespace, key)
+            )
+        return None if row is None else row["value"]
+
+    async def cache_put(self, namespace: str, key: str, value: Any) -> None:
+        async with self._cursor() as cur:
+            await self._execute(
+                cur,
+                "INSERT INTO cache (namespace, key, value, created_at) "
+                f"VALUES (%s, %s, %s, {_NOW}) ON CONFLICT (namespace, key) "
+                "DO UPDATE SET value = EXCLUDED.value, created_at = EXCLUDED.created_at",
+                (namespace, key, Jsonb(value)),
+            )
+
+    async def close(self) -> None:
+        """Stop listening and close the pool; the store cannot be used afterwards."""
+        async with self._opening:
+            self._closed = True
+            if self._listener is not None:
+                await self._listener.close()
+                self._listener = None
+            if self._pool is not None:
+                await self._pool.close()
+                self._pool = None

@@ -1,0 +1,95 @@
+"""The Postgres job store's schema, as numbered migrations applied in order (never edited once
+released: a change is a new version).
+
+Times are epoch seconds from the database clock (`DOUBLE PRECISION`), the unit the records carry.
+`jobs.last_seq` is a job's event counter: appending an event increments it in an UPDATE, which
+also queues concurrent appenders to one job behind its row lock, so sequence numbers are dense.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: tuple[tuple[int, str], ...] = (
+    (
+        1,
+        """
+CREATE TABLE jobs (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    idempotency_key TEXT,
+    status TEXT NOT NULL,
+    stage TEXT,
+    progress DOUBLE PRECISION NOT NULL DEFAULT 0,
+    request JSONB NOT NULL,
+    seed BIGINT NOT NULL,
+    lyrics TEXT,
+    lyrics_source JSONB,
+    tags JSONB,
+    error JSONB,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    lease_owner TEXT,
+    lease_token TEXT,
+    lease_expires_at DOUBLE PRECISION,
+    last_seq BIGINT NOT NULL DEFAULT 0,
+    created_at DOUBLE PRECISION NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL
+);
+CREATE UNIQUE INDEX jobs_idempotency ON jobs (owner, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+CREATE INDEX jobs_runnable ON jobs (status, lease_expires_at, created_at);
+CREATE INDEX jobs_owner_created ON jobs (owner, created_at DESC, id DESC);
+
+CREATE TABLE variations (
+    job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    idx INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    model TEXT,
+    model_version TEXT,
+    seed BIGINT,
+    duration_s DOUBLE PRECISION,
+    sample_rate INTEGER,
+    loudness_lufs DOUBLE PRECISION,
+    true_peak_dbtp DOUBLE PRECISION,
+    objects JSONB NOT NULL DEFAULT '{}',
+    render JSONB NOT NULL DEFAULT '{}',
+    error JSONB,
+    PRIMARY KEY (job_id, idx)
+);
+
+CREATE TABLE stems (
+    job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    idx INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    progress DOUBLE PRECISION NOT NULL DEFAULT 0,
+    objects JSONB NOT NULL DEFAULT '{}',
+    info JSONB NOT NULL DEFAULT '{}',
+    error JSONB,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    lease_owner TEXT,
+    lease_token TEXT,
+    lease_expires_at DOUBLE PRECISION,
+    created_at DOUBLE PRECISION NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (job_id, idx)
+);
+CREATE INDEX stems_runnable ON stems (status, lease_expires_at, created_at);
+
+CREATE TABLE events (
+    job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    seq BIGINT NOT NULL,
+    type TEXT NOT NULL,
+    data JSONB NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (job_id, seq)
+);
+
+CREATE TABLE cache (
+    namespace TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value JSONB NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (namespace, key)
+);
+""",
+    ),
+)
+"""(version, SQL) in ascending order; each version is applied in one transaction."""

@@ -1,0 +1,177 @@
+"""`JobStore` — the contract every job-store backend keeps (SQLite embedded, Postgres in a cluster).
+
+Work (song jobs, and stems jobs of one variation each) is *claimed*: the store leases it to a worker
+with an expiry from the store's own clock and a fresh claim token. Every write that belongs to
+claimed work passes that token and is refused with `LeaseLost` once the work was claimed again,
+by another worker or by the same one, so two tasks can never drive one job. A claim that runs out
+of attempts fails the work with a reason instead of crash-looping.
+
+The event log of a job is append-only with dense sequence numbers; SSE streams replay it and
+resume from `Last-Event-ID`. `wait_for_events` and `wait_for_work` let readers sleep until
+something happens instead of polling (LISTEN/NOTIFY on Postgres).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any, Protocol
+
+from .records import EventRecord, JobRecord, StemsRecord
+
+
+class JobStore(Protocol):
+    """Durable job state. All methods are safe to call from many processes at once."""
+
+    # -- songs --------------------------------------------------------------------------------
+
+    async def create_job(
+        self,
+        *,
+        owner: str,
+        request: dict[str, Any],
+        seed: int,
+        variations: int,
+        idempotency_key: str | None = None,
+    ) -> tuple[JobRecord, bool]:
+        """Insert a queued job; with an idempotency key already used by `owner`, return that job.
+        The bool says whether a job was created."""
+        ...
+
+    async def get_job(self, job_id: str) -> JobRecord | None: ...
+
+    async def count_jobs(self, status: str) -> int:
+        """How many jobs are in `status` (admission control reads the queue depth)."""
+        ...
+
+    async def list_jobs(
+        self, owner: str, *, limit: int, cursor: str | None = None
+    ) -> tuple[list[JobRecord], str | None]:
+        """Newest first; returns the page and the cursor of the next page (None at the end).
+        Raises ValueError for a cursor this store did not issue."""
+        ...
+
+    async def claim_next(
+        self,
+        worker: str,
+        *,
+        lease_s: float,
+        max_attempts: int,
+        exclude: Collection[str] = (),
+    ) -> JobRecord | None:
+        """Atomically lease the oldest runnable job (queued, or running with an expired lease)
+        to `worker`, skipping the ids in `exclude` (what the worker drives already). The record
+        carries the claim's `lease_token`. Jobs whose attempts are exhausted are failed on the
+        way, with an `error` event."""
+        ...
+
+    async def renew_lease(self, job_id: str, token: str, *, lease_s: float) -> None:
+        """Extend the lease from now; raises LeaseLost when `token` no longer holds it. A lease
+        that expired but was not claimed again is still the token's."""
+        ...
+
+    async def release(self, job_id: str, token: str) -> None:
+        """Hand a running job back for anyone to claim now (a clean stop, not a crash: the
+        attempt is not counted). A no-op when `token` no longer holds it."""
+        ...
+
+    async def update_job(self, job_id: str, token: str, **fields: Any) -> None:
+        """Set job fields (stage results, status, progress) under the lease; a terminal status
+        ends it. Raises LeaseLost."""
+        ...
+
+    async def update_variation(self, job_id: str, index: int, token: str, **fields: Any) -> None:
+        """Set variation fields under the job's lease; raises LeaseLost."""
+        ...
+
+    # -- events -------------------------------------------------------------------------------
+
+    async def append_event(
+        self,
+        job_id: str,
+        event_type: str,
+        data: dict[str, Any],
+        *,
+        token: str | None = None,
+        job_fields: dict[str, Any] | None = None,
+    ) -> int:
+        """Append an event (and optionally update job fields in the same transaction, fenced by
+        `token`); returns its sequence number."""
+        ...
+
+    async def events_after(
+        self, job_id: str, after_seq: int, limit: int = 500
+    ) -> list[EventRecord]:
+        """Events with seq > after_seq, oldest first."""
+        ...
+
+    async def wait_for_events(
+        self, job_id: str, after_seq: int, timeout: float
+    ) -> list[EventRecord]:
+        """Events with seq > after_seq as soon as there are any, or [] after `timeout` seconds."""
+        ...
+
+    async def wait_for_work(self, timeout: float) -> None:
+        """Return when work may have become claimable (a job or stems job queued or handed back),
+        or after `timeout` seconds. Expired leases notify nobody: callers claim on timeout too."""
+        ...
+
+    # -- stems --------------------------------------------------------------------------------
+
+    async def request_stems(self, job_id: str, index: int) -> tuple[StemsRecord, bool]:
+        """Queue the stems of a variation, with a `stems` event on the song's log. A queued,
+        running or finished stems job is returned as it is; a failed one is queued again. The
+        bool says whether a job was queued."""
+        ...
+
+    async def get_stems(self, job_id: str, index: int) -> StemsRecord | None: ...
+
+    async def list_stems(self, job_id: str) -> list[StemsRecord]:
+        """Every stems job of a song, by variation."""
+        ...
+
+    async def claim_next_stems(
+        self,
+        worker: str,
+        *,
+        lease_s: float,
+        max_attempts: int,
+        exclude: Collection[tuple[str, int]] = (),
+    ) -> StemsRecord | None:
+        """Lease the oldest runnable stems job, as `claim_next` does for songs (exhausted ones
+        fail on the way, with a `stems` event)."""
+        ...
+
+    async def renew_stems_lease(
+        self, job_id: str, index: int, token: str, *, lease_s: float
+    ) -> None:
+        """Extend a stems lease; raises LeaseLost when `token` no longer holds it."""
+        ...
+
+    async def release_stems(self, job_id: str, index: int, token: str) -> None:
+        """Hand a running stems job back (a clean stop: the attempt is not counted)."""
+        ...
+
+    async def update_stems(
+        self,
+        job_id: str,
+        index: int,
+        token: str,
+        *,
+        event: tuple[str, dict[str, Any]] | None = None,
+        **fields: Any,
+    ) -> None:
+        """Set stems fields under its lease, and append `event` (type, data) to the song's log in
+        the same transaction; raises LeaseLost."""
+        ...
+
+    # -- cache --------------------------------------------------------------------------------
+
+    async def cache_get(self, namespace: str, key: str) -> Any | None:
+        """A value `cache_put` stored under (namespace, key), or None."""
+        ...
+
+    async def cache_put(self, namespace: str, key: str, value: Any) -> None:
+        """Store a JSON-serialisable value under (namespace, key), replacing any older one."""
+        ...
+
+    async def close(self) -> None: ...

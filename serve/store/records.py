@@ -1,0 +1,166 @@
+"""What the job store holds: jobs, their variations, stems jobs and events, as plain records.
+
+Records are what every store backend returns and what the API and the conductor read; they carry
+no connection and no behaviour beyond small derived properties.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled"})
+VARIATION_STATUSES = ("queued", "running", "succeeded", "failed")
+ACTIVE_STEMS_STATUSES = frozenset({"queued", "running"})
+FINISHED_STEMS_STATUSES = frozenset({"succeeded", "failed"})
+
+
+class LeaseLost(RuntimeError):
+    """The caller's claim token no longer holds the lease: the work was taken over (or ended)."""
+
+
+class StoreUnavailable(RuntimeError):
+    """The job store cannot be reached right now (a database outage, a restart). Callers that
+    face a client answer 503 with Retry-After; workers retry."""
+
+
+@dataclass(frozen=True)
+class VariationRecord:
+    index: int
+    status: str = "queued"
+    model: str | None = None
+    model_version: str | None = None
+    seed: int | None = None
+    duration_s: float | None = None
+    sample_rate: int | None = None
+    loudness_lufs: float | None = None
+    true_peak_dbtp: float | None = None
+    objects: dict[str, str] = field(default_factory=dict)  # "m4a"/"mp3"/…/"peaks" → object key
+    render: dict[str, Any] = field(default_factory=dict)  # replica, timings (diagnostics)
+    error: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    id: str
+    owner: str
+    status: str
+    stage: str | None
+    progress: float
+    request: dict[str, Any]
+    seed: int
+    created_at: float
+    updated_at: float
+    attempts: int = 0
+    lease_owner: str | None = None  # who holds the lease (diagnostics)
+    lease_token: str | None = None  # the claim's fence: set on a record `claim_next` returned
+    lease_expires_at: float | None = None
+    idempotency_key: str | None = None
+    lyrics: str | None = None
+    lyrics_source: dict[str, Any] | None = None
+    tags: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    variations: list[VariationRecord] = field(default_factory=list)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+@dataclass(frozen=True)
+class StemsRecord:
+    """The stems job of one variation."""
+
+    job_id: str
+    index: int  # the variation's
+    status: str
+    progress: float
+    created_at: float
+    updated_at: float
+    attempts: int = 0
+    lease_owner: str | None = None
+    lease_token: str | None = None
+    lease_expires_at: float | None = None
+    objects: dict[str, dict[str, str]] = field(default_factory=dict)  # stem → format → key
+    info: dict[str, Any] = field(default_factory=dict)  # method, separator, provenance, timings
+    error: dict[str, Any] | None = None
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in ACTIVE_STEMS_STATUSES
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    seq: int
+    type: str
+    data: dict[str, Any]
+    created_at: float
+
+
+JOB_FIELDS = frozenset(
+    {"status", "stage", "progress", "lyrics", "lyrics_source", "tags", "error", "updated_at"}
+)
+"""Job columns a lease holder may write (`update_job`, `append_event(job_fields=…)`)."""
+JSON_JOB_FIELDS = frozenset({"request", "lyrics_source", "tags", "error"})
+VARIATION_FIELDS = frozenset(
+    {
+        "status",
+        "model",
+        "model_version",
+        "seed",
+        "duration_s",
+        "sample_rate",
+        "loudness_lufs",
+        "true_peak_dbtp",
+        "objects",
+        "render",
+        "error",
+    }
+)
+JSON_VARIATION_FIELDS = frozenset({"objects", "render", "error"})
+STEMS_FIELDS = frozenset({"status", "progress", "objects", "info", "error", "updated_at"})
+JSON_STEMS_FIELDS = frozenset({"objects", "info", "error"})
+
+
+def check_fields(kind: str, fields: dict[str, Any], allowed: frozenset[str]) -> None:
+    unknown = set(fields) - allowed
+    if unknown:
+        raise ValueError(f"not {kind} fields: {sorted(unknown)}")
+
+
+def exhausted_error(noun: str, attempts: int) -> dict[str, Any]:
+    """The error of work whose claims were used up by workers that died or timed out."""
+    return {
+        "code": "attempts_exhausted",
+        "message": f"the {noun} was started {attempts} times without finishing "
+        "(its workers kept dying or timing out); giving up",
+    }
+
+
+def new_job_id() -> str:
+    """Time-ordered, unguessable id: `song_` + 12 hex digits of ms + 16 random hex digits."""
+    return f"song_{int(time.time() * 1000):012x}{secrets.token_hex(8)}"
+
+
+def new_lease_token() -> str:
+    """A claim's fence: fresh for every claim, so a worker's earlier claim of the same job can
+    never write again once the job was claimed anew (by anyone, that worker included)."""
+    return secrets.token_hex(16)
+
+
+def encode_cursor(created_at: float, job_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{created_at!r}|{job_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created_at, job_id = raw.split("|", 1)
+        return float(created_at), job_id
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError("cursor is not one this server issued") from error

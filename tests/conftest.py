@@ -1,0 +1,68 @@
+"""Fixtures every test tier may use: a real PostgreSQL and a real S3 (SeaweedFS), each started once
+per session on free loopback ports, with a fresh database / bucket per test.
+
+Missing server binaries make these fixtures fail, not skip: CI installs them, and a skipped store
+test would hide a broken backend. Nothing here imports Ray (tests/unit forbids starting it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from serve.services import LocalPostgres, LocalSeaweedFS
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[LocalPostgres]:
+    """One throwaway PostgreSQL for the session (fsync off: test data need not survive a crash)."""
+    # Not under pytest's tmp_path: its base directory is private to root (0700), and when we run
+    # as root the server runs as the `postgres` user, who must reach its directory.
+    root = Path(tempfile.mkdtemp(prefix="songserve-pg-"))
+    root.chmod(0o755)
+    server = LocalPostgres(root, fsync=False)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSeaweedFS]:
+    """One throwaway SeaweedFS (S3 API) for the session."""
+    server = LocalSeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: LocalPostgres) -> str:
+    """A fresh, empty database of its own: postgresql://postgres@127.0.0.1:PORT/t_…"""
+    return postgres_server.create_database(f"t_{uuid.uuid4().hex}")
+
+
+@pytest.fixture
+def s3_url(seaweedfs: LocalSeaweedFS, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh, empty bucket of its own: s3://BUCKET, with AWS_* and SONGSERVE_S3_ENDPOINT_URL
+    set so `S3ObjectStore.from_url` (and any boto3 client) reaches it."""
+    bucket = f"t-{uuid.uuid4().hex[:20]}"
+    seaweedfs.create_bucket(bucket)
+    for name, value in seaweedfs.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    yield f"s3://{bucket}"
+    # Each bucket holds a SeaweedFS volume; give it back so a long session never runs out.
+    # Cleanup must not mask the test's own outcome.
+    with contextlib.suppress(Exception):
+        seaweedfs.s3_client().delete_bucket(Bucket=bucket)  # weed deletes non-empty ones too
