@@ -39,7 +39,7 @@ from serve.store import (
     open_job_store,
     open_object_store,
 )
-from serve.workflow import Backoff, StageFailed, retry_stage
+from serve.workflow import Backoff, StageFailed, patient_store, retry_stage
 
 from .failures import describe_failure
 from .post_processor import Provenance
@@ -74,7 +74,11 @@ class Conductor:
         DeploymentHandles."""
         self._config = config
         self._jobs_config = config.jobs
-        self._store = open_job_store(config.storage)
+        self._store = patient_store(
+            open_job_store(config.storage),
+            patience_s=config.jobs.store_patience_s,
+            backoff=Backoff(config.jobs.retry_backoff_s, config.jobs.retry_backoff_max_s),
+        )
         # Only to check that a stored render still exists (metadata): the conductor never reads
         # audio.
         self._objects = open_object_store(config.storage)
@@ -368,16 +372,14 @@ class Conductor:
             job_fields={"stage": stage, "progress": progress},
         )
 
-    def _backoff(self, attempts: int) -> Backoff:
-        config = self._jobs_config
-        return Backoff(attempts, config.retry_backoff_s, config.retry_backoff_max_s)
-
     async def _retry(self, stage: str, operation: Callable[[], Awaitable[T]], attempts: int) -> T:
         """A stage's call, retried with backoff; LeaseLost ends the drive at once."""
+        config = self._jobs_config
         return await retry_stage(
             stage,
             operation,
-            self._backoff(attempts),
+            attempts,
+            Backoff(config.retry_backoff_s, config.retry_backoff_max_s),
             describe=describe_failure,
             fatal=(LeaseLost,),
         )

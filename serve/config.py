@@ -323,6 +323,12 @@ class JobsConfig(_Strict):
     retry_backoff_max_s: float = Field(
         15.0, ge=0, description="Longest wait between two tries of a stage."
     )
+    store_patience_s: float = Field(
+        60.0,
+        ge=0,
+        description="How long a conductor keeps retrying a job-store call while the database is "
+        "unavailable (a restart, a failover) before giving the attempt up.",
+    )
     max_concurrent_jobs: int = Field(
         8, ge=1, description="Jobs one conductor replica drives at once."
     )

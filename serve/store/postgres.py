@@ -182,11 +182,9 @@ def _why_unusable(conninfo: str, error: psycopg.Error) -> str:
         return f"unknown host {host!r} (the name does not resolve)"
     if "connection refused" in text:
         return f"connection refused at {host}:{port} (is PostgreSQL running and listening there?)"
-    if (
-        "password" in text
-        or "authentication failed" in text
-        or ("role" in text and "not exist" in text)
-    ):
+    if "role" in text and "does not exist" in text:
+        return f"authentication failed: there is no user {user!r} on {host}:{port}"
+    if "password" in text or "authentication failed" in text:
         return f"authentication failed for user {user!r} (check the user and password)"
     if "database" in text and "does not exist" in text:
         return f"database {dbname!r} does not exist on {host}:{port} (create it, e.g. createdb)"

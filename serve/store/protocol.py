@@ -95,7 +95,7 @@ class JobStore(Protocol):
         job_fields: dict[str, Any] | None = None,
     ) -> int:
         """Append an event (and optionally update job fields in the same transaction, fenced by
-        `token`); returns its sequence number."""
+        `token`); returns its sequence number. KeyError when there is no such job."""
         ...
 
     async def events_after(
@@ -120,7 +120,7 @@ class JobStore(Protocol):
     async def request_stems(self, job_id: str, index: int) -> tuple[StemsRecord, bool]:
         """Queue the stems of a variation, with a `stems` event on the song's log. A queued,
         running or finished stems job is returned as it is; a failed one is queued again. The
-        bool says whether a job was queued."""
+        bool says whether a job was queued. KeyError when there is no such job."""
         ...
 
     async def get_stems(self, job_id: str, index: int) -> StemsRecord | None: ...

@@ -119,7 +119,10 @@ CREATE TABLE IF NOT EXISTS events (
 def _append(
     db: sqlite3.Connection, job_id: str, event_type: str, data: dict[str, Any], now: float
 ) -> int:
-    """Append an event to a job's log with the next sequence number (inside a transaction)."""
+    """Append an event to a job's log with the next sequence number (inside a transaction);
+    KeyError when there is no such job."""
+    if db.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
+        raise KeyError(f"no job {job_id}")
     seq: int = db.execute(
         "SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE job_id = ?", (job_id,)
     ).fetchone()[0]
@@ -642,6 +645,8 @@ class SQLiteJobStore:
         existing = self._get_stems(db, job_id, index)
         if existing is not None and existing.status != "failed":
             return existing, False
+        if db.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
+            raise KeyError(f"no job {job_id}")
         now = time.time()
         db.execute(
             "INSERT INTO stems (job_id, idx, status, progress, created_at, updated_at) "

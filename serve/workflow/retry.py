@@ -21,9 +21,8 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Backoff:
-    """`attempts` tries, waiting `base_s`, 2×, 4×… (at most `max_s`) between them."""
+    """Waits between tries: `base_s`, then 2×, 4×… up to `max_s`."""
 
-    attempts: int
     base_s: float
     max_s: float
 
@@ -45,30 +44,32 @@ class StageFailed(RuntimeError):
 async def retry_stage(
     stage: str,
     operation: Callable[[], Awaitable[T]],
+    attempts: int,
     backoff: Backoff,
     *,
     describe: Callable[[BaseException], str],
     fatal: tuple[type[BaseException], ...] = (),
 ) -> T:
-    """`await operation()`, tried up to `backoff.attempts` times. Exceptions in `fatal` (and
-    cancellation) pass through at once; the last of the others becomes `StageFailed`."""
-    for attempt in range(1, backoff.attempts + 1):
+    """`await operation()`, tried up to `attempts` times, waiting per `backoff` in between.
+    Exceptions in `fatal` (and cancellation) pass through at once; the last of the others
+    becomes `StageFailed`."""
+    for attempt in range(1, attempts + 1):
         try:
             return await operation()
         except fatal:
             raise
         except Exception as error:  # retried, then reported as StageFailed
             reason = describe(error)
-            if attempt == backoff.attempts:
+            if attempt == attempts:
                 raise StageFailed(stage, attempt, reason) from error
             delay = backoff.delay_s(attempt)
             logger.warning(
                 "%s failed (try %d of %d): %s; retrying in %.1f s",
                 stage,
                 attempt,
-                backoff.attempts,
+                attempts,
                 reason,
                 delay,
             )
             await asyncio.sleep(delay)
-    raise AssertionError("unreachable: attempts >= 1")
+    raise ValueError(f"{stage}: attempts must be at least 1, got {attempts}")

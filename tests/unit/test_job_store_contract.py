@@ -106,6 +106,10 @@ def test_create_reads_back_with_its_first_event(backend: Backend) -> None:
         assert await backend.new_store().get_job(job.id) == job  # another replica sees it
         assert await _events(store, job.id) == [(1, "stage", {"stage": "queued"})]
         assert await store.get_job("song_missing") is None
+        with pytest.raises(KeyError):
+            await store.append_event("song_missing", "progress", {})
+        with pytest.raises(KeyError):
+            await store.request_stems("song_missing", 0)
         assert await store.count_jobs("queued") == 1
         assert await store.count_jobs("running") == 0
 
