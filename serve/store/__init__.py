@@ -7,7 +7,7 @@ Backends import their drivers lazily, so the API and CLI start without psycopg o
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .objects import (
     RAW_RENDER_CONTENT_TYPE,
@@ -94,10 +94,21 @@ def open_object_store(storage: StorageConfig) -> ObjectStore:
     if scheme == "s3":
         from .s3 import S3ObjectStore
 
-        return S3ObjectStore.from_url(storage_url, endpoint_url=storage.s3_endpoint_url)
+        return S3ObjectStore.from_url(storage_url, **s3_options(storage))
     raise ValueError(
         f"storage.storage_url: unsupported scheme {scheme!r}; use file://PATH or s3://BUCKET/PREFIX"
     )
+
+
+def s3_options(storage: StorageConfig) -> dict[str, Any]:
+    """How `storage` reaches its S3 store: endpoint, region and keys."""
+    secret = storage.s3_secret_access_key
+    return {
+        "endpoint_url": storage.s3_endpoint_url,
+        "region": storage.s3_region,
+        "access_key_id": storage.s3_access_key_id,
+        "secret_access_key": secret.get_secret_value() if secret is not None else None,
+    }
 
 
 def check_stores(storage: StorageConfig) -> None:
@@ -113,7 +124,7 @@ def check_stores(storage: StorageConfig) -> None:
     if storage.storage_url.startswith("s3:"):
         from .s3 import S3ObjectStore
 
-        S3ObjectStore.from_url(storage.storage_url, endpoint_url=storage.s3_endpoint_url).check()
+        S3ObjectStore.from_url(storage.storage_url, **s3_options(storage)).check()
     else:
         _check_local_dir(storage.storage_path, "storage.storage_url")
 

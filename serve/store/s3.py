@@ -105,6 +105,8 @@ class S3ObjectStore:
         *,
         endpoint_url: str | None = None,
         region: str | None = None,
+        access_key_id: str | None = None,
+        secret_access_key: str | None = None,
         multipart_threshold_bytes: int = 8 * MIB,
         part_size_bytes: int = 8 * MIB,
         connect_timeout_s: float = 5.0,
@@ -126,7 +128,11 @@ class S3ObjectStore:
         self.endpoint_url = endpoint_url
         self.multipart_threshold_bytes = multipart_threshold_bytes
         self.part_size_bytes = part_size_bytes
-        session = boto3.session.Session()
+        # Explicit keys (from the config, read where the app was deployed) win; else boto3's
+        # chain: the environment, profiles, instance roles.
+        session = boto3.session.Session(
+            aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key
+        )
         # boto3 reads only AWS_DEFAULT_REGION; most other AWS tools prefer AWS_REGION.
         self.region = (
             region or os.environ.get("AWS_REGION") or session.region_name or DEFAULT_REGION

@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from serve.store import JobRecord, StemsRecord
-from serve.store.sqlite import SQLiteJobStore
+from serve.config import StorageConfig
+from serve.store import JobRecord, JobStore, StemsRecord, open_job_store
 from tests.helpers import free_port
 
 APP_NAME = "songserve"
@@ -100,32 +100,27 @@ def test_args(data_dir: Path, **overrides: Any) -> dict[str, Any]:
 class Deployed:
     client: httpx.Client
     data_dir: Path
+    storage: StorageConfig  # resolved: where this deployment's jobs and bytes are
 
-    def job(self, song_id: str) -> JobRecord:
-        """The job as stored (render diagnostics included), read straight from the job store."""
-
-        async def read() -> JobRecord | None:
-            store = SQLiteJobStore(self.data_dir / "jobs.db")
+    def _read(self, read: Callable[[JobStore], Any]) -> Any:
+        async def run() -> Any:
+            store = open_job_store(self.storage)
             try:
-                return await store.get_job(song_id)
+                return await read(store)
             finally:
                 await store.close()
 
-        job = asyncio.run(read())
+        return asyncio.run(run())
+
+    def job(self, song_id: str) -> JobRecord:
+        """The job as stored (render diagnostics included), read straight from the job store."""
+        job = self._read(lambda store: store.get_job(song_id))
         assert job is not None
         return job
 
     def stems(self, song_id: str, index: int) -> StemsRecord:
         """A variation's stems job as stored (attempts and lease included)."""
-
-        async def read() -> StemsRecord | None:
-            store = SQLiteJobStore(self.data_dir / "jobs.db")
-            try:
-                return await store.get_stems(song_id, index)
-            finally:
-                await store.close()
-
-        record = asyncio.run(read())
+        record = self._read(lambda store: store.get_stems(song_id, index))
         assert record is not None
         return record
 
@@ -148,7 +143,7 @@ def deploy(serve_url: str, tmp_path: Path) -> Iterator[Callable[..., Deployed]]:
     from ray import serve
 
     from serve.app import build_app
-    from serve.config import AppConfig
+    from serve.config import AppConfig, resolve_config
 
     clients: list[httpx.Client] = []
     data_dir = tmp_path / "state"
@@ -156,15 +151,60 @@ def deploy(serve_url: str, tmp_path: Path) -> Iterator[Callable[..., Deployed]]:
     def run(**overrides: Any) -> Deployed:
         config = AppConfig.model_validate(test_args(data_dir, **overrides))
         serve.run(build_app(config), name=APP_NAME, route_prefix="/")
+        storage = resolve_config(config).storage
         client = httpx.Client(base_url=serve_url, timeout=60)
         clients.append(client)
         deadline = time.monotonic() + 60
         while client.get("/healthz").status_code != 200:
             assert time.monotonic() < deadline, "the app never became healthy"
             time.sleep(0.2)
-        return Deployed(client, data_dir)
+        return Deployed(client, data_dir, storage)
 
     yield run
     for client in clients:
         client.close()
     serve.delete(APP_NAME)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Iterator[Path]:
+    """An empty directory nothing can write to, even root: a read-only bind mount of itself
+    (tests run as root, which ignores permission bits)."""
+    import subprocess
+
+    path = tmp_path / "read-only"
+    path.mkdir()
+    mounted = (
+        subprocess.run(["mount", "--bind", str(path), str(path)], capture_output=True).returncode
+        == 0
+    )
+    if mounted:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(path)], check=True)
+    else:  # no mount privilege: a directory under /proc, where nothing can be created
+        path = Path("/proc/self/songserve-read-only")
+    try:
+        yield path
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(path)], check=False)
+
+
+def cluster_storage(
+    postgres_url: str, s3_url: str, endpoint_url: str, data_dir: Path, certs: Path
+) -> dict[str, Any]:
+    """App overrides for Postgres and S3, with `data_dir` (nothing may need it) and the signing
+    chain in `certs` (read by the builder only)."""
+    return {
+        "storage": {
+            "data_dir": str(data_dir),
+            "database_url": postgres_url,
+            "storage_url": s3_url,
+            "s3_endpoint_url": endpoint_url,
+        },
+        "postprocess": {
+            "c2pa": {
+                "cert_path": str(certs / "chain.pem"),
+                "key_path": str(certs / "signer.key"),
+            }
+        },
+    }
