@@ -7,6 +7,8 @@ event log and the renders' own timings, and reports serving overhead: wall time 
 on the critical path (lyrics + tags + the slowest variation's render + post-processing).
 
     python scripts/bench_e2e.py --config config/local.yaml [--runs 5] [--markdown]
+        [--stores services]   # Postgres + S3 (SeaweedFS) started for the run, instead of the
+                              # config's stores (SQLite + files in config/local.yaml)
 """
 
 from __future__ import annotations
@@ -28,8 +30,12 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from serve.config import app_args_from_serve_config, load_serve_config  # noqa: E402
-from serve.store.sqlite import SQLiteJobStore  # noqa: E402
+from serve.config import (  # noqa: E402
+    app_args_from_serve_config,
+    load_serve_config,
+    resolve_config,
+)
+from serve.store import JobStore, open_job_store  # noqa: E402
 from tests.helpers import free_port, read_events  # noqa: E402
 
 PROMPT = "a sunny indie-pop song about sailing home"
@@ -65,7 +71,7 @@ def _text_stage_compute_s(duration_s: float) -> tuple[float, float]:
     )
 
 
-def run_song(client: httpx.Client, store: SQLiteJobStore, body: dict[str, Any]) -> dict[str, float]:
+def run_song(client: httpx.Client, store: JobStore, body: dict[str, Any]) -> dict[str, float]:
     started = time.time()
     song_id = client.post("/v1/songs", json=body).json()["id"]
     events = read_events(client, song_id, timeout_s=300)
@@ -102,6 +108,12 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=30.0)
     parser.add_argument("--variations", type=int, default=2)
     parser.add_argument("--markdown", action="store_true", help="print a docs/benchmarks.md table")
+    parser.add_argument(
+        "--stores",
+        choices=("config", "services"),
+        default="config",
+        help="services: run on a throwaway Postgres + SeaweedFS (songserve services up)",
+    )
     options = parser.parse_args()
 
     import ray
@@ -113,6 +125,11 @@ def main() -> int:
     data_dir = Path(tempfile.mkdtemp(prefix="songserve-bench-"))
     args = app_args_from_serve_config(load_serve_config(options.config))
     args.setdefault("storage", {})["data_dir"] = str(data_dir)
+    if options.stores == "services":
+        from serve.services import start_services
+
+        data_dir.chmod(0o755)  # PostgreSQL runs as the postgres user
+        os.environ.update(start_services(data_dir / "services"))  # read by resolve_config
     port = free_port()
     cluster_started = time.perf_counter()
     ray.init(include_dashboard=False, address="local")
@@ -120,7 +137,7 @@ def main() -> int:
     serve.run(build_app(args), name="songserve", route_prefix="/")
     startup_s = time.perf_counter() - cluster_started
 
-    store = SQLiteJobStore(data_dir / "jobs.db")
+    store = open_job_store(resolve_config(args).storage)
     body = {"prompt": PROMPT, "duration_s": options.duration, "variations": options.variations}
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
         run_song(client, store, {**body, "seed": 0})  # warm-up: first calls import and JIT
@@ -128,16 +145,23 @@ def main() -> int:
     lyrics_compute_s, tags_compute_s = _text_stage_compute_s(options.duration)
     serve.shutdown()
     ray.shutdown()
+    if options.stores == "services":
+        from serve.services import stop_services
+
+        stop_services(data_dir / "services")
 
     keys = list(results[0])
     median = {k: statistics.median(r[k] for r in results) for k in keys}
     overhead = (
         median["wall_s"] - median["critical_path_compute_s"] - lyrics_compute_s - tags_compute_s
     )
+    storage = resolve_config(args).storage
+    store_names = f"{storage.database_url.split(':')[0]} + {storage.storage_url.split(':')[0]}"
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     print(f"# bench_e2e — {datetime.now(UTC):%Y-%m-%d} — {machine}")
     print(
-        f"config {options.config}; {options.duration:g} s song, {options.variations} variations; "
+        f"config {options.config}, stores {store_names}; {options.duration:g} s song, "
+        f"{options.variations} variations; "
         f"median of {options.runs} runs after one warm-up; cluster start-up {startup_s:.1f} s"
     )
     rows = [
