@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
 from fastapi import Depends, FastAPI, File, Form, Header, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .config import LORA_MODELS
@@ -578,10 +578,15 @@ class SongAPI:
     async def _serve_object(
         self, key: str, filename: str, range_header: str | None, head_only: bool
     ) -> Response:
-        """A stored audio file, whole or the byte range asked for."""
+        """A stored audio file, whole or the byte range asked for; with `storage.presign_media`
+        on an S3 store, a redirect to a presigned link instead, so the bytes bypass the API."""
         info = await self._objects.stat(key)
         if info is None:
             raise ApiError(404, "not_found", f"{filename} is missing from storage", None)
+        if self._config.storage.presign_media:
+            url = await self._objects.presigned_url(key, self._config.auth.media_url_ttl_s)
+            if url is not None:  # the S3 link answers Range and HEAD itself
+                return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
         byte_range = parse_byte_range(range_header, info.size)
         start, end = byte_range or (0, info.size - 1)
         headers = {
