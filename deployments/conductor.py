@@ -509,7 +509,10 @@ class Conductor:
         raw = variation.render.get("raw")
         if not raw:
             return None
-        rendered = RenderedSong(**raw)
+        try:
+            rendered = RenderedSong(**raw)
+        except TypeError:  # recorded by a version whose reference had other fields
+            return None
         if await self._objects.stat(rendered.render_key) is None:
             return None
         logger.info("mastering the stored render %s again (no new render)", rendered.render_key)

@@ -181,7 +181,8 @@ def local_storage_conflicts(
         if not url.startswith(("postgresql:", "postgres:", "s3:"))
     ]
     fix = (
-        f"{' and '.join(local)} keep state on one node's disk; for a cluster set "
+        f"{' and '.join(local)} {'keep' if len(local) > 1 else 'keeps'} state on one node's "
+        "disk; for a cluster set "
         "SONGSERVE_DATABASE_URL=postgresql://… and SONGSERVE_STORAGE_URL=s3://… (songserve "
         "services up starts both locally to try)"
     )
