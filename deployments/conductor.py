@@ -408,6 +408,7 @@ class Conductor:
         """Every variation not yet made, in parallel. When one fails for good the others stop
         (the song fails), and its exception is raised as it is."""
         fractions = {v.index: (1.0 if v.status == "succeeded" else 0.0) for v in job.variations}
+        await self._announce_finished_variations(job)
         try:
             async with asyncio.TaskGroup() as group:
                 for variation in job.variations:
@@ -418,6 +419,23 @@ class Conductor:
         except BaseExceptionGroup as failures:
             lost = failures.subgroup(LeaseLost)  # losing the lease outranks any other failure
             raise (lost or failures).exceptions[0] from None
+
+    async def _announce_finished_variations(self, job: JobRecord) -> None:
+        """Log the `variation` event of every variation an earlier claim finished but did not
+        announce. Recording a variation and logging its event are two writes, and a conductor
+        may die (or lose its lease) between them; the variation is not made again, so without
+        this its event would never be sent. Exactly once: this claim reads the log after it
+        claimed, and no earlier claim can append any more (its token no longer fences)."""
+        finished = {v.index for v in job.variations if v.status == "succeeded"}
+        after = 0
+        while finished and (events := await self._store.events_after(job.id, after)):
+            finished -= {e.data.get("index") for e in events if e.type == "variation"}
+            after = events[-1].seq
+        for index in sorted(finished):
+            logger.info(
+                "announcing variation %d of %s, finished by an earlier claim", index, job.id
+            )
+            await self._variation_event(job, index)
 
     async def _lyrics_stage(self, job: JobRecord, request: dict[str, Any]) -> list[LyricSection]:
         if job.lyrics is not None:

@@ -8,7 +8,8 @@ object store (`raw_render_key`): the `RenderedSong` is a reference, a few hundre
 
 Requests are batched across callers with `serve.batch` (size and wait live-tunable through the
 pool's `batching` settings, applied in `reconfigure`), and LoRA adapters are loaded per replica
-through `serve.multiplexed` (LRU of `ace_step.lora_cache_size`). The router sets the multiplexed
+through `serve.multiplexed` (LRU of `ace_step.lora_cache_size`), from a copy on the node's disk
+that the node's replicas share (`serve.loras.LoraCache`). The router sets the multiplexed
 id only for LoRA requests, so Serve routes them to replicas that already hold the adapter and splits
 batches by adapter; base requests stay free to balance.
 
@@ -25,14 +26,12 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import tempfile
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from serve.loras import LORA_WEIGHTS_NAME, lora_weights_key
+from serve.loras import LoraCache
 from serve.store import RAW_RENDER_CONTENT_TYPE, open_object_store, raw_render_key
 
 from .progress import Finished, with_progress
@@ -91,7 +90,9 @@ class SongDecoder:
         self._model = load_song_model(pool)
         self._objects = open_object_store(storage)
         self._replica = f"{pool.name}@{socket.gethostname()}:{os.getpid()}"
-        self._lora_dir = Path(tempfile.mkdtemp(prefix=f"songserve-loras-{pool.name}-"))
+        # One copy of each LoRA per node, shared with the node's other replicas (and kept
+        # across evictions), instead of a download per replica and load.
+        self._loras = LoraCache(self._objects)
         # Every call into the model (renders, adapter loads and unloads) runs on this one thread,
         # in order: an adapter can never change under a render, and the event loop never blocks.
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix=f"{pool.name}-model")
@@ -191,14 +192,9 @@ class SongDecoder:
         await self._objects.put(key, data, RAW_RENDER_CONTENT_TYPE)
 
     async def _load_lora(self, lora_id: str) -> LoadedLora:
-        """Fetch a registered LoRA from the object store and load it into the model."""
-        try:
-            data = await self._objects.get(lora_weights_key(lora_id))
-        except KeyError as error:
-            raise KeyError(f"LoRA {lora_id!r} is not registered (POST /v1/loras)") from error
-        path = self._lora_dir / lora_id / LORA_WEIGHTS_NAME
-        path.parent.mkdir(parents=True, exist_ok=True)
-        await asyncio.to_thread(path.write_bytes, data)
+        """Load a registered LoRA into the model from this node's LoRA cache, which fetches it
+        from the object store only when the node has no intact copy (KeyError: unregistered)."""
+        path = await self._loras.path(lora_id)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._model_thread, self._model.load_lora, lora_id, path)
         self._counters["lora_loads"] += 1

@@ -71,22 +71,23 @@ class DeliveryChain:
     the watermark (when configured), the encoders, and C2PA signing after the final encode."""
 
     def __init__(self, config: PostProcessConfig) -> None:
-        """Raises ValueError naming the setting when signing is on but the chain is missing."""
-        from pathlib import Path
+        """Raises ValueError naming the setting when signing is on but the chain is missing.
+
+        The builder hands over the chain and key themselves (`c2pa.cert_pem` / `key_pem`), so a
+        replica on any node signs without the builder's disk; a config without them (a test, a
+        benchmark) has its `cert_path` / `key_path` read here instead.
+        """
+        from serve.certs import private_signing_files, with_signing_chain
 
         from .watermarker import AudioSealWatermarker
 
         self.config = config
         # None without weights: files then say "not configured", never claim a watermark.
         self.watermarker = AudioSealWatermarker.from_config(config.watermark)
-        c2pa = config.c2pa
-        if c2pa.enabled and not (Path(c2pa.cert_path).is_file() and Path(c2pa.key_path).is_file()):
-            raise ValueError(
-                f"postprocess.c2pa: no signing chain at {c2pa.cert_path} / {c2pa.key_path}: "
-                "run `songserve certs dev` for a development chain (or set "
-                "postprocess.c2pa.create_dev_chain), point cert_path/key_path at your chain, "
-                "or set postprocess.c2pa.enabled: false"
-            )
+        self._signer = config.c2pa
+        if config.c2pa.enabled:
+            # pipeline.provenance reads the signer from files: give it this process's own copy.
+            self._signer = private_signing_files(with_signing_chain(config.c2pa), owner=self)
 
     def watermark(self, audio: np.ndarray, sample_rate: int) -> tuple[np.ndarray, object]:
         """`audio` with the watermark embedded, and the status a record shows; `audio` itself
@@ -120,8 +121,7 @@ class DeliveryChain:
         if not self.config.c2pa.enabled:
             return encoded, {"signed": False}
         signed = {
-            fmt: sign_audio(data, fmt, credentials, self.config.c2pa)
-            for fmt, data in encoded.items()
+            fmt: sign_audio(data, fmt, credentials, self._signer) for fmt, data in encoded.items()
         }
         return signed, {"signed": True, "formats": list(encoded)}
 

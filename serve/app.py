@@ -42,11 +42,10 @@ from .config import (
 )
 from .placement import (
     cluster_nodes,
-    local_storage_conflicts,
     unplaceable_pools,
     unplaceable_reason,
 )
-from .store import check_stores
+from .startup import check_startup
 
 logger = logging.getLogger("ray.serve")
 
@@ -69,19 +68,32 @@ def build_app(args: AppConfig) -> Application:
     """The application for a Serve config's `args:` (or an `AppConfig` when called directly)."""
     config = resolve_config(args)
     options = config.deployments
-    _check_storage(config)
+    _check_startup(config)
     _report_unplaceable(config)
-    if config.postprocess.c2pa.enabled:
-        from serve.certs import ensure_dev_chain
+    # The signing replicas (PostProcessor, StemMaker) get the chain and key themselves, read here
+    # once, so a replica on any node signs without this node's disk. They travel pickled in the
+    # replicas' bound init args, which the dashboard never shows (it shows the config file's
+    # `args:` and each deployment's options); SecretStr masks them in any dump or log line. The
+    # other deployments get `config` without them (only the paths), key from the env or not.
+    signing = config.postprocess
+    if signing.c2pa.enabled:
+        from serve.certs import ensure_dev_chain, with_signing_chain
 
-        # Here, once, not in each PostProcessor replica: concurrent replicas would race to write
-        # a key pair and could end with one replica's certificate and another's key.
-        if ensure_dev_chain(config.postprocess.c2pa):
+        # Here, once, not in each replica: concurrent replicas would race to write a key pair and
+        # could end with one replica's certificate and another's key. Not when the environment
+        # brings a chain or key: a fresh pair could not match it.
+        c2pa = signing.c2pa
+        if c2pa.cert_pem is None and c2pa.key_pem is None and ensure_dev_chain(c2pa):
             logger.warning(
                 "wrote a DEVELOPMENT C2PA signing chain to %s (postprocess.c2pa.create_dev_chain);"
                 " use a CA-issued chain in production",
-                config.postprocess.c2pa.cert_path,
+                c2pa.cert_path,
             )
+        signing = signing.model_copy(update={"c2pa": with_signing_chain(c2pa)})
+        unsigned = c2pa.model_copy(update={"cert_pem": None, "key_pem": None})
+        config = config.model_copy(
+            update={"postprocess": config.postprocess.model_copy(update={"c2pa": unsigned})}
+        )
 
     lyrics = _deployment(LyricsLLM, "LyricsLLM", options.lyrics).bind(config.lyrics, config.storage)
     tags = _deployment(TagNormalizer, "TagNormalizer", options.tags).bind(
@@ -90,7 +102,7 @@ def build_app(args: AppConfig) -> Application:
     pools = {pool.name: decoder_deployment(pool, config.storage) for pool in config.models.pools}
     router = _deployment(SongRouter, "SongRouter", options.router).bind(config.models, pools)
     postprocessor = _deployment(PostProcessor, "PostProcessor", options.postprocess).bind(
-        config.postprocess, config.storage
+        signing, config.storage
     )
     separator = None
     if config.postprocess.stems.demucs_checkpoint is not None:
@@ -98,7 +110,7 @@ def build_app(args: AppConfig) -> Application:
             config.postprocess.stems, config.storage
         )
     stems = _deployment(StemMaker, "StemMaker", options.stems).bind(
-        config.postprocess, config.storage, separator
+        signing, config.storage, separator
     )
     conductor = _deployment(Conductor, "Conductor", options.conductor).bind(
         config, lyrics, tags, router, postprocessor, stems
@@ -109,17 +121,13 @@ def build_app(args: AppConfig) -> Application:
     )
 
 
-def _check_storage(config: AppConfig) -> None:
-    """Refuse a config whose stores cannot serve where its replicas run (local files on a
-    cluster), and, when deploying to a connected cluster, stores that cannot be reached."""
+def _check_startup(config: AppConfig) -> None:
+    """Refuse a config that cannot start (`serve.startup`): local stores on a cluster, required
+    keys missing, and, when deploying to a connected cluster, stores that cannot be reached."""
     import ray
 
-    nodes = cluster_nodes() if ray.is_initialized() else None
-    conflict = local_storage_conflicts(config, nodes)
-    if conflict:
-        raise ValueError(conflict)
-    if nodes is not None:
-        check_stores(config.storage)
+    connected = ray.is_initialized()
+    check_startup(config, cluster_nodes() if connected else None, deploying=connected)
 
 
 def _report_unplaceable(config: AppConfig) -> None:

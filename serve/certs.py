@@ -4,6 +4,10 @@
 delivered file can carry content credentials on a laptop. Such a chain validates as "Valid",
 never "Trusted": no trust list holds its root. Production uses a CA-issued chain.
 
+Whatever the chain, the builder reads it once (`with_signing_chain`) and hands its PEM text to the
+signing replicas inside their bound config, so a replica on any node signs without reading the
+builder's disk (`private_signing_files` gives a signer that wants paths a private copy).
+
 The signer certificate follows the C2PA certificate profile that c2pa-rs enforces when it
 signs: X.509 v3, not a CA, a critical key usage with digitalSignature only, an extended key usage
 of id-kp-emailProtection and id-kp-documentSigning (never anyExtendedKeyUsage), and an issuer
@@ -15,6 +19,9 @@ from __future__ import annotations
 
 import datetime
 import os
+import shutil
+import tempfile
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -154,6 +161,112 @@ def ensure_dev_chain(config: C2paConfig) -> bool:
         return False
     write_dev_chain(cert, key, algorithm=config.algorithm)
     return True
+
+
+def with_signing_chain(config: C2paConfig) -> C2paConfig:
+    """A copy of `config` that carries the chain and key themselves (`cert_pem`, `key_pem`):
+    values already set (from the environment) are kept, the others are read from `cert_path` /
+    `key_path` here.
+
+    Raises ValueError naming the setting (never echoing a key) when a file is missing or
+    unreadable, when a value is not PEM text, or when the key is not the one of the chain's
+    first certificate or does not fit `algorithm` (c2pa would refuse every signature).
+    """
+    from pydantic import SecretStr
+
+    pems: dict[str, SecretStr] = {}
+    for field, path_field, block, what in (
+        ("cert_pem", "cert_path", "CERTIFICATE", "certificate chain"),
+        ("key_pem", "key_path", "PRIVATE KEY", "private key"),
+    ):
+        given: SecretStr | None = getattr(config, field)
+        path = Path(getattr(config, path_field))
+        source = f"SONGSERVE_POSTPROCESS__C2PA__{field.upper()}" if given else str(path)
+        if given is None:
+            try:
+                given = SecretStr(path.read_text(encoding="ascii"))
+            except (OSError, UnicodeDecodeError) as error:
+                reason = error.strerror if isinstance(error, OSError) else "not PEM text"
+                raise ValueError(
+                    f"postprocess.c2pa.{path_field}: cannot read the C2PA {what} at {path} "
+                    f"({reason}): run `songserve certs dev` for a development chain (or set "
+                    "postprocess.c2pa.create_dev_chain), point cert_path/key_path at your "
+                    f"chain, set SONGSERVE_POSTPROCESS__C2PA__{field.upper()}, or set "
+                    "postprocess.c2pa.enabled: false"
+                ) from None
+        first_line = given.get_secret_value().strip().split("\n", 1)[0]
+        if not (first_line.startswith("-----BEGIN ") and first_line.endswith(f"{block}-----")):
+            raise ValueError(
+                f"postprocess.c2pa.{field}: the C2PA {what} from {source} is not PEM text "
+                f"(expected a '-----BEGIN …{block}-----' block first)"
+            )
+        pems[field] = given
+    loaded = config.model_validate({**config.model_dump(), **pems})  # normalises the PEMs
+    cert_pem, key_pem = loaded.cert_pem, loaded.key_pem
+    if cert_pem is None or key_pem is None:  # cannot happen: both were just set
+        raise ValueError("postprocess.c2pa: no signing chain")
+    _check_key_matches_chain(
+        cert_pem.get_secret_value(), key_pem.get_secret_value(), loaded.algorithm
+    )
+    return loaded
+
+
+def _check_key_matches_chain(cert_pem: str, key_pem: str, algorithm: str) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+    try:
+        first = x509.load_pem_x509_certificates(cert_pem.encode())[0]
+    except ValueError as error:
+        raise ValueError(
+            f"postprocess.c2pa: the certificate chain does not parse: {error}"
+        ) from None
+    try:
+        key = serialization.load_pem_private_key(key_pem.encode(), password=None)
+    except (ValueError, TypeError) as error:  # TypeError: the key is password-protected
+        raise ValueError(
+            f"postprocess.c2pa: the private key does not load (it must be unencrypted PEM): {error}"
+        ) from None
+    public = serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    if first.public_key().public_bytes(*public) != key.public_key().public_bytes(*public):
+        raise ValueError(
+            "postprocess.c2pa: the private key does not belong to the chain's first (signer) "
+            "certificate: check that cert_path and key_path (or their _PEM variables) are a pair"
+        )
+    curve = key.curve.name if isinstance(key, ec.EllipticCurvePrivateKey) else None
+    fits = {
+        "es256": curve == "secp256r1",
+        "es384": curve == "secp384r1",
+        "ps256": isinstance(key, rsa.RSAPrivateKey),
+        "ed25519": isinstance(key, ed25519.Ed25519PrivateKey),
+    }
+    if not fits.get(algorithm, False):
+        raise ValueError(
+            f"postprocess.c2pa.algorithm {algorithm} does not fit the private key "
+            f"({type(key).__name__.removeprefix('_')}{f', {curve}' if curve else ''}): es256 "
+            "needs a P-256 key, es384 P-384, ps256 RSA, ed25519 Ed25519"
+        )
+
+
+def private_signing_files(config: C2paConfig, owner: object) -> C2paConfig:
+    """A copy of `config` whose `cert_path` / `key_path` name private copies of its `cert_pem`
+    / `key_pem`, for a signer that reads files (`pipeline.provenance.sign_audio`).
+
+    The copies live in a fresh directory of this process's temp dir (mode 0700, files 0600) and
+    are removed when `owner` is garbage-collected or the process exits normally. Raises
+    ValueError when `config` does not carry both PEMs (see `with_signing_chain`).
+    """
+    if config.cert_pem is None or config.key_pem is None:
+        raise ValueError("postprocess.c2pa: no cert_pem/key_pem to sign with (with_signing_chain)")
+    directory = Path(tempfile.mkdtemp(prefix="songserve-c2pa-"))  # mode 0700
+    weakref.finalize(owner, shutil.rmtree, directory, ignore_errors=True)
+    paths = {"cert_path": directory / "chain.pem", "key_path": directory / "signer.key"}
+    for path, pem in zip(paths.values(), (config.cert_pem, config.key_pem), strict=True):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            handle.write(pem.get_secret_value())
+    return config.model_copy(update={name: str(path) for name, path in paths.items()})
 
 
 def _new_key(algorithm: SigningAlgorithm) -> CertificateIssuerPrivateKeyTypes:

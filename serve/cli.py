@@ -294,15 +294,11 @@ def _check_before_start(config_path: Path) -> None:
     """Stop at once on a config or store that cannot work, before Ray starts (a failed build
     inside `serve run` would only be logged while this command waits for health)."""
     from serve.config import app_args_from_serve_config, load_serve_config, resolve_config
-    from serve.placement import local_storage_conflicts
-    from serve.store import check_stores
+    from serve.startup import check_startup
 
     try:
         config = resolve_config(app_args_from_serve_config(load_serve_config(config_path)))
-        conflict = local_storage_conflicts(config)
-        if conflict:
-            raise ValueError(conflict)
-        check_stores(config.storage)
+        check_startup(config, deploying=True)
     except ValueError as error:  # pydantic's ValidationError is one
         raise CliError(f"{config_path}: {error}") from None
 

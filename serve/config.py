@@ -177,6 +177,11 @@ class AuthConfig(_Strict):
         default_factory=list,
         description="Accepted bearer keys (env SONGSERVE_API_KEYS, comma-separated).",
     )
+    require_keys: bool = Field(
+        False,
+        description="Refuse to start without api_keys (production: a deployment reachable from "
+        "other machines must never fall back to serving loopback callers only by accident).",
+    )
     media_url_ttl_s: float = Field(
         6 * 3600.0,
         gt=0,
@@ -211,6 +216,17 @@ class StorageConfig(_Strict):
         None,
         description="S3-compatible endpoint for s3:// storage, e.g. SeaweedFS or MinIO; unset: "
         "AWS (env SONGSERVE_S3_ENDPOINT_URL).",
+    )
+    s3_access_key_id: str | None = Field(
+        None,
+        description="S3 access key; unset: AWS_ACCESS_KEY_ID of the process that deploys the app "
+        "(carried to every replica, on any node), else boto3's own chain (profiles, roles).",
+    )
+    s3_secret_access_key: SecretStr | None = Field(
+        None, description="S3 secret key; unset: AWS_SECRET_ACCESS_KEY, as for the access key."
+    )
+    s3_region: str | None = Field(
+        None, description="S3 region; unset: AWS_REGION or AWS_DEFAULT_REGION, else us-east-1."
     )
     presign_media: bool = Field(
         False,
@@ -275,13 +291,26 @@ class StorageConfig(_Strict):
                 return f"{scheme}://{'/' if scheme == 'sqlite' else ''}{Path(path).resolve()}"
             return url
 
-        return self.model_copy(
-            update={
-                "data_dir": data_dir,
-                "database_url": absolute(self.database_url),
-                "storage_url": absolute(self.storage_url),
-            }
-        )
+        update: dict[str, Any] = {
+            "data_dir": data_dir,
+            "database_url": absolute(self.database_url),
+            "storage_url": absolute(self.storage_url),
+        }
+        if self.storage_url.startswith("s3:"):
+            # Read here, on the node that deploys, so replicas on every node get them.
+            secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
+            update["s3_access_key_id"] = self.s3_access_key_id or os.environ.get(
+                "AWS_ACCESS_KEY_ID"
+            )
+            update["s3_secret_access_key"] = self.s3_secret_access_key or (
+                SecretStr(secret) if secret else None
+            )
+            update["s3_region"] = (
+                self.s3_region
+                or os.environ.get("AWS_REGION")
+                or os.environ.get("AWS_DEFAULT_REGION")
+            )
+        return self.model_copy(update=update)
 
     @property
     def database_path(self) -> Path:
@@ -625,15 +654,38 @@ class WatermarkConfig(_Strict):
 
 
 class C2paConfig(_Strict):
-    """C2PA content credentials on every delivered file."""
+    """C2PA content credentials on every delivered file.
+
+    The chain and key are read once, by the builder, from `cert_path` / `key_path` on the node
+    that builds the app (or taken from `SONGSERVE_POSTPROCESS__C2PA__CERT_PEM` / `__KEY_PEM`),
+    and reach the PostProcessor and StemMaker replicas as `cert_pem` / `key_pem` inside their
+    bound config: replicas on other nodes never read the builder's disk. Bound init args travel
+    pickled to the replicas; the dashboard shows the config file's `args:` and each deployment's
+    options, never init args. Do not write `cert_pem` / `key_pem` in a config file: its `args:`
+    are exactly what the dashboard shows.
+    """
 
     enabled: bool = Field(True, description="Sign every delivered file.")
     cert_path: str = Field(
         "{data_dir}/certs/chain.pem",
-        description="PEM certificate chain (signer first). `songserve certs dev` writes a "
-        "self-signed development chain here; use a real CA-issued chain in production.",
+        description="PEM certificate chain (signer first), read by the builder. `songserve "
+        "certs dev` writes a self-signed development chain here; use a real CA-issued chain in "
+        "production.",
     )
-    key_path: str = Field("{data_dir}/certs/signer.key", description="PEM private key.")
+    key_path: str = Field(
+        "{data_dir}/certs/signer.key", description="PEM private key, read by the builder."
+    )
+    # SecretStr: masked in repr and in every dump, so logging or dumping a config never leaks it.
+    cert_pem: SecretStr | None = Field(
+        None,
+        description="The certificate chain's PEM text. Set by the builder from cert_path, or by "
+        "env SONGSERVE_POSTPROCESS__C2PA__CERT_PEM; never in a config file.",
+    )
+    key_pem: SecretStr | None = Field(
+        None,
+        description="The private key's PEM text. Set by the builder from key_path, or by env "
+        "SONGSERVE_POSTPROCESS__C2PA__KEY_PEM (a secret store's value); never in a config file.",
+    )
     algorithm: Literal["es256", "es384", "ps256", "ed25519"] = Field(
         "es256", description="Signing algorithm matching the key."
     )
@@ -642,15 +694,32 @@ class C2paConfig(_Strict):
     )
     create_dev_chain: bool = Field(
         True,
-        description="When cert_path and key_path do not exist, write a development chain there "
-        "at start-up (as `songserve certs dev` does). Turn off in production.",
+        description="When cert_path and key_path do not exist (and no PEM comes from the "
+        "environment), write a development chain there at start-up (as `songserve certs dev` "
+        "does). Turn off in production.",
     )
+
+    @field_validator("cert_pem", "key_pem")
+    @classmethod
+    def _pem_text(cls, value: SecretStr | None) -> SecretStr | None:
+        # Normalised only: the builder checks the PEM (serve/certs.py, with_signing_chain).
+        # Raising here would put the value into the error message (pydantic's input_value).
+        return None if value is None else SecretStr(_unescaped_pem(value.get_secret_value()))
+
+
+def _unescaped_pem(text: str) -> str:
+    """PEM text stripped and newline-terminated; a one-line environment value with escaped
+    newlines ("-----BEGIN …-----\\nMII…") gets real ones."""
+    text = text.strip()
+    if "\n" not in text and "\\n" in text:
+        text = text.replace("\\n", "\n")
+    return text + "\n"
 
 
 class StemsConfig(_Strict):
     """Stems on demand: exact for sketch songs, separated by Demucs for the others. Place the
     Demucs replicas with `deployments.separator` (e.g. `actor: {num_gpus: 0.25}` on GPU nodes);
-    `deployments.stems` makes, signs and stores them where the stores are."""
+    `deployments.stems` makes, signs and stores them (on any node, with Postgres and S3)."""
 
     demucs_checkpoint: str | None = Field(
         None,
@@ -773,6 +842,15 @@ def _dump_for_env(config: AppConfig) -> dict[str, Any]:
         ]
     if config.lyrics.api_key is not None:
         data.setdefault("lyrics", {})["api_key"] = config.lyrics.api_key.get_secret_value()
+    if config.storage.s3_secret_access_key is not None:
+        secret = config.storage.s3_secret_access_key.get_secret_value()
+        data.setdefault("storage", {})["s3_secret_access_key"] = secret
+    c2pa = config.postprocess.c2pa
+    for name in ("cert_pem", "key_pem"):
+        value: SecretStr | None = getattr(c2pa, name)
+        if value is not None:
+            section = data.setdefault("postprocess", {}).setdefault("c2pa", {})
+            section[name] = value.get_secret_value()
     return data
 
 

@@ -86,3 +86,10 @@ def test_bad_args_fail_the_build_with_the_setting_named() -> None:
 
     with pytest.raises(ValidationError, match=r"jobs\.lease_seconds"):
         call_user_app_builder_with_args_if_necessary(build_app, {"jobs": {"lease_seconds": 1}})
+
+
+def test_every_config_file_the_docs_name_is_checked_in() -> None:
+    """The parametrised build above covers whatever is in config/; this keeps the set honest."""
+    names = {path.name for path in CONFIG_FILES}
+    assert {"local.yaml", "dev-acestep.yaml", "gpu.yaml", "mac.yaml", "mixed.yaml"} <= names
+    assert "prod.yaml" in names

@@ -9,12 +9,19 @@ import pytest
 
 from serve.config import (
     ActorOptions,
+    AppConfig,
     DecoderPoolConfig,
     app_args_from_serve_config,
     load_serve_config,
     resolve_config,
 )
-from serve.placement import NodeInfo, matching_nodes, unplaceable_pools, unplaceable_reason
+from serve.placement import (
+    NodeInfo,
+    local_storage_conflicts,
+    matching_nodes,
+    unplaceable_pools,
+    unplaceable_reason,
+)
 from tests.helpers import REPO
 
 GIB = 1024**3
@@ -169,10 +176,14 @@ def test_accelerator_types_come_from_resources_and_ray_labels() -> None:
     assert CPU_ONLY.accelerator_types == []
 
 
+def _config_file(name: str) -> AppConfig:
+    return resolve_config(app_args_from_serve_config(load_serve_config(REPO / "config" / name)))
+
+
 def test_checked_in_cluster_configs_place_on_the_clusters_they_describe() -> None:
-    """config/mixed.yaml fits a head + A100 + Mac cluster; without the Mac, DiT_MPS is named."""
-    args = app_args_from_serve_config(load_serve_config(REPO / "config" / "mixed.yaml"))
-    config = resolve_config(args)
+    """config/mixed.yaml fits a head + A100 + Mac cluster; without the Mac, DiT_MPS is named.
+    Only the ingress is tied to the head; the Macs get nothing but DiT_MPS."""
+    config = _config_file("mixed.yaml")
     head = NodeInfo("head", {"CPU": 8, "memory": 32 * GIB}, {"role": "head"})
     cluster = [head, A100, MAC]
     assert unplaceable_pools(config.models.pools, cluster) == {}
@@ -180,8 +191,75 @@ def test_checked_in_cluster_configs_place_on_the_clusters_they_describe() -> Non
         "DiT_MPS": "no node is labelled pool=mac (nodes labelled pool: cuda)"
     }
     deployments = config.deployments
-    for options in (deployments.api, deployments.conductor, deployments.router, deployments.stems):
-        assert ids(matching_nodes(options.actor, cluster)) == ["head"]
+    assert ids(matching_nodes(deployments.api.actor, cluster)) == ["head"]
+    for name in ("conductor", "lyrics", "tags", "router", "postprocess", "stems"):
+        actor = getattr(deployments, name).actor
+        assert ids(matching_nodes(actor, cluster)) == ["head", A100.node_id], name
+        # "!mac" lets an unlabelled CPU node join the pool of hosts too.
+        assert CPU_ONLY.node_id in ids(matching_nodes(actor, [*cluster, CPU_ONLY])), name
     # Demucs goes to the A100 node (a Mac advertises a GPU too: the pins keep it off).
     assert config.postprocess.stems.demucs_checkpoint is not None
     assert ids(matching_nodes(deployments.separator.actor, cluster)) == [A100.node_id]
+
+
+def test_the_gpu_config_pins_only_the_ingress_to_the_head() -> None:
+    config = _config_file("gpu.yaml")
+    head = NodeInfo("head", {"CPU": 8, "memory": 32 * GIB}, {"role": "head"})
+    cluster = [head, A100]
+    assert unplaceable_pools(config.models.pools, cluster) == {}
+    deployments = config.deployments
+    assert ids(matching_nodes(deployments.api.actor, cluster)) == ["head"]
+    for name in ("conductor", "lyrics", "tags", "router", "postprocess", "stems"):
+        assert ids(matching_nodes(getattr(deployments, name).actor, cluster)) == [
+            "head",
+            A100.node_id,
+        ], name
+    assert ids(matching_nodes(deployments.separator.actor, cluster)) == [A100.node_id]
+
+
+@pytest.mark.parametrize("name", ["gpu.yaml", "mixed.yaml", "prod.yaml"])
+def test_cluster_configs_use_shared_stores_and_run_on_many_nodes(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for variable in ("SONGSERVE_DATABASE_URL", "SONGSERVE_STORAGE_URL"):
+        monkeypatch.delenv(variable, raising=False)
+    config = _config_file(name)
+    assert config.storage.is_shared
+    assert config.storage.database_url.startswith("postgresql://")
+    assert config.storage.storage_url.startswith("s3://")
+    assert local_storage_conflicts(config, CLUSTER) is None
+
+
+@pytest.mark.parametrize("name", ["local.yaml", "mac.yaml", "dev-acestep.yaml"])
+def test_one_machine_configs_are_refused_on_a_cluster(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for variable in ("SONGSERVE_DATABASE_URL", "SONGSERVE_STORAGE_URL"):
+        monkeypatch.delenv(variable, raising=False)
+    config = _config_file(name)
+    assert local_storage_conflicts(config) is None  # fine on the one machine it is written for
+    assert "SONGSERVE_DATABASE_URL=postgresql://" in (
+        local_storage_conflicts(config, CLUSTER) or ""
+    )
+
+
+def test_the_prod_config_places_on_one_unlabelled_machine() -> None:
+    """`serve run` starts a local Ray without labels: nothing in prod.yaml may need one."""
+    config = _config_file("prod.yaml")
+    machine = NodeInfo("local", {"CPU": 2, "memory": 8 * GIB, "node:__internal_head__": 1}, {})
+    assert unplaceable_pools(config.models.pools, [machine]) == {}
+    for name, options in config.deployments:
+        assert unplaceable_reason(options.actor, [machine]) is None, name
+    # Its minimum replicas fit the 2 CPUs of that machine.
+    pools = [pool.deployment for pool in config.models.pools]
+    fixed = [
+        options
+        for name, options in config.deployments
+        if name != "separator" or config.postprocess.stems.demucs_checkpoint is not None
+    ]
+    reserved = sum(
+        options.actor.num_cpus
+        * (options.autoscaling.min_replicas if options.autoscaling else options.num_replicas)
+        for options in [*pools, *fixed]
+    )
+    assert reserved <= 2

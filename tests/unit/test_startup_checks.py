@@ -1,5 +1,6 @@
-"""Local stores (SQLite, files) on a cluster are refused: a replica on another node would write
-where nothing reads. Postgres and S3 may run anywhere."""
+"""Start-up checks: local stores (SQLite, files) on a cluster are refused, since a replica on
+another node would write where nothing reads (Postgres and S3 may run anywhere); required API
+keys are asked for."""
 
 from __future__ import annotations
 
@@ -72,3 +73,14 @@ def test_postgres_and_s3_run_anywhere() -> None:
     problem = local_storage_conflicts(half, [HEAD, WORKER])
     assert problem is not None and "storage.storage_url" in problem
     assert "storage.database_url keep" not in problem
+
+
+def test_required_keys_are_asked_for_when_deploying() -> None:
+    from serve.startup import startup_problems
+
+    needs_keys = config(auth={"require_keys": True})
+    problems = startup_problems(needs_keys, deploying=True)
+    assert len(problems) == 1 and "SONGSERVE_API_KEYS" in problems[0]
+    assert startup_problems(needs_keys, deploying=False) == []  # an offline build serves nobody
+    with_keys = config(auth={"require_keys": True, "api_keys": ["k1"]})
+    assert startup_problems(with_keys, deploying=True) == []
