@@ -117,31 +117,59 @@ class DeploymentOptions(_Strict):
         return options
 
 
-def _light(**overrides: Any) -> Any:
-    """Default options for a coordination deployment that does little compute of its own."""
+def over_defaults(defaults: dict[str, Any], given: Any) -> Any:
+    """`given` deployment options laid over a role's `defaults`, one level deep for `actor`:
+    setting one option of a deployment keeps the role's other defaults (a label selector on the
+    ingress must not reset its concurrency to the generic values)."""
+    if not isinstance(given, dict):
+        return given  # already validated options, or None: left to the field's validation
+    merged = {**defaults, **given}
+    if isinstance(given.get("actor"), dict) and isinstance(defaults.get("actor"), dict):
+        merged["actor"] = {**defaults["actor"], **given["actor"]}
+    return merged
+
+
+_ROLE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "api": {"max_ongoing_requests": 256, "max_queued_requests": 1024},
+    "conductor": {"max_ongoing_requests": 64},
+    "lyrics": {"max_ongoing_requests": 32},
+    "tags": {"max_ongoing_requests": 64},
+    "router": {"max_ongoing_requests": 64},
+    "postprocess": {"num_replicas": 2, "max_ongoing_requests": 1, "actor": {"num_cpus": 0.25}},
+    "stems": {"num_replicas": 1, "max_ongoing_requests": 1, "actor": {"num_cpus": 0.25}},
+    "separator": {"num_replicas": 1, "max_ongoing_requests": 1, "actor": {"num_cpus": 1}},
+}
+"""Each fixed deployment's defaults, where they differ from `DeploymentOptions`'."""
+
+
+def _role(name: str) -> Any:
     return Field(
-        default_factory=lambda: DeploymentOptions.model_validate(overrides),
-        description="Ray Serve options for this deployment.",
+        default_factory=lambda: DeploymentOptions.model_validate(_ROLE_DEFAULTS[name]),
+        description="Ray Serve options for this deployment (unset options keep its defaults).",
     )
 
 
 class DeploymentsConfig(_Strict):
     """Options of the fixed deployments of the graph (decoder pools carry their own)."""
 
-    api: DeploymentOptions = _light(max_ongoing_requests=256, max_queued_requests=1024)
-    conductor: DeploymentOptions = _light(max_ongoing_requests=64)
-    lyrics: DeploymentOptions = _light(max_ongoing_requests=32)
-    tags: DeploymentOptions = _light(max_ongoing_requests=64)
-    router: DeploymentOptions = _light(max_ongoing_requests=64)
-    postprocess: DeploymentOptions = _light(
-        num_replicas=2, max_ongoing_requests=1, actor={"num_cpus": 0.25}
-    )
-    stems: DeploymentOptions = _light(
-        num_replicas=1, max_ongoing_requests=1, actor={"num_cpus": 0.25}
-    )
-    separator: DeploymentOptions = _light(
-        num_replicas=1, max_ongoing_requests=1, actor={"num_cpus": 1}
-    )
+    api: DeploymentOptions = _role("api")
+    conductor: DeploymentOptions = _role("conductor")
+    lyrics: DeploymentOptions = _role("lyrics")
+    tags: DeploymentOptions = _role("tags")
+    router: DeploymentOptions = _role("router")
+    postprocess: DeploymentOptions = _role("postprocess")
+    stems: DeploymentOptions = _role("stems")
+    separator: DeploymentOptions = _role("separator")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _keep_role_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        return {
+            name: over_defaults(_ROLE_DEFAULTS[name], given) if name in _ROLE_DEFAULTS else given
+            for name, given in data.items()
+        }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -549,6 +577,13 @@ class LorasConfig(_Strict):
     )
 
 
+_POOL_DEFAULTS: dict[str, Any] = {
+    "num_replicas": 2,
+    "max_ongoing_requests": 1,
+    "actor": {"num_cpus": 0.5},
+}
+
+
 class DecoderPoolConfig(_Strict):
     """One decoder deployment: a song model on one kind of hardware."""
 
@@ -568,11 +603,15 @@ class DecoderPoolConfig(_Strict):
         default_factory=BatchingConfig, description="Cross-request batching (models that batch)."
     )
     deployment: DeploymentOptions = Field(
-        default_factory=lambda: DeploymentOptions(
-            num_replicas=2, max_ongoing_requests=1, actor=ActorOptions(num_cpus=0.5)
-        ),
-        description="Ray Serve options; one render per replica at a time suits CPU models.",
+        default_factory=lambda: DeploymentOptions.model_validate(_POOL_DEFAULTS),
+        description="Ray Serve options; one render per replica at a time suits CPU models "
+        "(unset options keep these defaults).",
     )
+
+    @field_validator("deployment", mode="before")
+    @classmethod
+    def _keep_pool_defaults(cls, given: Any) -> Any:
+        return over_defaults(_POOL_DEFAULTS, given)
 
     @model_validator(mode="after")
     def _model_settings(self) -> DecoderPoolConfig:

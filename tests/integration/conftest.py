@@ -32,6 +32,8 @@ def serve_url() -> Iterator[str]:
     # run two decoder and two post-processor replicas side by side.
     ray.init(
         address="local",
+        # Every Ray connection on loopback: tests send nothing to the machine's network address.
+        _node_ip_address="127.0.0.1",
         num_cpus=4,
         include_dashboard=False,
         namespace="songserve-tests",

@@ -159,7 +159,7 @@ def test_deployment_options_become_serve_options() -> None:
     assert options["max_queued_requests"] == 100
     assert options["graceful_shutdown_timeout_s"] == 300
     assert options["ray_actor_options"] == {
-        "num_cpus": 0.05,
+        "num_cpus": 0.5,  # unset: the pool default, not the generic one
         "num_gpus": 1,
         "accelerator_type": "A100",
         "label_selector": {"pool": "gpu"},
@@ -201,3 +201,28 @@ def test_the_lyrics_api_key_is_secret_but_survives_resolution() -> None:
     resolved = resolve_config(config)
     assert resolved.lyrics.api_key is not None
     assert resolved.lyrics.api_key.get_secret_value() == "sk-secret-123"
+
+
+def test_setting_one_deployment_option_keeps_the_roles_other_defaults() -> None:
+    config = AppConfig.model_validate(
+        {
+            "deployments": {
+                "api": {"actor": {"label_selector": {"role": "head"}}},
+                "postprocess": {"actor": {"num_gpus": 0}, "num_replicas": 3},
+            },
+            "models": {
+                "pools": [
+                    {"name": "S", "model": "sketch", "deployment": {"actor": {"num_gpus": 0}}}
+                ]
+            },
+        }
+    )
+    api = config.deployments.api
+    assert (api.max_ongoing_requests, api.max_queued_requests) == (256, 1024)
+    assert api.actor.label_selector == {"role": "head"}
+    postprocess = config.deployments.postprocess
+    assert postprocess.num_replicas == 3 and postprocess.max_ongoing_requests == 1
+    assert postprocess.actor.num_cpus == 0.25
+    pool = config.models.pools[0].deployment
+    assert (pool.num_replicas, pool.max_ongoing_requests, pool.actor.num_cpus) == (2, 1, 0.5)
+    assert config.deployments.conductor.max_ongoing_requests == 64  # untouched: its default
