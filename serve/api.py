@@ -519,13 +519,20 @@ class SongAPI:
         # on Postgres (LISTEN/NOTIFY wakes it).
         check_status = True
         while True:
-            if (
-                check_status
-                and await self._nothing_more(job_id)
-                and not await self._jobs.events_after(job_id, after, limit=1)
-            ):
-                return
-            events = await self._jobs.wait_for_events(job_id, after, keepalive_s)
+            try:
+                if (
+                    check_status
+                    and await self._nothing_more(job_id)
+                    and not await self._jobs.events_after(job_id, after, limit=1)
+                ):
+                    return
+                events = await self._jobs.wait_for_events(job_id, after, keepalive_s)
+            except StoreUnavailable:
+                # A database restart: keep the client connected and carry on where it was,
+                # rather than cutting the response (it would reconnect, but noisily).
+                yield ": the job store is unavailable; waiting\n\n"
+                await asyncio.sleep(min(keepalive_s, 1.0))
+                continue
             check_status = not events
             for event in events:
                 yield _format_sse(event.seq, event.type, self._event_out(job_id, owner, event))
