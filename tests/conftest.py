@@ -8,31 +8,20 @@ test would hide a broken backend. Nothing here imports Ray (tests/unit forbids s
 from __future__ import annotations
 
 import contextlib
-import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from serve.services import LocalPostgres, LocalSeaweedFS
+from tests.helpers import throwaway_postgres
 
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[LocalPostgres]:
-    """One throwaway PostgreSQL for the session (fsync off: test data need not survive a crash)."""
-    # Not under pytest's tmp_path: its base directory is private to root (0700), and when we run
-    # as root the server runs as the `postgres` user, who must reach its directory.
-    root = Path(tempfile.mkdtemp(prefix="songserve-pg-"))
-    root.chmod(0o755)
-    server = LocalPostgres(root, fsync=False)
-    try:
-        server.start()
+    """One throwaway PostgreSQL for the session."""
+    with throwaway_postgres() as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

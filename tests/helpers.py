@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 import socket
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import yaml
+
+from serve.services import LocalPostgres
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,3 +70,20 @@ def wait_for_song(client: httpx.Client, song_id: str, timeout_s: float = 120.0) 
             return song
         time.sleep(0.2)
     raise AssertionError(f"song {song_id} did not finish in {timeout_s} s: {song}")
+
+
+@contextlib.contextmanager
+def throwaway_postgres() -> Iterator[LocalPostgres]:
+    """A started PostgreSQL in a temp dir (fsync off: test data need not survive a crash),
+    stopped and removed afterwards. Tests that stop and start a server use one of their own."""
+    # Not under pytest's tmp_path: its base directory is private to root (0700), and when we run
+    # as root the server runs as the `postgres` user, who must reach its directory.
+    root = Path(tempfile.mkdtemp(prefix="songserve-pg-"))
+    root.chmod(0o755)
+    server = LocalPostgres(root, fsync=False)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)

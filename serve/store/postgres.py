@@ -27,8 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Collection, Iterator, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -40,16 +39,13 @@ from psycopg_pool import AsyncConnectionPool
 
 from .postgres_migrations import MIGRATIONS
 from .records import (
-    FINISHED_STEMS_STATUSES,
-    JOB_FIELDS,
-    JSON_JOB_FIELDS,
-    JSON_STEMS_FIELDS,
+    JOBS,
     JSON_VARIATION_FIELDS,
-    STEMS_FIELDS,
-    TERMINAL_STATUSES,
+    STEMS,
     VARIATION_FIELDS,
     EventRecord,
     JobRecord,
+    LeasedTable,
     LeaseLost,
     StemsRecord,
     StoreUnavailable,
@@ -210,57 +206,15 @@ def check_database(database_url: str, *, connect_timeout_s: int = 5) -> None:
 # -- leased work ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Leased:
-    """A table whose rows are work leased to workers (songs and stems share one mechanism)."""
-
-    table: str
-    kind: str  # what its fields are called in errors: "job", "stems"
-    noun: str  # how messages name a row
-    key: tuple[str, ...]
-    order: str  # which runnable row is claimed first
-    fields: frozenset[str]  # what a lease holder may write
-    json_fields: frozenset[str]
-    terminal: frozenset[str]  # statuses that end the lease
-    exhausted_event: Callable[[dict[str, Any], dict[str, Any]], tuple[str, str, dict[str, Any]]]
-    work: Callable[[Sequence[Any]], str]  # WORK_CHANNEL payload of a row's key
-
-    @property
-    def where(self) -> str:
-        return " AND ".join(f"{self.table}.{column} = %s" for column in self.key)
+_JOBS, _STEMS = JOBS, STEMS
 
 
-_JOBS = _Leased(
-    table="jobs",
-    kind="job",
-    noun="job",
-    key=("id",),
-    order="created_at, id",
-    fields=JOB_FIELDS,
-    json_fields=JSON_JOB_FIELDS,
-    terminal=TERMINAL_STATUSES,
-    exhausted_event=lambda row, error: (row["id"], "error", error),
-    work=lambda key: f"job:{key[0]}",
-)
-_STEMS = _Leased(
-    table="stems",
-    kind="stems",
-    noun="stems job",
-    key=("job_id", "idx"),
-    order="created_at, job_id, idx",
-    fields=STEMS_FIELDS,
-    json_fields=JSON_STEMS_FIELDS,
-    terminal=FINISHED_STEMS_STATUSES,
-    exhausted_event=lambda row, error: (
-        row["job_id"],
-        "stems",
-        {"variation": row["idx"], "status": "failed", "error": error},
-    ),
-    work=lambda key: f"stems:{key[0]}:{key[1]}",
-)
+def _match(table: LeasedTable) -> str:
+    """The WHERE clause that picks one row of `table` by its key."""
+    return table.where("%s", qualified=True)
 
 
-def _assignments(table: _Leased, fields: dict[str, Any]) -> tuple[list[str], list[Any]]:
+def _assignments(table: LeasedTable, fields: dict[str, Any]) -> tuple[list[str], list[Any]]:
     """SET clauses and their parameters for lease-holder `fields` of `table`; a terminal status
     ends the lease, and `updated_at` is the database's now unless given."""
     check_fields(table.kind, fields, table.fields)
@@ -623,7 +577,7 @@ class PostgresJobStore:
 
     async def _claim(
         self,
-        table: _Leased,
+        table: LeasedTable,
         worker: str,
         lease_s: float,
         max_attempts: int,
@@ -635,7 +589,7 @@ class PostgresJobStore:
         async with self._cursor(transaction=True) as cur:
             exhausted = await self._all(
                 cur,
-                f"SELECT {keys}, attempts FROM {table.table} WHERE {_RUNNABLE} "
+                f"SELECT {keys}, attempts FROM {table.name} WHERE {_RUNNABLE} "
                 f"AND attempts >= %s ORDER BY {table.order} FOR UPDATE SKIP LOCKED",
                 (max_attempts,),
             )
@@ -644,30 +598,32 @@ class PostgresJobStore:
                 key = [row[column] for column in table.key]
                 await self._execute(
                     cur,
-                    f"UPDATE {table.table} SET status = 'failed', error = %s, {_END_LEASE}, "
-                    f"updated_at = {_NOW} WHERE {table.where}",
+                    f"UPDATE {table.name} SET status = 'failed', error = %s, {_END_LEASE}, "
+                    f"updated_at = {_NOW} WHERE {_match(table)}",
                     (Jsonb(error), *key),
                 )
                 await self._append(cur, *table.exhausted_event(row, error))
-            match = " AND ".join(f"{table.table}.{column} = next.{column}" for column in table.key)
+            match = " AND ".join(f"{table.name}.{column} = next.{column}" for column in table.key)
             return await self._one(
                 cur,
-                f"WITH next AS (SELECT {keys} FROM {table.table} WHERE {_RUNNABLE} "
+                f"WITH next AS (SELECT {keys} FROM {table.name} WHERE {_RUNNABLE} "
                 f"AND attempts < %s{exclude_sql} ORDER BY {table.order} "
                 "LIMIT 1 FOR UPDATE SKIP LOCKED) "
-                f"UPDATE {table.table} SET status = 'running', lease_owner = %s, "
+                f"UPDATE {table.name} SET status = 'running', lease_owner = %s, "
                 f"lease_token = %s, lease_expires_at = {_NOW} + %s, "
-                f"attempts = {table.table}.attempts + 1, updated_at = {_NOW} "
+                f"attempts = {table.name}.attempts + 1, updated_at = {_NOW} "
                 f"FROM next WHERE {match} RETURNING {returning}",
                 (max_attempts, *exclude_params, worker, new_lease_token(), float(lease_s)),
             )
 
-    async def _renew(self, table: _Leased, key: Sequence[Any], token: str, lease_s: float) -> None:
+    async def _renew(
+        self, table: LeasedTable, key: Sequence[Any], token: str, lease_s: float
+    ) -> None:
         async with self._cursor() as cur:
             row = await self._one(
                 cur,
-                f"UPDATE {table.table} SET lease_expires_at = {_NOW} + %s "
-                f"WHERE {table.where} AND lease_token = %s RETURNING 1 AS renewed",
+                f"UPDATE {table.name} SET lease_expires_at = {_NOW} + %s "
+                f"WHERE {_match(table)} AND lease_token = %s RETURNING 1 AS renewed",
                 (float(lease_s), *key, token),
             )
         if row is None:
@@ -675,12 +631,12 @@ class PostgresJobStore:
                 f"{table.noun} {':'.join(map(str, key))} is no longer leased to this claim"
             )
 
-    async def _release(self, table: _Leased, key: Sequence[Any], token: str) -> None:
+    async def _release(self, table: LeasedTable, key: Sequence[Any], token: str) -> None:
         async with self._cursor() as cur:
             await self._execute(
                 cur,
-                f"UPDATE {table.table} SET {_END_LEASE}, attempts = GREATEST(attempts - 1, 0), "
-                f"updated_at = {_NOW} WHERE {table.where} AND lease_token = %s "
+                f"UPDATE {table.name} SET {_END_LEASE}, attempts = GREATEST(attempts - 1, 0), "
+                f"updated_at = {_NOW} WHERE {_match(table)} AND lease_token = %s "
                 "AND status = 'running' RETURNING pg_notify(%s, %s)",
                 (*key, token, WORK_CHANNEL, table.work(key)),
             )
@@ -688,7 +644,7 @@ class PostgresJobStore:
     async def _update(
         self,
         cur: psycopg.AsyncCursor[dict[str, Any]],
-        table: _Leased,
+        table: LeasedTable,
         key: Sequence[Any],
         token: str,
         fields: dict[str, Any],
@@ -696,8 +652,8 @@ class PostgresJobStore:
         clauses, params = _assignments(table, fields)
         row = await self._one(
             cur,
-            f"UPDATE {table.table} SET {', '.join(clauses)} "
-            f"WHERE {table.where} AND lease_token = %s RETURNING 1 AS updated",
+            f"UPDATE {table.name} SET {', '.join(clauses)} "
+            f"WHERE {_match(table)} AND lease_token = %s RETURNING 1 AS updated",
             (*params, *key, token),
         )
         if row is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import secrets
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,6 +126,60 @@ VARIATION_FIELDS = frozenset(
 JSON_VARIATION_FIELDS = frozenset({"objects", "render", "error"})
 STEMS_FIELDS = frozenset({"status", "progress", "objects", "info", "error", "updated_at"})
 JSON_STEMS_FIELDS = frozenset({"objects", "info", "error"})
+
+
+@dataclass(frozen=True)
+class LeasedTable:
+    """A table whose rows are work leased to workers: claimed with an expiry and a token,
+    renewed, fenced, released, and failed once their attempts are used up. Songs and stems jobs
+    share this one mechanism; each backend writes it in its own SQL."""
+
+    name: str
+    kind: str  # what its fields are called in errors: "job", "stems"
+    noun: str  # how messages name a row: "job", "stems job"
+    key: tuple[str, ...]  # primary key columns
+    order: str  # which runnable row is claimed first
+    fields: frozenset[str]  # what a lease holder may write
+    json_fields: frozenset[str]
+    terminal: frozenset[str]  # statuses that end the lease
+    # (job id, event type, data) the song's log gets when a row's attempts run out
+    exhausted_event: Callable[[Mapping[str, Any], dict[str, Any]], tuple[str, str, dict[str, Any]]]
+    work: Callable[[Sequence[Any]], str]  # how a row is named when it becomes claimable
+
+    def where(self, placeholder: str, *, qualified: bool = False) -> str:
+        """`key1 = ? AND key2 = ?` in the backend's placeholder style."""
+        prefix = f"{self.name}." if qualified else ""
+        return " AND ".join(f"{prefix}{column} = {placeholder}" for column in self.key)
+
+
+JOBS = LeasedTable(
+    name="jobs",
+    kind="job",
+    noun="job",
+    key=("id",),
+    order="created_at, id",
+    fields=JOB_FIELDS,
+    json_fields=JSON_JOB_FIELDS,
+    terminal=TERMINAL_STATUSES,
+    exhausted_event=lambda row, error: (row["id"], "error", error),
+    work=lambda key: f"job:{key[0]}",
+)
+STEMS = LeasedTable(
+    name="stems",
+    kind="stems",
+    noun="stems job",
+    key=("job_id", "idx"),
+    order="created_at, job_id, idx",
+    fields=STEMS_FIELDS,
+    json_fields=JSON_STEMS_FIELDS,
+    terminal=FINISHED_STEMS_STATUSES,
+    exhausted_event=lambda row, error: (
+        row["job_id"],
+        "stems",
+        {"variation": row["idx"], "status": "failed", "error": error},
+    ),
+    work=lambda key: f"stems:{key[0]}:{key[1]}",
+)
 
 
 def check_fields(kind: str, fields: dict[str, Any], allowed: frozenset[str]) -> None:

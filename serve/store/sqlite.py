@@ -12,23 +12,19 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .records import (
-    FINISHED_STEMS_STATUSES,
-    JOB_FIELDS,
-    JSON_JOB_FIELDS,
-    JSON_STEMS_FIELDS,
+    JOBS,
     JSON_VARIATION_FIELDS,
-    STEMS_FIELDS,
-    TERMINAL_STATUSES,
+    STEMS,
     VARIATION_FIELDS,
     EventRecord,
     JobRecord,
+    LeasedTable,
     LeaseLost,
     StemsRecord,
     VariationRecord,
@@ -133,63 +129,20 @@ def _append(
     return seq
 
 
-def _job_exhausted_event(row: sqlite3.Row, error: dict[str, Any]) -> tuple[str, str, Any]:
-    return row["id"], "error", error
+_JOBS, _STEMS = JOBS, STEMS
 
 
-def _stems_exhausted_event(row: sqlite3.Row, error: dict[str, Any]) -> tuple[str, str, Any]:
-    return row["job_id"], "stems", {"variation": row["idx"], "status": "failed", "error": error}
+def _match(table: LeasedTable) -> str:
+    """The WHERE clause that picks one row of `table` by its key."""
+    return table.where("?")
 
 
-@dataclass(frozen=True)
-class _LeasedTable:
-    """A table whose rows are units of work leased to conductors: claimed with an expiry,
-    renewed, fenced, released, and failed once their attempts are used up. Songs and stems jobs
-    share this one mechanism."""
-
-    name: str
-    kind: str  # what its fields are called in errors: "job", "stems"
-    noun: str  # how messages name a row: "job", "stems job"
-    key: tuple[str, ...]  # primary key columns
-    order: str  # which runnable row is claimed first
-    fields: frozenset[str]  # what `_set_fields` may write
-    json_fields: frozenset[str]
-    terminal: frozenset[str]  # statuses that end the lease
-    exhausted_event: Callable[[sqlite3.Row, dict[str, Any]], tuple[str, str, Any]]
-
-    @property
-    def where(self) -> str:
-        return " AND ".join(f"{column} = ?" for column in self.key)
-
-
-_JOBS = _LeasedTable(
-    name="jobs",
-    kind="job",
-    noun="job",
-    key=("id",),
-    order="created_at, id",
-    fields=JOB_FIELDS,
-    json_fields=JSON_JOB_FIELDS,
-    terminal=TERMINAL_STATUSES,
-    exhausted_event=_job_exhausted_event,
-)
-_STEMS = _LeasedTable(
-    name="stems",
-    kind="stems",
-    noun="stems job",
-    key=("job_id", "idx"),
-    order="created_at, job_id, idx",
-    fields=STEMS_FIELDS,
-    json_fields=JSON_STEMS_FIELDS,
-    terminal=FINISHED_STEMS_STATUSES,
-    exhausted_event=_stems_exhausted_event,
-)
 _RUNNABLE = "status IN ('queued', 'running') AND (lease_expires_at IS NULL OR lease_expires_at < ?)"
 
 
 def _claim_row(
     db: sqlite3.Connection,
-    table: _LeasedTable,
+    table: LeasedTable,
     worker: str,
     lease_s: float,
     max_attempts: int,
@@ -208,7 +161,7 @@ def _claim_row(
         error = exhausted_error(table.noun, row["attempts"])
         db.execute(
             f"UPDATE {table.name} SET status = 'failed', error = ?, lease_owner = NULL, "
-            f"lease_token = NULL, lease_expires_at = NULL, updated_at = ? WHERE {table.where}",
+            f"lease_token = NULL, lease_expires_at = NULL, updated_at = ? WHERE {_match(table)}",
             (json.dumps(error), now, *(row[column] for column in table.key)),
         )
         job_id, event_type, data = table.exhausted_event(row, error)
@@ -224,16 +177,16 @@ def _claim_row(
     token = new_lease_token()
     db.execute(
         f"UPDATE {table.name} SET status = 'running', lease_owner = ?, lease_token = ?, "
-        f"lease_expires_at = ?, attempts = attempts + 1, updated_at = ? WHERE {table.where}",
+        f"lease_expires_at = ?, attempts = attempts + 1, updated_at = ? WHERE {_match(table)}",
         (worker, token, now + lease_s, now, *key),
     )
     return key, token
 
 
 def _check_lease(
-    db: sqlite3.Connection, table: _LeasedTable, key: tuple[Any, ...], token: str
+    db: sqlite3.Connection, table: LeasedTable, key: tuple[Any, ...], token: str
 ) -> None:
-    row = db.execute(f"SELECT lease_token FROM {table.name} WHERE {table.where}", key).fetchone()
+    row = db.execute(f"SELECT lease_token FROM {table.name} WHERE {_match(table)}", key).fetchone()
     if row is None or row["lease_token"] != token:
         name = "/".join(str(part) for part in key)
         raise LeaseLost(f"{table.noun} {name} was claimed again; this claim may not write to it")
@@ -241,32 +194,32 @@ def _check_lease(
 
 def _renew_lease(
     db: sqlite3.Connection,
-    table: _LeasedTable,
+    table: LeasedTable,
     key: tuple[Any, ...],
     token: str,
     lease_s: float,
 ) -> None:
     _check_lease(db, table, key, token)
     db.execute(
-        f"UPDATE {table.name} SET lease_expires_at = ? WHERE {table.where}",
+        f"UPDATE {table.name} SET lease_expires_at = ? WHERE {_match(table)}",
         (time.time() + lease_s, *key),
     )
 
 
 def _release_lease(
-    db: sqlite3.Connection, table: _LeasedTable, key: tuple[Any, ...], token: str
+    db: sqlite3.Connection, table: LeasedTable, key: tuple[Any, ...], token: str
 ) -> None:
     """Hand a running row back (a clean stop: the attempt is not counted)."""
     db.execute(
         f"UPDATE {table.name} SET lease_owner = NULL, lease_token = NULL, "
         "lease_expires_at = NULL, attempts = MAX(attempts - 1, 0), updated_at = ? "
-        f"WHERE {table.where} AND lease_token = ? AND status = 'running'",
+        f"WHERE {_match(table)} AND lease_token = ? AND status = 'running'",
         (time.time(), *key, token),
     )
 
 
 def _set_fields(
-    db: sqlite3.Connection, table: _LeasedTable, key: tuple[Any, ...], fields: dict[str, Any]
+    db: sqlite3.Connection, table: LeasedTable, key: tuple[Any, ...], fields: dict[str, Any]
 ) -> None:
     """Write `fields` (JSON where the table keeps JSON); a terminal status ends the lease."""
     check_fields(table.kind, fields, table.fields)
@@ -275,7 +228,7 @@ def _set_fields(
         fields.update(lease_owner=None, lease_token=None, lease_expires_at=None)
     values = [json.dumps(v) if k in table.json_fields else v for k, v in fields.items()]
     assignments = ", ".join(f"{name} = ?" for name in fields)
-    db.execute(f"UPDATE {table.name} SET {assignments} WHERE {table.where}", (*values, *key))
+    db.execute(f"UPDATE {table.name} SET {assignments} WHERE {_match(table)}", (*values, *key))
 
 
 def _loads(raw: str | None) -> Any:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -23,6 +21,7 @@ from typing import Any
 import pytest
 
 from serve.services import LocalPostgres, LocalSeaweedFS
+from tests.helpers import throwaway_postgres
 
 from .conftest import Deployed, cluster_storage
 from .faults import (
@@ -182,15 +181,8 @@ def test_songs_survive_replicas_crashing(
 def private_postgres() -> Iterator[LocalPostgres]:
     """A PostgreSQL of this module's own, which the outage test stops and starts (the session's
     server serves other tests meanwhile)."""
-    root = Path(tempfile.mkdtemp(prefix="songserve-pg-"))  # under /tmp: the postgres user's reach
-    root.chmod(0o755)
-    server = LocalPostgres(root, fsync=False)
-    try:
-        server.start()
+    with throwaway_postgres() as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 OUTAGE_S = 6.0  # longer than the API's wait for a database connection (5 s): calls get 503

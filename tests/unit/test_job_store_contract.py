@@ -10,8 +10,6 @@ migrations, an outage and recovery, and start-up checks of the URL.
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 import time
 import traceback
 import uuid
@@ -29,6 +27,7 @@ from serve.store import JobStore, LeaseLost, StoreUnavailable
 from serve.store.postgres import PostgresJobStore, apply_migrations, check_database
 from serve.store.postgres_migrations import MIGRATIONS
 from serve.store.records import JobRecord
+from tests.helpers import throwaway_postgres
 
 Scenario = Callable[[JobStore], Awaitable[None]]
 
@@ -581,11 +580,7 @@ def private_postgres(postgres_server: LocalPostgres) -> Iterator[LocalPostgres]:
     """A server of this module's own, which the outage test stops and starts (the session's
     server, required only so both fail alike where PostgreSQL is missing, serves other tests
     meanwhile). Besides `postgres` (trusted), it has a role that must log in with a password."""
-    root = Path(tempfile.mkdtemp(prefix="songserve-pg-"))  # under /tmp: the postgres user's reach
-    root.chmod(0o755)
-    server = LocalPostgres(root, fsync=False)
-    try:
-        server.start()
+    with throwaway_postgres() as server:
         hba = server.data_dir / "pg_hba.conf"
         hba.write_text(f"host all {ROLE} 127.0.0.1/32 scram-sha-256\n{hba.read_text()}")
         with psycopg.connect(server.url(), autocommit=True) as conn:
@@ -602,9 +597,6 @@ def private_postgres(postgres_server: LocalPostgres) -> Iterator[LocalPostgres]:
                 )
             conn.execute("SELECT pg_reload_conf()")
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def _role_url(server: LocalPostgres, dbname: str, password: str = PASSWORD) -> str:
