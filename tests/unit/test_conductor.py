@@ -133,10 +133,12 @@ async def run_song(
     variations: int = 2,
     request: dict[str, Any] | None = None,
     timeout_s: float = 20.0,
+    jobs: dict[str, Any] | None = None,
     **overrides: Callable[..., Any],
 ) -> tuple[JobRecord, Graph, dict[str, FakeHandle], SQLiteJobStore]:
-    """Queue one song, let a Conductor over fake stages drive it, return the finished job."""
-    config = config_for(tmp_path, **overrides.pop("jobs", {}))  # type: ignore[arg-type]
+    """Queue one song, let a Conductor over fake stages (`overrides` by method name) drive it,
+    with `jobs` settings; return the finished job."""
+    config = config_for(tmp_path, **(jobs or {}))
     store = SQLiteJobStore(config.storage.database_path)
     graph = Graph(FilesystemObjectStore(config.storage.storage_path))
     handles = {
