@@ -116,7 +116,7 @@ def check_stores(storage: StorageConfig) -> None:
     ValueError naming the setting and what is wrong, never echoing a password."""
     scheme = storage.database_url.partition("://")[0]
     if scheme in ("postgresql", "postgres"):
-        from .postgres import check_database
+        from .postgres_connect import check_database
 
         check_database(storage.database_url)
     else:

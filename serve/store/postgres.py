@@ -27,17 +27,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Collection, Iterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from typing import Any
-from urllib.parse import quote
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from .postgres_migrations import MIGRATIONS
+from .postgres_connect import (
+    KEEPALIVES,
+    apply_migrations,
+    describe_target,
+    unavailable_error,
+)
+from .postgres_listener import EVENTS_CHANNEL, WORK_CHANNEL, Listener
 from .records import (
     JOBS,
     JSON_VARIATION_FIELDS,
@@ -48,7 +52,6 @@ from .records import (
     LeasedTable,
     LeaseLost,
     StemsRecord,
-    StoreUnavailable,
     VariationRecord,
     check_fields,
     decode_cursor,
@@ -60,25 +63,12 @@ from .records import (
 
 logger = logging.getLogger(__name__)
 
-EVENTS_CHANNEL = "songserve_events"
-"""NOTIFY channel of appended events; the payload is `<job id>:<seq>`."""
-WORK_CHANNEL = "songserve_work"
-"""NOTIFY channel of work that became claimable; the payload is `job:<id>` or `stems:<id>:<k>`."""
 
-_MIGRATION_LOCK = 0x736F6E67736572  # pg_advisory_lock key of schema migrations ("songser")
 _NOW = "extract(epoch FROM clock_timestamp())::double precision"  # the database's clock, in s
 _RUNNABLE = (
     f"status IN ('queued', 'running') AND (lease_expires_at IS NULL OR lease_expires_at < {_NOW})"
 )
 _END_LEASE = "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL"
-# Dead peers are noticed by TCP keepalives rather than by a hung LISTEN connection.
-_KEEPALIVES = {
-    "keepalives": 1,
-    "keepalives_idle": 10,
-    "keepalives_interval": 5,
-    "keepalives_count": 3,
-}
-_LISTEN_BACKOFF_S = (0.1, 2.0)  # first and longest pause between LISTEN reconnection attempts
 
 
 def _variations_of(job: str) -> str:
@@ -90,117 +80,6 @@ def _variations_of(job: str) -> str:
 
 
 _SELECT_JOB = f"SELECT jobs.*, {_variations_of('jobs.id')} FROM jobs"
-
-
-# -- connection info, errors and migrations -----------------------------------------------------
-
-
-def _target(conninfo: str) -> str:
-    """`user@host:port/db` of a connection string: what messages may show (never the password)."""
-    try:
-        params = conninfo_to_dict(conninfo)
-    except psycopg.Error:
-        return "(an unparsable URL)"
-    user = params.get("user") or "(default user)"
-    host = params.get("host") or "(default host)"
-    port = params.get("port") or "5432"
-    dbname = params.get("dbname") or "(default database)"
-    return f"{user}@{host}:{port}/{dbname}"
-
-
-def _redact(text: str, conninfo: str) -> str:
-    """`text` with the connection string's password blanked, however it is spelled."""
-    try:
-        password = conninfo_to_dict(conninfo).get("password")
-    except psycopg.Error:
-        return "(details withheld: the URL could not be parsed)"
-    if password:
-        for spelling in {str(password), quote(str(password), safe=""), quote(str(password))}:
-            text = text.replace(spelling, "***")
-    return text
-
-
-def _first_line(error: BaseException, conninfo: str) -> str:
-    lines = str(error).strip().splitlines()
-    return _redact(lines[0], conninfo) if lines else "no details"
-
-
-def _unavailable(conninfo: str, error: BaseException) -> StoreUnavailable:
-    return StoreUnavailable(
-        f"the job database {_target(conninfo)} is unavailable "
-        f"({type(error).__name__}: {_first_line(error, conninfo)})"
-    )
-
-
-def apply_migrations(conninfo: str, *, connect_timeout_s: int = 5) -> list[int]:
-    """Bring the schema up to date: apply each missing migration in its own transaction, under
-    an advisory lock so replicas starting together apply each version once. Returns the versions
-    this call applied. Raises psycopg errors."""
-    with psycopg.connect(conninfo, autocommit=True, connect_timeout=connect_timeout_s) as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK,))
-        try:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                "version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)"
-            )
-            applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
-            done = []
-            for version, script in MIGRATIONS:
-                if version in applied:
-                    continue
-                with conn.transaction():
-                    conn.execute(script.encode())  # several statements: no parameters
-                    conn.execute(
-                        "INSERT INTO schema_migrations (version, applied_at) "
-                        "VALUES (%s, clock_timestamp())",
-                        (version,),
-                    )
-                done.append(version)
-            return done
-        finally:
-            if not conn.broken:
-                conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
-
-
-def _why_unusable(conninfo: str, error: psycopg.Error) -> str:
-    """What is wrong with a database URL, in words an operator can act on."""
-    params: dict[str, Any] = {}
-    with contextlib.suppress(psycopg.Error):
-        params = conninfo_to_dict(conninfo)
-    host = params.get("host") or "localhost"
-    port = params.get("port") or "5432"
-    user = params.get("user") or "(default user)"
-    dbname = params.get("dbname") or user
-    text = str(error).lower()
-    if isinstance(error, psycopg.ProgrammingError) and not params:
-        return "the URL is not a valid PostgreSQL connection string"
-    if "resolve host" in text or "translate host name" in text or "name or service" in text:
-        return f"unknown host {host!r} (the name does not resolve)"
-    if "connection refused" in text:
-        return f"connection refused at {host}:{port} (is PostgreSQL running and listening there?)"
-    if "role" in text and "does not exist" in text:
-        return f"authentication failed: there is no user {user!r} on {host}:{port}"
-    if "password" in text or "authentication failed" in text:
-        return f"authentication failed for user {user!r} (check the user and password)"
-    if "database" in text and "does not exist" in text:
-        return f"database {dbname!r} does not exist on {host}:{port} (create it, e.g. createdb)"
-    if "timeout" in text or "timed out" in text:
-        return f"timed out connecting to {host}:{port}"
-    if isinstance(error, psycopg.errors.InsufficientPrivilege):
-        return f"user {user!r} may not create the job store's tables in {dbname!r}"
-    return f"{type(error).__name__}: {_first_line(error, conninfo)}"
-
-
-def check_database(database_url: str, *, connect_timeout_s: int = 5) -> None:
-    """Fail fast at start-up: connect to `database_url` and bring its schema up to date, or raise
-    ValueError naming the setting and what is wrong (never the password)."""
-    try:
-        apply_migrations(database_url, connect_timeout_s=connect_timeout_s)
-    except psycopg.Error as error:
-        raise ValueError(
-            "storage.database_url (env SONGSERVE_DATABASE_URL): cannot use the job database "
-            f"{_target(database_url)}: {_why_unusable(database_url, error)}"
-        ) from None
 
 
 # -- leased work ---------------------------------------------------------------------------------
@@ -288,133 +167,6 @@ def _stems(row: dict[str, Any]) -> StemsRecord:
     )
 
 
-# -- notifications -------------------------------------------------------------------------------
-
-
-class _JobWaiter:
-    """A `wait_for_events` caller: woken by events of its job numbered past `after_seq`."""
-
-    __slots__ = ("after_seq", "woken")
-
-    def __init__(self, after_seq: int) -> None:
-        self.after_seq = after_seq
-        self.woken = asyncio.Event()
-
-
-class _Listener:
-    """One LISTEN connection (outside the pool) that wakes this process's waiters.
-
-    `wait_for_events` callers wait per job (a notification with a sequence number they have seen
-    leaves them asleep), `wait_for_work` callers in one set. When the connection drops it
-    reconnects with backoff, and every (re)connection wakes every waiter: notifications sent while
-    nobody listened are lost, so waiters must read again.
-    """
-
-    def __init__(self, conninfo: str, connect_kwargs: dict[str, Any]) -> None:
-        self._conninfo = conninfo
-        self._connect_kwargs = connect_kwargs
-        self._job_waiters: dict[str, set[_JobWaiter]] = {}
-        self._work_waiters: set[asyncio.Event] = set()
-        self._task: asyncio.Task[None] | None = None
-        self.connected = asyncio.Event()
-        self.tried = asyncio.Event()  # the first connection attempt has ended, either way
-        self.connections = 0  # how many times LISTEN was (re)established
-
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="songserve-jobs-listen")
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    @contextlib.contextmanager
-    def job_waiter(self, job_id: str, after_seq: int) -> Iterator[asyncio.Event]:
-        waiter = _JobWaiter(after_seq)
-        self._job_waiters.setdefault(job_id, set()).add(waiter)
-        try:
-            yield waiter.woken
-        finally:
-            waiters = self._job_waiters.get(job_id)
-            if waiters is not None:
-                waiters.discard(waiter)
-                if not waiters:
-                    del self._job_waiters[job_id]
-
-    @contextlib.contextmanager
-    def work_waiter(self) -> Iterator[asyncio.Event]:
-        event = asyncio.Event()
-        self._work_waiters.add(event)
-        try:
-            yield event
-        finally:
-            self._work_waiters.discard(event)
-
-    def _wake_all(self) -> None:
-        for waiters in self._job_waiters.values():
-            for waiter in waiters:
-                waiter.woken.set()
-        for event in self._work_waiters:
-            event.set()
-
-    def _dispatch(self, notify: psycopg.Notify) -> None:
-        if notify.channel == EVENTS_CHANNEL:
-            job_id, _, seq = notify.payload.rpartition(":")
-            newest = int(seq) if seq.isdigit() else None
-            for waiter in self._job_waiters.get(job_id, ()):
-                if newest is None or newest > waiter.after_seq:
-                    waiter.woken.set()
-        elif notify.channel == WORK_CHANNEL:
-            for event in self._work_waiters:
-                event.set()
-
-    async def _run(self) -> None:
-        pause, longest = _LISTEN_BACKOFF_S
-        failures = 0
-        while True:
-            try:
-                conn = await psycopg.AsyncConnection.connect(
-                    self._conninfo, autocommit=True, **self._connect_kwargs
-                )
-            except psycopg.Error as error:
-                self.tried.set()
-                failures += 1
-                logger.log(
-                    logging.WARNING if failures == 1 else logging.DEBUG,
-                    "job store LISTEN: %s; retrying (every %g s at most)",
-                    _unavailable(self._conninfo, error),
-                    longest,
-                )
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, longest)
-                continue
-            try:
-                await conn.execute(f"LISTEN {EVENTS_CHANNEL}")
-                await conn.execute(f"LISTEN {WORK_CHANNEL}")
-                self.connected.set()
-                self.tried.set()
-                if self.connections:
-                    logger.warning("job store LISTEN connection re-established")
-                self.connections += 1
-                failures = 0
-                pause = _LISTEN_BACKOFF_S[0]
-                self._wake_all()
-                async for notify in conn.notifies():
-                    self._dispatch(notify)
-            except psycopg.Error as error:
-                logger.warning(
-                    "job store LISTEN connection lost: %s; reconnecting",
-                    _unavailable(self._conninfo, error),
-                )
-            finally:
-                self.connected.clear()
-                await conn.close()
-            await asyncio.sleep(pause)
-
-
 # -- the store -----------------------------------------------------------------------------------
 
 
@@ -442,17 +194,17 @@ class PostgresJobStore:
         self._timeout_s = timeout_s
         self._connect_kwargs: dict[str, Any] = {
             "connect_timeout": self._connect_timeout_s,
-            **_KEEPALIVES,
+            **KEEPALIVES,
         }
         self._pool: AsyncConnectionPool | None = None
         self._migrated = False
         self._opening = asyncio.Lock()
-        self._listener: _Listener | None = None
+        self._listener: Listener | None = None
         self._closed = False
         self.queries = 0
 
     def __repr__(self) -> str:
-        return f"PostgresJobStore({_target(self._conninfo)})"
+        return f"PostgresJobStore({describe_target(self._conninfo)})"
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -491,7 +243,7 @@ class PostgresJobStore:
                         apply_migrations, self._conninfo, connect_timeout_s=self._connect_timeout_s
                     )
                 except psycopg.OperationalError as error:
-                    raise _unavailable(self._conninfo, error) from None
+                    raise unavailable_error(self._conninfo, error) from None
                 self._migrated = True
         return self._pool
 
@@ -511,7 +263,7 @@ class PostgresJobStore:
                     async with conn.cursor(row_factory=dict_row) as cur:
                         yield cur
         except psycopg.OperationalError as error:
-            raise _unavailable(self._conninfo, error) from None
+            raise unavailable_error(self._conninfo, error) from None
 
     async def _execute(
         self, cur: psycopg.AsyncCursor[dict[str, Any]], query: str, params: Sequence[Any] = ()
@@ -822,7 +574,7 @@ class PostgresJobStore:
             for r in rows
         ]
 
-    async def _listening(self, timeout: float) -> _Listener:
+    async def _listening(self, timeout: float) -> Listener:
         """The LISTEN connection, started on first use. Until its first connection attempt has
         ended, callers wait for it (at most `timeout`), so the first waiters are heard without
         reading twice. A waiter that registers while it is down is woken when it is back (every
@@ -830,7 +582,7 @@ class PostgresJobStore:
         if self._closed:
             raise RuntimeError("the job store is closed")
         if self._listener is None:
-            self._listener = _Listener(self._conninfo, self._connect_kwargs)
+            self._listener = Listener(self._conninfo, self._connect_kwargs)
             self._listener.start()
         if not self._listener.tried.is_set() and timeout > 0:
             with contextlib.suppress(TimeoutError):

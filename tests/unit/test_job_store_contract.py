@@ -24,7 +24,8 @@ from psycopg import sql
 
 from serve.services import LocalPostgres, free_ports
 from serve.store import JobStore, LeaseLost, StoreUnavailable
-from serve.store.postgres import PostgresJobStore, apply_migrations, check_database
+from serve.store.postgres import PostgresJobStore
+from serve.store.postgres_connect import apply_migrations, check_database
 from serve.store.postgres_migrations import MIGRATIONS
 from serve.store.records import JobRecord
 from tests.helpers import throwaway_postgres
