@@ -92,7 +92,10 @@ def test_a_lost_worker_node_loses_no_song(
     assert failover["in_flight_at_removal"] >= 3
     assert failover["in_flight_leased_on_removed_node"] >= 1
     taken_over = [job for job in jobs if job["lease_at_removal"] == removed]
-    assert taken_over and all(job["attempts"] >= 2 for job in taken_over), taken_over
+    assert taken_over and all(job["status"] == "succeeded" for job in taken_over), taken_over
+    # The leases are read just before the crash: a job may still finish on its first claim in
+    # between, but the others must have been claimed again on the surviving worker.
+    assert any(job["attempts"] >= 2 for job in taken_over), taken_over
     # Serve put the lost replicas back on the survivor.
     survivor_node = report["nodes"][failover["surviving_node"]]
     after = report["replicas_after"]

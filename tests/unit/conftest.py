@@ -16,3 +16,6 @@ def _no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
         raise RuntimeError("unit tests must not start Ray; move this test to tests/integration")
 
     monkeypatch.setattr(ray, "init", refuse)
+    # Run as if no cluster were connected, even when integration tests of the same session left
+    # theirs running: the builder checks stores and placement only against a live cluster.
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
