@@ -179,6 +179,7 @@ class SongDecoder:
                 render_started_at=started_at,
                 render_finished_at=finished_at,
                 batch_size=size,
+                pool=self._pool.name,
             )
             for key, audio, size in zip(keys, audios, call_size, strict=True)
         ]

@@ -62,6 +62,7 @@ class RenderedSong:
     render_started_at: float
     render_finished_at: float
     batch_size: int = 1  # requests rendered in the same model call
+    pool: str = ""  # the decoder pool (deployment) that rendered it; "" from older records
 
 
 class SongModel(Protocol):
