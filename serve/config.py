@@ -602,6 +602,13 @@ class DecoderPoolConfig(_Strict):
     batching: BatchingConfig = Field(
         default_factory=BatchingConfig, description="Cross-request batching (models that batch)."
     )
+    expected_render_s_per_audio_s: float = Field(
+        0.05,
+        gt=0,
+        description="Render seconds one replica spends per second of audio, assumed until the "
+        "pool's own renders have been measured (backlog autoscaling, pool choice and expected "
+        "waits start from it).",
+    )
     deployment: DeploymentOptions = Field(
         default_factory=lambda: DeploymentOptions.model_validate(_POOL_DEFAULTS),
         description="Ray Serve options; one render per replica at a time suits CPU models "
