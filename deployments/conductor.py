@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pipeline.lyrics import LyricSection, parse_lyrics
 from pipeline.tags import StyleTags
+from serve.autoscaling import BacklogReporter
+from serve.metrics import observe_stage, song_metrics, stage_tags
 from serve.store import (
     JobRecord,
     LeaseLost,
@@ -44,6 +46,7 @@ from serve.workflow import Backoff, StageFailed, patient_store, retry_stage
 from .failures import describe_failure
 from .post_processor import Provenance
 from .song_models import RenderedSong, RenderProgress, RenderRequest
+from .song_router import RenderingOn
 from .stem_maker import MadeStems, StemsProgress, StemsTask
 
 if TYPE_CHECKING:
@@ -58,6 +61,9 @@ _TEXT_STAGES_SHARE = 0.05  # lyrics + tags
 _RENDER_SHARE_OF_VARIATION = 0.85  # the rest of a variation is post-processing
 # Share of a stems job's progress bar taken by rendering or separating; the rest is delivery.
 _STEMS_SOURCE_SHARE = 0.7
+# How often each replica counts the store's queued and running songs for `songserve_jobs`
+# (Prometheus scrapes about every 10 s; two small counts per interval).
+_JOBS_GAUGE_INTERVAL_S = 5.0
 
 
 class Conductor:
@@ -96,6 +102,10 @@ class Conductor:
         # Serve runs constructors on the replica's event loop: start claiming right away so jobs
         # left unfinished by a previous run resume without waiting for a request.
         self._claim_loop = asyncio.get_running_loop().create_task(self._claim_forever())
+        self._metrics = song_metrics()
+        self._jobs_gauge = asyncio.get_running_loop().create_task(self._count_jobs_forever())
+        # Backlog autoscaling (serve/autoscaling.py): what `record_autoscaling_stats` reports.
+        self._backlog = BacklogReporter(config.models, self._store, lambda: router.pools.remote())
 
     # -- public methods ---------------------------------------------------------------------------
 
@@ -108,6 +118,7 @@ class Conductor:
         unfinished jobs back so another replica resumes them now, not after their leases expire.
         Only renders in flight are redone."""
         self._claim_loop.cancel()
+        self._jobs_gauge.cancel()
         jobs, stems = dict(self._active), dict(self._active_stems)
         tokens = dict(self._tokens)
         for task in [*jobs.values(), *stems.values()]:
@@ -124,6 +135,11 @@ class Conductor:
             except Exception:
                 logger.exception("could not release the stems of %s/%d", job_id, index)
         logger.info("released %d unfinished job(s) on shutdown", len(jobs) + len(stems))
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve's autoscaler polls this on every replica of an autoscaling conductor (one is
+        made so when a pool autoscales on backlog): each such pool's render backlog."""
+        return await self._backlog.stats()
 
     async def check_health(self) -> None:
         if self._claim_loop.done():
@@ -152,6 +168,17 @@ class Conductor:
                 notified.cancel()
             self._wake.clear()
 
+    async def _count_jobs_forever(self) -> None:
+        """Keep `songserve_jobs` current: the backlog an operator sizes pools against."""
+        while True:
+            try:
+                for status in ("queued", "running"):
+                    count = await self._store.count_jobs(status)
+                    self._metrics.jobs.set(count, tags={"status": status})
+            except Exception:  # the store is down: the claim loop reports it
+                logger.debug("counting jobs for metrics failed", exc_info=True)
+            await asyncio.sleep(_JOBS_GAUGE_INTERVAL_S)
+
     async def _wait_for_work(self, timeout: float) -> None:
         try:
             await self._store.wait_for_work(timeout)
@@ -170,6 +197,8 @@ class Conductor:
             if job is None:
                 return
             logger.info("claimed %s (attempt %d)", job.id, job.attempts)
+            if job.attempts == 1:  # a re-claim waited for a lost conductor, not in the queue
+                self._metrics.queue_wait.observe(max(time.time() - job.created_at, 0.0))
             self._tokens[job.id] = _token(job)
             task = asyncio.create_task(self._drive(job), name=f"job-{job.id}")
             self._active[job.id] = task
@@ -209,15 +238,14 @@ class Conductor:
             logger.warning("stopped driving %s", job.id)
         except TimeoutError:
             await self._fail(
-                job.id,
-                token,
+                job,
                 "timeout",
                 f"the job did not finish within jobs.job_timeout_s "
                 f"({self._jobs_config.job_timeout_s:g} s)",
             )
         except Exception as error:
             logger.exception("job %s failed", job.id)
-            await self._fail(job.id, token, "internal_error", describe_failure(error))
+            await self._fail(job, "internal_error", describe_failure(error))
         finally:
             heartbeat.cancel()
 
@@ -234,16 +262,24 @@ class Conductor:
             except Exception:
                 logger.exception("renewing the lease on %s failed", job_id)
 
-    async def _fail(self, job_id: str, token: str, code: str, message: str) -> None:
+    async def _fail(self, job: JobRecord, code: str, message: str) -> None:
         error = {"code": code, "message": message}
         with contextlib.suppress(LeaseLost):
             await self._store.append_event(
-                job_id,
+                job.id,
                 "error",
                 error,
-                token=token,
+                token=_token(job),
                 job_fields={"status": "failed", "stage": "failed", "error": error},
             )
+            self._count_outcome(job, "failed", code)
+
+    def _count_outcome(self, job: JobRecord, outcome: str, code: str) -> None:
+        metrics = self._metrics
+        metrics.finished.inc(tags={"outcome": outcome, "code": code})
+        metrics.attempts.observe(job.attempts, tags={"outcome": outcome})
+        song_seconds = max(time.time() - job.created_at, 0.0)
+        metrics.song_seconds.observe(song_seconds, tags={"outcome": outcome})
 
     # -- stems ------------------------------------------------------------------------------------
 
@@ -382,6 +418,8 @@ class Conductor:
             Backoff(config.retry_backoff_s, config.retry_backoff_max_s),
             describe=describe_failure,
             fatal=(LeaseLost,),
+            # "variation 3" counts as "variation": one series per kind of stage.
+            on_retry=lambda: self._metrics.retries.inc(tags={"stage": stage.split()[0]}),
         )
 
     async def _run_job(self, job: JobRecord) -> None:
@@ -392,7 +430,7 @@ class Conductor:
             await self._stage(job, "generating", _TEXT_STAGES_SHARE)
             await self._variations(job, sections, tags)
         except StageFailed as failure:
-            await self._fail(job.id, _token(job), f"{failure.stage}_failed", str(failure))
+            await self._fail(job, f"{failure.stage}_failed", str(failure))
             return
         await self._store.append_event(
             job.id,
@@ -401,6 +439,7 @@ class Conductor:
             token=_token(job),
             job_fields={"status": "succeeded", "stage": "done", "progress": 1.0},
         )
+        self._count_outcome(job, "succeeded", "ok")
 
     async def _variations(
         self, job: JobRecord, sections: list[LyricSection], tags: StyleTags
@@ -446,6 +485,7 @@ class Conductor:
             text, source = "", None
         else:
             await self._stage(job, "lyrics", 0.0)
+            started = time.perf_counter()
             written = await self._retry(
                 "lyrics",
                 lambda: self._lyrics.write.remote(
@@ -457,6 +497,7 @@ class Conductor:
                 ),
                 self._jobs_config.stage_attempts,
             )
+            observe_stage("lyrics", time.perf_counter() - started)
             text = written.text
             source = {
                 "engine": written.engine,
@@ -474,6 +515,7 @@ class Conductor:
         # Without an explicit style, the description itself names the style ("a sunny indie-pop
         # song about …").
         style_text = request.get("style") or request.get("prompt")
+        started = time.perf_counter()
         tags: StyleTags = await self._retry(
             "tags",
             lambda: self._tags.normalize.remote(
@@ -481,6 +523,7 @@ class Conductor:
             ),
             self._jobs_config.stage_attempts,
         )
+        observe_stage("tags", time.perf_counter() - started)
         await self._store.update_job(job.id, _token(job), tags=tags.to_dict())
         return tags
 
@@ -542,10 +585,14 @@ class Conductor:
         """Render on a decoder pool (through the router); the render is stored by the decoder and
         its reference recorded on the variation before anything else can fail."""
         index = render_request.variation
-        await self._store.update_variation(job.id, index, _token(job), status="running", error=None)
+        # `render` cleared: a pool named by a failed earlier try renders nothing now.
+        await self._store.update_variation(
+            job.id, index, _token(job), status="running", error=None, render={}
+        )
         fractions[index] = 0.0
         rendered: RenderedSong | None = None
         last_progress_at = 0.0
+        started = time.perf_counter()
         async for item in self._router.generate.remote(render_request, job.request["model"]):
             if isinstance(item, RenderProgress):
                 fractions[index] = _RENDER_SHARE_OF_VARIATION * item.step / max(item.steps, 1)
@@ -558,8 +605,15 @@ class Conductor:
                     await self._progress(job, "generating", index, item.step, item.steps, fractions)
             elif isinstance(item, RenderedSong):
                 rendered = item
+            elif isinstance(item, RenderingOn):
+                # What the store counts renders in flight per pool by, cluster-wide.
+                await self._store.update_variation(
+                    job.id, index, _token(job), render={"pool": item.pool}
+                )
         if rendered is None:
             raise RuntimeError("the decoder finished without a song")
+        observe_stage("render", time.perf_counter() - started)
+        self._observe_render_speed(rendered)
         await self._store.update_variation(
             job.id, index, _token(job), render={"raw": asdict(rendered)}
         )
@@ -576,6 +630,7 @@ class Conductor:
         index, request = render_request.variation, job.request
         fractions[index] = _RENDER_SHARE_OF_VARIATION
         await self._progress(job, "postprocessing", index, 0, 1, fractions)
+        started = time.perf_counter()
         processed = await self._postprocessor.process.remote(
             rendered,
             job_id=job.id,
@@ -585,6 +640,9 @@ class Conductor:
                 job.id, index, render_request.seed, render_request.lora_id, request
             ),
         )
+        observe_stage("postprocess", time.perf_counter() - started)
+        for name, seconds in processed.timings_s.items():
+            self._metrics.stage_seconds.observe(seconds, tags=stage_tags(name))
         await self._store.update_variation(
             job.id,
             index,
@@ -612,6 +670,16 @@ class Conductor:
         fractions[index] = 1.0
         await self._progress(job, "postprocessing", index, 1, 1, fractions)
         await self._variation_event(job, index)
+
+    def _observe_render_speed(self, rendered: RenderedSong) -> None:
+        """Replica seconds per audio second; a batch's time is shared among its songs."""
+        audio_s = rendered.n_samples / max(rendered.sample_rate, 1)
+        render_s = rendered.render_finished_at - rendered.render_started_at
+        if audio_s > 0 and render_s >= 0:
+            self._metrics.render_speed.observe(
+                render_s / audio_s / max(rendered.batch_size, 1),
+                tags={"pool": rendered.pool or "unknown", "model": rendered.model},
+            )
 
     async def _progress(
         self,

@@ -222,6 +222,9 @@ class LyricsLLM:
             reason = f"answer {attempt + 1} of {ATTEMPTS} unusable: " + "; ".join(problems)
         fallback = f"{chat.name} ({chat.model}): {reason}"
         logger.warning("lyrics fell back to the template writer: %s", fallback)
+        from serve.metrics import song_metrics
+
+        song_metrics().lyrics_fallbacks.inc(tags={"engine": chat.name})
         return await self._write_template(prompt, duration_s, style, language, seed, fallback)
 
     async def _write_template(

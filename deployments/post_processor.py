@@ -5,7 +5,14 @@ writes every artefact to the object store under deterministic keys, so a re-run 
 overwrites rather than duplicates. Order matters for provenance: master → watermark → encode each
 format → sign each file (C2PA, after its final encode; nothing re-encodes a signed file). HLS
 segments are cut from the m4a's AAC frames before signing: fragments cannot carry a C2PA manifest.
-`DeliveryChain` (watermark, encode, sign) is shared with the stems of a song (`StemMaker`).
+`DeliveryChain` (watermark, encode, sign) is shared with the stems of a song (`StemMaker`) and
+with the `OnDemandEncoder`.
+
+Only `postprocess.eager_formats` (m4a by default) are encoded here, with the HLS rendition and
+the peaks. When other formats are served, the delivered master (mastered and watermarked) is
+kept once, as 24-bit FLAC (`serve.store.master_key`), with the content credentials its files
+are signed with (`master_info_key`): the `OnDemandEncoder` makes a lazy format from them on its
+first request, signed exactly as an eager file would have been (`deliver_from_master`).
 The work is CPU-bound and runs on a worker thread; one variation per replica at a time is the
 intended setting (`max_ongoing_requests: 1`), scale with replicas.
 """
@@ -15,10 +22,19 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from serve.store import open_object_store, variation_key
+from serve.store import (
+    MASTER_CONTENT_TYPE,
+    MASTER_INFO_CONTENT_TYPE,
+    master_info_key,
+    master_key,
+    open_object_store,
+    variation_audio_key,
+    variation_key,
+)
 
 
 def _songserve_version() -> str:
@@ -59,7 +75,7 @@ class ProcessedVariation:
     sample_rate: int
     loudness_lufs: float
     true_peak_dbtp: float
-    objects: dict[str, str]  # format / "peaks" / "hls" → object key
+    objects: dict[str, str]  # format / "peaks" / "hls" / "master" → object key
     timings_s: dict[str, float] = field(default_factory=dict)
     provenance: dict[str, object] = field(default_factory=dict)  # watermark and c2pa status
     # Of the raw render (`pipeline.stems.render_fingerprint`): exact stems are checked against it.
@@ -70,8 +86,9 @@ class DeliveryChain:
     """What every delivered file goes through after mastering — a song's and each of its stems':
     the watermark (when configured), the encoders, and C2PA signing after the final encode."""
 
-    def __init__(self, config: PostProcessConfig) -> None:
+    def __init__(self, config: PostProcessConfig, *, watermark: bool = True) -> None:
         """Raises ValueError naming the setting when signing is on but the chain is missing.
+        `watermark=False` loads no watermarker (for audio that carries its mark already).
 
         The builder hands over the chain and key themselves (`c2pa.cert_pem` / `key_pem`), so a
         replica on any node signs without the builder's disk; a config without them (a test, a
@@ -83,7 +100,7 @@ class DeliveryChain:
 
         self.config = config
         # None without weights: files then say "not configured", never claim a watermark.
-        self.watermarker = AudioSealWatermarker.from_config(config.watermark)
+        self.watermarker = AudioSealWatermarker.from_config(config.watermark) if watermark else None
         self._signer = config.c2pa
         if config.c2pa.enabled:
             # pipeline.provenance reads the signer from files: give it this process's own copy.
@@ -97,13 +114,18 @@ class DeliveryChain:
         return self.watermarker.embed(audio, sample_rate), {"embedded": True, "model": "audioseal"}
 
     def encode(
-        self, audio: np.ndarray, sample_rate: int, timings: dict[str, float]
+        self,
+        audio: np.ndarray,
+        sample_rate: int,
+        timings: dict[str, float],
+        formats: Sequence[AudioFormat] | None = None,
     ) -> dict[AudioFormat, bytes]:
-        """Every configured format of `audio`, timing each encoder into `timings`."""
+        """`audio` in each of `formats` (default: every served format), timing each encoder
+        into `timings`."""
         from pipeline.encode import encode_audio
 
         encoded: dict[AudioFormat, bytes] = {}
-        for fmt in self.config.formats:
+        for fmt in self.config.formats if formats is None else formats:
             started = time.perf_counter()
             encoded[fmt] = encode_audio(
                 audio, sample_rate, fmt, bitrate_kbps=self.config.bitrate_kbps
@@ -124,6 +146,34 @@ class DeliveryChain:
             fmt: sign_audio(data, fmt, credentials, self._signer) for fmt, data in encoded.items()
         }
         return signed, {"signed": True, "formats": list(encoded)}
+
+
+def master_info(sample_rate: int, credentials: SongCredentials) -> bytes:
+    """What is kept next to a variation's master (`serve.store.master_info_key`), as JSON."""
+    return json.dumps({"sample_rate": sample_rate, "credentials": asdict(credentials)}).encode()
+
+
+def deliver_from_master(
+    delivery: DeliveryChain, master: bytes, info: bytes, fmt: AudioFormat
+) -> tuple[bytes, dict[str, float]]:
+    """File `fmt` of a variation made from its kept master (24-bit FLAC) and info (JSON): encoded,
+    then signed with the credentials the eager files got. Returns the file and its timings."""
+    from pipeline.encode import decode_audio
+    from pipeline.provenance import SongCredentials
+
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    described = json.loads(info)
+    audio, sample_rate = decode_audio(master)
+    if sample_rate != described["sample_rate"]:
+        raise ValueError(f"the master is {sample_rate} Hz; its info says otherwise: {described}")
+    add_elapsed(timings, "decode_master", started)
+    encoded = delivery.encode(audio, sample_rate, timings, [fmt])
+    started = time.perf_counter()
+    signed, status = delivery.sign(encoded, SongCredentials(**described["credentials"]))
+    if status["signed"]:
+        add_elapsed(timings, "c2pa", started)
+    return signed[fmt], timings
 
 
 def song_credentials(
@@ -158,6 +208,14 @@ def add_elapsed(timings: dict[str, float], name: str, started: float) -> None:
     timings[name] = timings.get(name, 0.0) + time.perf_counter() - started
 
 
+@dataclass(frozen=True)
+class _Artefact:
+    key: str
+    data: bytes
+    content_type: str
+    record_as: str | None  # the name in the variation's `objects`, None for HLS segments
+
+
 class PostProcessor:
     def __init__(self, config: PostProcessConfig, storage: StorageConfig) -> None:
         """Raises ValueError naming the setting when signing is on but the chain is missing."""
@@ -166,10 +224,16 @@ class PostProcessor:
         self._delivery = DeliveryChain(config)
 
     def _master_and_encode(
-        self, rendered: RenderedSong, raw: bytes, target_lufs: float, provenance: Provenance
-    ) -> tuple[dict[str, tuple[bytes, str]], ProcessedVariation]:
+        self,
+        rendered: RenderedSong,
+        raw: bytes,
+        target_lufs: float,
+        provenance: Provenance,
+        job_id: str,
+        index: int,
+    ) -> tuple[list[_Artefact], ProcessedVariation]:
         from pipeline.audio import raw_render_from_bytes
-        from pipeline.encode import CONTENT_TYPES
+        from pipeline.encode import CONTENT_TYPES, encode_audio
         from pipeline.loudness import normalize_loudness
         from pipeline.peaks import peaks_document
         from pipeline.stems import render_fingerprint
@@ -198,8 +262,10 @@ class PostProcessor:
                 true_peak_dbtp=true_peak_dbtp(marked, rendered.sample_rate, oversample=8),
             )
             timings["watermark"] = time.perf_counter() - started
-        encoded = self._delivery.encode(mastered.audio, rendered.sample_rate, timings)
-        artefacts: dict[str, tuple[bytes, str]] = {}
+        encoded = self._delivery.encode(
+            mastered.audio, rendered.sample_rate, timings, self._config.eager
+        )
+        artefacts: list[_Artefact] = []
         if "m4a" in encoded:
             # HLS from the m4a's own AAC frames (before signing: fragments cannot carry a
             # manifest): no second encode, same audio as the download.
@@ -208,7 +274,10 @@ class PostProcessor:
             started = time.perf_counter()
             hls = hls_from_m4a(encoded["m4a"], segment_s=self._config.hls_segment_s)
             for name, data in hls.items():
-                artefacts[f"hls/{name}"] = (data, hls_content_type(name))
+                # Segments sit next to their playlist, which the record names.
+                record_as = "hls" if name == "index.m3u8" else None
+                key = variation_key(job_id, index, f"hls/{name}")
+                artefacts.append(_Artefact(key, data, hls_content_type(name), record_as))
             timings["hls"] = time.perf_counter() - started
         lufs = round(float(mastered.loudness_lufs), 2)
         started = time.perf_counter()
@@ -221,14 +290,27 @@ class PostProcessor:
         delivered, signed = self._delivery.sign(encoded, credentials)
         if signed["signed"]:
             timings["c2pa"] = time.perf_counter() - started
+            # Lazy formats are signed with the same credentials when they are first asked for.
+            signed = {**signed, "formats": list(self._config.formats)}
         for fmt, data in delivered.items():
-            artefacts[f"audio.{fmt}"] = (data, CONTENT_TYPES[fmt])
+            key = variation_audio_key(job_id, index, fmt)
+            artefacts.append(_Artefact(key, data, CONTENT_TYPES[fmt], fmt))
+        if self._config.lazy:
+            started = time.perf_counter()
+            master = encode_audio(mastered.audio, rendered.sample_rate, "flac")
+            info = master_info(rendered.sample_rate, credentials)
+            artefacts.append(
+                _Artefact(master_key(job_id, index), master, MASTER_CONTENT_TYPE, "master")
+            )
+            artefacts.append(
+                _Artefact(master_info_key(job_id, index), info, MASTER_INFO_CONTENT_TYPE, None)
+            )
+            timings["master"] = time.perf_counter() - started
         started = time.perf_counter()
         peaks = peaks_document(mastered.audio, rendered.sample_rate, self._config.samples_per_peak)
-        artefacts["peaks.json"] = (
-            json.dumps(peaks, separators=(",", ":")).encode(),
-            "application/json",
-        )
+        peaks_json = json.dumps(peaks, separators=(",", ":")).encode()
+        key = variation_key(job_id, index, "peaks.json")
+        artefacts.append(_Artefact(key, peaks_json, "application/json", "peaks"))
         timings["peaks"] = time.perf_counter() - started
         summary = ProcessedVariation(
             duration_s=mastered.audio.shape[-1] / rendered.sample_rate,
@@ -251,50 +333,25 @@ class PostProcessor:
         target_lufs: float,
         provenance: Provenance,
     ) -> ProcessedVariation:
-        """Master to `target_lufs` (true peak ≤ the ceiling), encode every configured format, sign
+        """Master to `target_lufs` (true peak ≤ the ceiling), encode the eager formats, sign
         each file with its content credentials, cut the HLS rendition and the waveform peaks,
-        store them, and return the measurements, object keys and provenance status. The raw
-        render is read from the object store (`rendered.render_key`); KeyError when missing."""
+        keep the master when lazy formats are served, store them, and return the measurements,
+        object keys and provenance status. The raw render is read from the object store
+        (`rendered.render_key`); KeyError when missing."""
         started = time.perf_counter()
         raw = await self._objects.get(rendered.render_key)
         fetched_s = time.perf_counter() - started
         artefacts, summary = await asyncio.to_thread(
-            self._master_and_encode, rendered, raw, target_lufs, provenance
+            self._master_and_encode, rendered, raw, target_lufs, provenance, job_id, index
         )
         started = time.perf_counter()
         objects: dict[str, str] = {}
-        for name, (data, content_type) in artefacts.items():
-            key = variation_key(job_id, index, name)
-            await self._objects.put(key, data, content_type)
-            if name.startswith("hls/"):
-                if name == "hls/index.m3u8":  # segments sit next to their playlist
-                    objects["hls"] = key
-                continue
-            objects[name.removeprefix("audio.").removesuffix(".json")] = key
+        for artefact in artefacts:
+            await self._objects.put(artefact.key, artefact.data, artefact.content_type)
+            if artefact.record_as is not None:
+                objects[artefact.record_as] = artefact.key
         timings = {**summary.timings_s, "fetch": fetched_s, "store": time.perf_counter() - started}
         return replace(summary, objects=objects, timings_s=timings)
-
-    async def verify(self, data: bytes, fmt: AudioFormat, max_seconds: float) -> dict[str, object]:
-        """C2PA credentials of a file (`fmt` already sniffed by the API) and, when a watermark
-        detector is configured, its watermark in the first `max_seconds` of audio."""
-        return await asyncio.to_thread(self._verify, data, fmt, max_seconds)
-
-    def _verify(self, data: bytes, fmt: AudioFormat, max_seconds: float) -> dict[str, object]:
-        from pipeline.encode import decode_audio
-        from pipeline.provenance import read_credentials
-
-        credentials = read_credentials(data, fmt)
-        c2pa = {
-            key: credentials.get(key)
-            for key in ("present", "valid", "trusted", "manifest", "errors")
-        }
-        watermark: object = "not configured"
-        watermarker = self._delivery.watermarker
-        if watermarker is not None and watermarker.can_detect:
-            audio, sample_rate = decode_audio(data, max_duration_s=max_seconds)
-            found = watermarker.detect(audio, sample_rate)
-            watermark = {"detected": found["detected"], "score": found["score"]}
-        return {"format": fmt, "c2pa": c2pa, "watermark": watermark}
 
     async def check_health(self) -> None:
         return None

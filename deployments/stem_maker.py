@@ -43,8 +43,9 @@ if TYPE_CHECKING:
     from serve.config import AudioFormat, PostProcessConfig, StorageConfig
 
 # Formats a separator reads the delivered song from, best first: lossless ones give it exactly
-# the master; a lossy one still works, with the codec's error in every stem.
-_SOURCE_FORMATS = ("wav", "flac", "m4a", "mp3")
+# the master (the kept "master" is the delivered audio as 24-bit FLAC, there whenever a format
+# is made on request); a lossy one still works, with the codec's error in every stem.
+_SOURCE_FORMATS = ("master", "wav", "flac", "m4a", "mp3")
 
 
 @dataclass(frozen=True)

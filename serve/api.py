@@ -31,6 +31,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .config import LORA_MODELS
 from .loras import LoraInfo, LoraRegistry, LoraValidator
 from .media_urls import MediaUrlSigner, sign_playlist
+from .metrics import song_metrics
+from .pool_load import PoolLoad, expected_start_s
 from .schemas import (
     LoraList,
     LoraOut,
@@ -39,6 +41,7 @@ from .schemas import (
     LyricsSourceOut,
     PoolList,
     PoolOut,
+    QueueOut,
     SectionOut,
     SongAccepted,
     SongLinks,
@@ -73,6 +76,11 @@ LOCAL_OWNER = "local"
 MAX_REQUEST_BYTES = 256 * 1024
 _TERMINAL_EVENTS = frozenset({"done", "error"})  # of the song; stems may still follow
 _HEALTH_TIMEOUT_S = 5.0
+# Queue estimates: how long the pools' load read from the router is reused, how long reading it
+# may take, and how often an SSE stream of a queued song looks at its place in line.
+_POOLS_CACHE_S = 2.0
+_POOLS_TIMEOUT_S = 5.0
+_QUEUE_POLL_S = 1.0
 
 app = FastAPI(
     title="songserve",
@@ -127,14 +135,23 @@ async def _limit_request_size(request: Request, call_next: Any) -> Response:
     return response
 
 
+def _count_refusal(request: Request, status: int, code: str) -> None:
+    """429 and 503 answers, by reason and route template (`songserve_admissions_refused`)."""
+    if status in (429, 503):
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        song_metrics().refused.inc(tags={"status": str(status), "reason": code, "route": route})
+
+
 @app.exception_handler(ApiError)
-async def _api_error(_: Request, error: ApiError) -> JSONResponse:
+async def _api_error(request: Request, error: ApiError) -> JSONResponse:
+    _count_refusal(request, error.status, error.code)
     return error_response(error.status, error.code, error.message, error.field, error.headers)
 
 
 @app.exception_handler(StoreUnavailable)
-async def _store_unavailable(_: Request, error: StoreUnavailable) -> JSONResponse:
+async def _store_unavailable(request: Request, error: StoreUnavailable) -> JSONResponse:
     # A database outage or restart: nothing the client did, and over in seconds.
+    _count_refusal(request, 503, "store_unavailable")
     retry_after = str(current_api().retry_after_s)
     message = "the job store is unavailable for a moment; retry later"
     return error_response(503, "store_unavailable", message, None, {"Retry-After": retry_after})
@@ -232,19 +249,36 @@ class SongAPI:
         lyrics: Any,
         tags: Any,
         router: Any = None,
-        postprocessor: Any = None,
+        verifier: Any = None,
+        encoder: Any = None,
     ) -> None:
         self._config = config
         self._jobs = open_job_store(config.storage)
         self._objects = open_object_store(config.storage)
         self._conductor, self._lyrics, self._tags, self._router = conductor, lyrics, tags, router
-        self._postprocessor = postprocessor
+        self._verifier, self._encoder = verifier, encoder
+        self._worker = f"api-{secrets.token_hex(6)}"  # who holds this replica's delivery claims
         self._models = ["auto", *config.models.served_models]
         self._loras = LoraRegistry(self._objects)
         self._lora_validator: LoraValidator | None = None
         self.max_upload_bytes = config.loras.max_upload_bytes
         self.max_verify_bytes = config.api.max_verify_bytes
         self.retry_after_s = config.api.overload_retry_after_s
+        self._sse_subscribers = 0
+        # The router's last `pools()` (see _pool_loads); until it answers, the configured figures.
+        self._pools_seen: list[dict[str, Any]] = [
+            {
+                "name": pool.name,
+                "model": pool.model,
+                "placeable": True,
+                "replicas": pool.deployment.num_replicas,
+                "capacity": pool.deployment.num_replicas * pool.deployment.max_ongoing_requests,
+                "in_flight": 0,
+                "seconds_per_audio_second": pool.expected_render_s_per_audio_s,
+            }
+            for pool in config.models.pools
+        ]
+        self._pools_at = -float("inf")
         if config.loras.preload:
             # Registering validates each file against the base checkpoint: do it off the
             # constructor so the replica comes up at once.
@@ -324,10 +358,11 @@ class SongAPI:
 
     def _variation_out(self, job_id: str, owner: str, variation: VariationRecord) -> VariationOut:
         prefix = f"/v1/songs/{job_id}/variations/{variation.index}"
+        # A lazy format is linked once the master it is made from is kept.
         audio: dict[str, str] = {
             fmt: self._media_url(f"{prefix}/audio.{fmt}", owner)
             for fmt in self._config.postprocess.formats
-            if fmt in variation.objects
+            if fmt in variation.objects or "master" in variation.objects
         }
         has = variation.objects.__contains__
         return VariationOut(
@@ -347,7 +382,7 @@ class SongAPI:
             error=variation.error,
         )
 
-    def _song_out(self, job: JobRecord) -> SongOut:
+    def _song_out(self, job: JobRecord, queue: QueueOut | None = None) -> SongOut:
         tags = _tags_out(job.tags) if job.tags is not None else None
         return SongOut(
             id=job.id,
@@ -362,6 +397,7 @@ class SongAPI:
             tags=tags,
             error=job.error,  # type: ignore[arg-type]
             variations=[self._variation_out(job.id, job.owner, v) for v in job.variations],
+            queue=queue,
         )
 
     async def _check_song_request(self, body: SongRequest) -> SongRequest:
@@ -503,17 +539,81 @@ class SongAPI:
         return SongList(songs=[self._song_out(job) for job in jobs], next_cursor=next_cursor)
 
     async def get_song(self, song_id: str, owner: str) -> SongOut:
-        return self._song_out(await self._owned_job(song_id, owner))
+        job = await self._owned_job(song_id, owner)
+        queue = await self._queue_out(job.id, job.request) if job.status == "queued" else None
+        return self._song_out(job, queue)
+
+    async def _queue_out(self, job_id: str, request: dict[str, Any]) -> QueueOut | None:
+        """A queued song's place in line and expected start; None once it left the queue."""
+        place = await self._jobs.queue_place(job_id)
+        if place is None:
+            return None
+        loads = await self._pool_loads(str(request.get("model") or "auto"))
+        start = expected_start_s(place.audio_s_ahead, loads) if loads else None
+        return QueueOut(
+            position=place.position,
+            expected_start_s=None if start is None else round(start, 1),
+        )
+
+    async def _pool_loads(self, model: str) -> list[PoolLoad]:
+        """The placeable pools that would render `model` (for auto: of the first model in
+        `models.auto_order` with any), as the router last reported them (the configured figures
+        until it has). The report is cached for `_POOLS_CACHE_S`, so queued songs polled at once
+        cost one router call; [] when no placeable pool renders `model`."""
+        now = asyncio.get_running_loop().time()
+        if self._router is not None and now - self._pools_at >= _POOLS_CACHE_S:
+            self._pools_at = now
+            try:
+                self._pools_seen = await asyncio.wait_for(
+                    self._router.pools.remote(), _POOLS_TIMEOUT_S
+                )
+            except Exception as error:  # noqa: BLE001 - an estimate is optional
+                logger.warning("could not read the decoder pools' load: %r", error)
+        models = self._config.models.auto_order if model == "auto" else [model]
+        for name in models:
+            pools = [p for p in self._pools_seen if p["model"] == name and p["placeable"]]
+            if pools:
+                return [
+                    PoolLoad(
+                        replicas=max(p["replicas"] or 0, 1),
+                        capacity=p["capacity"],
+                        renders=p["in_flight"],
+                        audio_s=p.get("in_flight_audio_s", 0.0),
+                        seconds_per_audio_second=p["seconds_per_audio_second"],
+                    )
+                    for p in pools
+                ]
+        return []
 
     async def event_stream(self, song_id: str, owner: str, after: int) -> AsyncIterator[str]:
         """SSE frames of a song's events after `after`; ends once the song is done (or failed)
-        and none of its stems jobs is still queued or running."""
-        await self._owned_job(song_id, owner)  # 404 before the stream starts
-        return self._event_frames(song_id, owner, after)
+        and none of its stems jobs is still queued or running. While the song is queued, a
+        `queue` frame (no id: it is not in the log) tells its place when the stream opens and
+        whenever the place changes."""
+        job = await self._owned_job(song_id, owner)  # 404 before the stream starts
+        queue_of = job.request if job.status == "queued" else None
+        return self._subscribed(self._event_frames(song_id, owner, after, queue_of))
 
-    async def _event_frames(self, job_id: str, owner: str, after: int) -> AsyncIterator[str]:
+    async def _subscribed(self, frames: AsyncIterator[str]) -> AsyncIterator[str]:
+        """`frames`, counted in `songserve_sse_subscribers` while the client listens."""
+        self._sse_subscribers += 1
+        song_metrics().sse_subscribers.set(self._sse_subscribers)
+        try:
+            async for frame in frames:
+                yield frame
+        finally:
+            self._sse_subscribers -= 1
+            song_metrics().sse_subscribers.set(self._sse_subscribers)
+
+    async def _event_frames(
+        self, job_id: str, owner: str, after: int, queue_of: dict[str, Any] | None = None
+    ) -> AsyncIterator[str]:
+        """`queue_of`: the song's request while it is queued (its place is then watched)."""
         keepalive_s = self._config.api.sse_keepalive_s
         yield "retry: 2000\n\n"
+        loop = asyncio.get_running_loop()
+        last_sent = loop.time()
+        position: int | None = None
         # A stream resumed past the end closes at once; after that the song's status is read only
         # when an event may have ended it or on keep-alive, so an idle stream costs no queries
         # on Postgres (LISTEN/NOTIFY wakes it).
@@ -526,7 +626,17 @@ class SongAPI:
                     and not await self._jobs.events_after(job_id, after, limit=1)
                 ):
                     return
-                events = await self._jobs.wait_for_events(job_id, after, keepalive_s)
+                if queue_of is not None:
+                    queue = await self._queue_out(job_id, queue_of)
+                    if queue is None:
+                        queue_of = None  # it left the queue: its events tell the rest
+                    elif queue.position != position:
+                        position = queue.position
+                        last_sent = loop.time()
+                        yield f"event: queue\ndata: {queue.model_dump_json()}\n\n"
+                # While queued, look at the place every _QUEUE_POLL_S (other songs move it).
+                wait_s = keepalive_s if queue_of is None else min(keepalive_s, _QUEUE_POLL_S)
+                events = await self._jobs.wait_for_events(job_id, after, wait_s)
             except StoreUnavailable:
                 # A database restart: keep the client connected and carry on where it was,
                 # rather than cutting the response (it would reconnect, but noisily).
@@ -534,13 +644,16 @@ class SongAPI:
                 await asyncio.sleep(min(keepalive_s, 1.0))
                 continue
             check_status = not events
+            if events:
+                last_sent = loop.time()
             for event in events:
                 yield _format_sse(event.seq, event.type, self._event_out(job_id, owner, event))
                 after = event.seq
                 check_status |= event.type in _TERMINAL_EVENTS or (
                     event.type == "stems" and event.data.get("status") in FINISHED_STEMS_STATUSES
                 )
-            if not events:
+            if not events and loop.time() - last_sent >= keepalive_s - 0.01:
+                last_sent = loop.time()
                 yield ": keep-alive\n\n"
 
     async def _nothing_more(self, job_id: str) -> bool:
@@ -579,8 +692,85 @@ class SongAPI:
         head_only: bool,
     ) -> Response:
         job = await self._owned_job(song_id, owner)
-        key = self._variation_object(job, index, fmt)
+        variation = self._finished_variation(job, index, not_ready_status=404)
+        key = variation.objects.get(fmt)
+        if key is None:
+            key = await self._made_on_request(job, variation, fmt)
         return await self._serve_object(key, f"{job.id}-v{index}.{fmt}", range_header, head_only)
+
+    async def _made_on_request(self, job: JobRecord, variation: VariationRecord, fmt: str) -> str:
+        """The key of a lazy format's file, made from the variation's kept master on its first
+        request: one requester (on any replica) claims it in the job store and has the
+        OnDemandEncoder make it; the others wait for it to be recorded. 503 with Retry-After
+        when it takes longer than `postprocess.lazy_encode_wait_s`."""
+        post = self._config.postprocess
+        if fmt not in post.formats or "master" not in variation.objects:
+            raise ApiError(
+                404,
+                "not_found",
+                f"this server does not produce {fmt} files (postprocess.formats)"
+                if fmt not in post.formats
+                else f"variation {variation.index} has no {fmt} file, and no master to make one "
+                f"from (it was made before {fmt} was served)",
+                "fmt",
+            )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + post.lazy_encode_wait_s
+        index, making = variation.index, None
+        while True:
+            if making is None:
+                token = await self._jobs.claim_delivery(
+                    job.id, index, fmt, self._worker, lease_s=post.lazy_encode_lease_s
+                )
+                if token is not None:
+                    making = asyncio.ensure_future(self._deliver(job.id, index, fmt, token))
+            if making is not None and making.done():
+                return self._made(making, fmt, index)
+            current = await self._jobs.get_job(job.id)
+            recorded = current.variations[index].objects if current else {}
+            if fmt in recorded:
+                return recorded[fmt]
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise ApiError(
+                    503,
+                    "encoding",
+                    f"the {fmt} file of variation {index} is being encoded on its first "
+                    "request; retry shortly",
+                    "fmt",
+                    {"Retry-After": str(max(1, round(post.lazy_encode_wait_s / 6)))},
+                )
+            poll_s = min(self._config.storage.poll_interval_s, remaining)
+            if making is not None:
+                await asyncio.wait([making], timeout=poll_s)
+            else:
+                await asyncio.sleep(poll_s)
+
+    @staticmethod
+    def _made(making: asyncio.Future[str], fmt: str, index: int) -> str:
+        """The key a finished delivery returned; its failure as an error the client can act on."""
+        try:
+            return making.result()
+        except ApiError:
+            raise
+        except Exception as error:
+            raise ApiError(
+                500,
+                "encoding_failed",
+                f"the {fmt} file of variation {index} could not be made "
+                f"({type(error).__name__}); retry, or use another format",
+                "fmt",
+            ) from error
+
+    async def _deliver(self, job_id: str, index: int, fmt: str, token: str) -> str:
+        """Have the OnDemandEncoder make a claimed file; the claim goes back when the call does
+        not reach it (the encoder hands it back itself when it fails)."""
+        try:
+            key: str = await self._call(self._encoder.deliver.remote(job_id, index, fmt, token))
+        except ApiError:  # back-pressure: the encoder never saw the claim
+            await self._jobs.finish_delivery(job_id, index, fmt, token, delivered=False)
+            raise
+        return key
 
     async def _serve_object(
         self, key: str, filename: str, range_header: str | None, head_only: bool
@@ -846,7 +1036,7 @@ class SongAPI:
 
     async def verify(self, data: bytes) -> dict[str, Any]:
         """C2PA credentials and watermark of an uploaded audio file. The format is checked from
-        its first bytes before anything decodes it; the PostProcessor does the work."""
+        its first bytes before anything decodes it; the Verifier does the work."""
         from pipeline.provenance import sniff_audio_format
 
         if len(data) > self._config.api.max_verify_bytes:
@@ -866,7 +1056,7 @@ class SongAPI:
                 "file",
             )
         result: dict[str, Any] = await self._call(
-            self._postprocessor.verify.remote(data, fmt, self._config.api.max_verify_seconds)
+            self._verifier.verify.remote(data, fmt, self._config.api.max_verify_seconds)
         )
         return result
 

@@ -7,11 +7,16 @@ queue limits, shutdown grace, actor resources and placement) is applied here fro
     SongAPI ─┬─▶ Conductor ─┬─▶ LyricsLLM
              │              ├─▶ TagNormalizer
              │              ├─▶ SongRouter ─▶ decoder pools (one SongDecoder deployment each)
-             │              ├─▶ PostProcessor
+             │              ├─▶ PostProcessor   (master, eager formats, HLS, peaks, kept master)
              │              └─▶ StemMaker ─▶ StemSeparator (Demucs; only with a checkpoint)
              ├─▶ LyricsLLM        (POST /v1/lyrics)
              ├─▶ TagNormalizer    (POST /v1/tags/normalize)
-             └─▶ PostProcessor    (POST /v1/verify)
+             ├─▶ OnDemandEncoder  (first GET of a lazy format: encode, sign, store once)
+             └─▶ Verifier         (POST /v1/verify)
+
+Heavy work (renders, masterings, LLM generations, stems) and the calls clients wait on
+interactively have separate capacity: verify and lazy encodes never queue behind a mastering.
+Peaks, HLS and stored files are read by the SongAPI from the object store.
 """
 
 # No `from __future__ import annotations` here: Serve reads the builder's parameter annotation
@@ -24,15 +29,18 @@ from ray.serve import Application
 
 from deployments.conductor import Conductor
 from deployments.decoder import SongDecoder
+from deployments.encoder import OnDemandEncoder
 from deployments.lyrics_llm import LyricsLLM
 from deployments.post_processor import PostProcessor
 from deployments.song_router import SongRouter
 from deployments.stem_maker import StemMaker
 from deployments.stem_separator import StemSeparator
 from deployments.tag_normalizer import TagNormalizer
+from deployments.verifier import Verifier
 
 from .api import SongAPI
 from .api import app as fastapi_app
+from .autoscaling import backlog_pools, report_settings
 from .config import (
     AppConfig,
     DecoderPoolConfig,
@@ -70,11 +78,12 @@ def build_app(args: AppConfig) -> Application:
     options = config.deployments
     _check_startup(config)
     _report_unplaceable(config)
-    # The signing replicas (PostProcessor, StemMaker) get the chain and key themselves, read here
-    # once, so a replica on any node signs without this node's disk. They travel pickled in the
-    # replicas' bound init args, which the dashboard never shows (it shows the config file's
-    # `args:` and each deployment's options); SecretStr masks them in any dump or log line. The
-    # other deployments get `config` without them (only the paths), key from the env or not.
+    # The signing replicas (PostProcessor, StemMaker, OnDemandEncoder) get the chain and key
+    # themselves, read here once, so a replica on any node signs without this node's disk. They
+    # travel pickled in the replicas' bound init args, which the dashboard never shows (it shows
+    # the config file's `args:` and each deployment's options); SecretStr masks them in any dump
+    # or log line. The other deployments get `config` without them (only the paths), key from
+    # the env or not.
     signing = config.postprocess
     if signing.c2pa.enabled:
         from serve.certs import ensure_dev_chain, with_signing_chain
@@ -100,7 +109,9 @@ def build_app(args: AppConfig) -> Application:
         config.tags, lyrics if config.tags.llm_rewrite else None
     )
     pools = {pool.name: decoder_deployment(pool, config.storage) for pool in config.models.pools}
-    router = _deployment(SongRouter, "SongRouter", options.router).bind(config.models, pools)
+    router = _deployment(SongRouter, "SongRouter", options.router).bind(
+        config.models, pools, config.storage
+    )
     postprocessor = _deployment(PostProcessor, "PostProcessor", options.postprocess).bind(
         signing, config.storage
     )
@@ -112,12 +123,20 @@ def build_app(args: AppConfig) -> Application:
     stems = _deployment(StemMaker, "StemMaker", options.stems).bind(
         signing, config.storage, separator
     )
-    conductor = _deployment(Conductor, "Conductor", options.conductor).bind(
-        config, lyrics, tags, router, postprocessor, stems
+    conductor = _deployment(Conductor, "Conductor", options.conductor)
+    if backlog_pools(config.models):  # the conductor reports the backlog (serve/autoscaling.py)
+        autoscaling = options.conductor.to_serve()["autoscaling_config"]
+        conductor = conductor.options(autoscaling_config=autoscaling | report_settings(config))
+    conductor = conductor.bind(config, lyrics, tags, router, postprocessor, stems)
+    encoder = _deployment(OnDemandEncoder, "OnDemandEncoder", options.encoder).bind(
+        signing, config.storage
+    )
+    verifier = _deployment(Verifier, "Verifier", options.verifier).bind(
+        config.postprocess.watermark
     )
     ingress = serve.ingress(fastapi_app)(SongAPI)
     return _deployment(ingress, "SongAPI", options.api).bind(
-        config, conductor, lyrics, tags, router, postprocessor
+        config, conductor, lyrics, tags, router, verifier, encoder
     )
 
 

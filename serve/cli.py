@@ -4,6 +4,7 @@
     songserve generate "a sunny indie-pop song about sailing home" --out sea.m4a
     songserve status SONG_ID
     songserve certs dev [--dir var/certs]
+    songserve load --ramp 0.02,0.05,0.1 --step-s 120 --out var/load/run1
 
 `generate` and `status` speak HTTP API v1 only (no Ray import), so they start instantly and work
 against any songserve server: `--url` or SONGSERVE_URL, `--api-key` or SONGSERVE_API_KEY.
@@ -268,6 +269,57 @@ def cmd_services(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_load(args: argparse.Namespace) -> int:
+    """Open-loop load: submit songs on a seeded schedule, follow them, write the report."""
+    import asyncio
+    import math
+    import shlex
+
+    from serve.load import LoadOptions, ProfileError, load_profile, run_load, write_report
+
+    if args.ramp is not None:
+        try:
+            rates = [float(part) for part in args.ramp.split(",") if part.strip()]
+        except ValueError:
+            raise CliError(
+                f"--ramp {args.ramp!r}: give rates in songs/s, e.g. 0.02,0.05,0.1"
+            ) from None
+        step_s, duration_s = args.step_s, args.duration_s
+    else:
+        # A constant rate: one step per reporting window, so the table shows any drift.
+        duration_s = args.duration_s if args.duration_s is not None else 300.0
+        step_s = args.window_s if args.window_s is not None else duration_s
+        if not step_s > 0 or not duration_s > 0:
+            raise CliError("--duration-s and --window-s must be > 0")
+        rates = [args.rate] * math.ceil(duration_s / step_s)
+    if not 0 < args.keep_up <= 1:
+        raise CliError(f"--keep-up {args.keep_up}: a fraction in (0, 1], e.g. 0.9")
+    try:
+        options = LoadOptions(
+            rates_per_s=rates,
+            step_s=step_s,
+            duration_s=duration_s,
+            max_songs=args.max_songs,
+            drain_s=args.drain_s,
+            seed=args.seed,
+            url=args.url,
+            api_key=args.api_key,
+            profile=load_profile(args.profile),
+        )
+        out = Path(args.out or time.strftime("var/load/%Y%m%d-%H%M%S"))
+        run = asyncio.run(run_load(options, log=lambda line: print(line, file=sys.stderr)))
+    except (ProfileError, ValueError) as error:
+        raise CliError(str(error)) from None
+    if run.records and all(r.reason and "ConnectError" in r.reason for r in run.records):
+        raise CliError(f"cannot reach {args.url}; is the server up? (make run)")
+    command_line = shlex.join(["songserve", *sys.argv[1:]])
+    files = write_report(
+        run, out, command_line=command_line, p95_target_s=args.p95_target_s, keep_up=args.keep_up
+    )
+    print(f"report  {files.markdown}\nrecords {files.records}")
+    return 0
+
+
 def _serve_address(config_path: Path) -> tuple[str, int]:
     import yaml
 
@@ -303,14 +355,45 @@ def _check_before_start(config_path: Path) -> None:
         raise CliError(f"{config_path}: {error}") from None
 
 
+def config_to_run(config_path: Path) -> Path:
+    """The Serve config `serve run` gets: `config_path` itself, or, when a pool autoscales on
+    backlog and the file lacks the application-level policy that needs, a temporary copy with
+    it added (serve/autoscaling.py); the caller removes a copy. CliError when the file names
+    another application-level policy."""
+    import tempfile
+
+    import yaml
+
+    from serve.autoscaling import with_backlog_policy
+    from serve.config import load_serve_config
+
+    try:
+        serve_config, added = with_backlog_policy(load_serve_config(config_path))
+    except ValueError as error:
+        raise CliError(f"{config_path}: {error}") from None
+    if not added:
+        return config_path
+    print(
+        f"backlog autoscaling: added the application-level autoscaling_policy to "
+        f"{', '.join(added)} (put it in {config_path} to `serve run` the file itself)",
+        file=sys.stderr,
+    )
+    with tempfile.NamedTemporaryFile(
+        "w", prefix=f"songserve-{config_path.stem}-", suffix=".yaml", delete=False
+    ) as copy:
+        yaml.safe_dump(serve_config, copy, sort_keys=False)
+    return Path(copy.name)
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     config_path = Path(args.config)
     if not config_path.is_file():
         raise CliError(f"--config {config_path}: no such file (try config/local.yaml)")
     _check_before_start(config_path)
     host, port = _serve_address(config_path)
+    run_path = config_to_run(config_path)
     serve_bin = Path(sys.executable).with_name("serve")
-    command = [str(serve_bin) if serve_bin.exists() else "serve", "run", str(config_path)]
+    command = [str(serve_bin) if serve_bin.exists() else "serve", "run", str(run_path)]
     print(f"starting: {' '.join(command)}", file=sys.stderr)
     # Handle both signals explicitly: Ctrl-C in a terminal, SIGTERM from a supervisor, and
     # SIGINT even when this process was started with it ignored.
@@ -345,6 +428,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        if run_path != config_path:
+            run_path.unlink(missing_ok=True)
 
 
 def _songserve_command() -> str:
@@ -439,6 +524,47 @@ def build_parser() -> argparse.ArgumentParser:
     )
     certs_dev.add_argument("--force", action="store_true", help="replace existing files")
     certs_dev.set_defaults(handler=cmd_certs_dev)
+
+    load = commands.add_parser(
+        "load",
+        help="open-loop load test: Poisson arrivals at a rate or a ramp; writes a report",
+        description="Submit songs as a seeded Poisson process (whatever the server answers), "
+        "follow each over SSE, and write OUT/report.md, latency.png, throughput.png and "
+        "songs.jsonl. Rates are songs per second.",
+    )
+    arrival = load.add_mutually_exclusive_group(required=True)
+    arrival.add_argument("--rate", type=float, help="constant rate, songs/s (e.g. 0.05)")
+    arrival.add_argument("--ramp", help="step ramp: rates in songs/s, e.g. 0.02,0.05,0.1")
+    load.add_argument("--step-s", type=float, default=120.0, help="seconds each ramp rate holds")
+    load.add_argument(
+        "--window-s", type=float, help="with --rate: report per window of this many seconds"
+    )
+    load.add_argument(
+        "--duration-s",
+        type=float,
+        help="stop submitting after this (default: the whole ramp; 300 with --rate)",
+    )
+    load.add_argument("--max-songs", type=int, help="stop submitting after this many songs")
+    load.add_argument(
+        "--drain-s", type=float, default=300.0, help="then wait this long for songs still going"
+    )
+    load.add_argument("--seed", type=int, default=0, help="arrival times and song mix")
+    load.add_argument(
+        "--profile", help="YAML song mix (default: 30 s × 2 variations, model auto, prompts)"
+    )
+    load.add_argument("--out", help="report directory (default var/load/DATE-TIME)")
+    load.add_argument(
+        "--p95-target-s", type=float, default=120.0, help="p95 time to done the knee must meet"
+    )
+    load.add_argument(
+        "--keep-up", type=float, default=0.9, help="finished ÷ submitted the knee must meet"
+    )
+    # Also accepted after `load` (the global options work too).
+    load.add_argument("--url", default=argparse.SUPPRESS, help="API base URL (env SONGSERVE_URL)")
+    load.add_argument(
+        "--api-key", default=argparse.SUPPRESS, help="bearer API key (env SONGSERVE_API_KEY)"
+    )
+    load.set_defaults(handler=cmd_load)
 
     services = commands.add_parser(
         "services", help="local PostgreSQL and S3 (SeaweedFS) for a cluster-shaped setup"

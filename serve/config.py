@@ -39,6 +39,29 @@ class AutoscalingOptions(_Strict):
     )
     upscale_delay_s: float = Field(10.0, ge=0, description="Sustained load before scaling up.")
     downscale_delay_s: float = Field(300.0, ge=0, description="Sustained idle before scaling down.")
+    policy: Literal["requests", "backlog"] = Field(
+        "requests",
+        description="What the replica count follows: 'requests' (Serve's default: ongoing "
+        "requests per replica, target_ongoing_requests) or 'backlog' (decoder pools only: render "
+        "seconds of the songs queued and rendering for the pool's model, from the job store; "
+        "needs the application-level policy serve.autoscaling:backlog_autoscaling_policy, which "
+        "`songserve up` adds; see serve/autoscaling.py).",
+    )
+    backlog_s_per_replica: float = Field(
+        60.0,
+        gt=0,
+        description="policy backlog: render seconds of waiting work one replica may have "
+        "queued before another is added (lower: more replicas sooner, shorter waits).",
+    )
+
+    def to_serve(self, max_ongoing_requests: int) -> dict[str, Any]:
+        """Serve's `autoscaling_config`; a backlog pool's carries the backlog policy."""
+        config = self.model_dump(exclude_none=True, exclude={"policy", "backlog_s_per_replica"})
+        if self.policy == "backlog":
+            from serve.autoscaling import pool_policy
+
+            config["policy"] = pool_policy(self.backlog_s_per_replica, max_ongoing_requests)
+        return config
 
 
 class ActorOptions(_Strict):
@@ -111,7 +134,7 @@ class DeploymentOptions(_Strict):
             "ray_actor_options": self.actor.to_ray(),
         }
         if self.autoscaling is not None:
-            options["autoscaling_config"] = self.autoscaling.model_dump(exclude_none=True)
+            options["autoscaling_config"] = self.autoscaling.to_serve(self.max_ongoing_requests)
         else:
             options["num_replicas"] = self.num_replicas
         return options
@@ -138,6 +161,10 @@ _ROLE_DEFAULTS: dict[str, dict[str, Any]] = {
     "postprocess": {"num_replicas": 2, "max_ongoing_requests": 1, "actor": {"num_cpus": 0.25}},
     "stems": {"num_replicas": 1, "max_ongoing_requests": 1, "actor": {"num_cpus": 0.25}},
     "separator": {"num_replicas": 1, "max_ongoing_requests": 1, "actor": {"num_cpus": 1}},
+    # Lazy formats on first request: seconds of CPU each, a few at once, never behind mastering.
+    "encoder": {"num_replicas": 1, "max_ongoing_requests": 2, "actor": {"num_cpus": 0.25}},
+    # Interactive checks (POST /v1/verify, ≈ 30 ms each): concurrent, never behind mastering.
+    "verifier": {"num_replicas": 1, "max_ongoing_requests": 8, "actor": {"num_cpus": 0.1}},
 }
 """Each fixed deployment's defaults, where they differ from `DeploymentOptions`'."""
 
@@ -160,6 +187,8 @@ class DeploymentsConfig(_Strict):
     postprocess: DeploymentOptions = _role("postprocess")
     stems: DeploymentOptions = _role("stems")
     separator: DeploymentOptions = _role("separator")
+    encoder: DeploymentOptions = _role("encoder")
+    verifier: DeploymentOptions = _role("verifier")
 
     @model_validator(mode="before")
     @classmethod
@@ -170,6 +199,16 @@ class DeploymentsConfig(_Strict):
             name: over_defaults(_ROLE_DEFAULTS[name], given) if name in _ROLE_DEFAULTS else given
             for name, given in data.items()
         }
+
+    @model_validator(mode="after")
+    def _backlog_is_for_pools(self) -> DeploymentsConfig:
+        for name, options in self:
+            if options.autoscaling is not None and options.autoscaling.policy == "backlog":
+                raise ValueError(
+                    f"deployments.{name}.autoscaling.policy: backlog scales decoder pools only "
+                    "(models.pools[].deployment.autoscaling); use requests here"
+                )
+        return self
 
 
 # --------------------------------------------------------------------------------------------------
@@ -400,6 +439,12 @@ class JobsConfig(_Strict):
     )
     progress_interval_s: float = Field(
         0.1, ge=0, description="Minimum spacing of persisted progress events per variation."
+    )
+    backlog_report_interval_s: float = Field(
+        2.0,
+        gt=0,
+        description="How often each conductor replica counts the render backlog in the job store "
+        "and reports it to Serve's autoscaler (only with a pool on autoscaling.policy backlog).",
     )
 
     @model_validator(mode="after")
@@ -791,7 +836,27 @@ class PostProcessConfig(_Strict):
 
     formats: list[AudioFormat] = Field(
         default_factory=lambda: list[AudioFormat](["m4a", "mp3", "flac", "wav"]),
-        description="Formats encoded for every variation.",
+        description="Formats served for every variation (the eager ones are encoded while "
+        "mastering, the others on their first request).",
+    )
+    eager_formats: list[AudioFormat] = Field(
+        default_factory=lambda: list[AudioFormat](["m4a"]),
+        description="Formats of `formats` encoded while mastering; the others are encoded from "
+        "the kept master on their first request, signed and stored once. m4a must be eager "
+        "whenever it is served (HLS is cut from it). Unset while m4a is not served: every "
+        "served format is eager.",
+    )
+    lazy_encode_wait_s: float = Field(
+        30.0,
+        gt=0,
+        description="How long a first request of a lazy format waits for its encode before it "
+        "gets 503 with Retry-After (the encode goes on).",
+    )
+    lazy_encode_lease_s: float = Field(
+        60.0,
+        gt=0,
+        description="Lease of one lazy encode: how long other requests (on any API replica) "
+        "leave it to its claimer before taking it over; exceed the longest encode.",
     )
     bitrate_kbps: int = Field(192, ge=32, le=320, description="AAC and MP3 bitrate.")
     ceiling_dbtp: float = Field(-1.0, le=0, description="True-peak ceiling after mastering.")
@@ -805,6 +870,45 @@ class PostProcessConfig(_Strict):
                 "postprocess.formats is empty: list at least one of m4a, mp3, flac, wav"
             )
         return list(dict.fromkeys(formats))
+
+    @model_validator(mode="after")
+    def _eager_formats_are_served(self) -> PostProcessConfig:
+        if "eager_formats" not in self.model_fields_set:
+            return self  # the default adapts to `formats` (see `eager`)
+        unserved = [fmt for fmt in self.eager_formats if fmt not in self.formats]
+        if unserved:
+            raise ValueError(
+                f"postprocess.eager_formats lists {', '.join(unserved)}, which "
+                "postprocess.formats does not serve: add it to postprocess.formats or remove it "
+                "from postprocess.eager_formats"
+            )
+        if not self.eager_formats:
+            raise ValueError(
+                "postprocess.eager_formats is empty: list at least one served format (m4a when "
+                "served) so every variation has a file the moment it is done"
+            )
+        if "m4a" in self.formats and "m4a" not in self.eager_formats:
+            raise ValueError(
+                "postprocess.eager_formats must include m4a while postprocess.formats serves it: "
+                "the HLS rendition is cut from the m4a while mastering; add m4a to "
+                "postprocess.eager_formats"
+            )
+        return self
+
+    @property
+    def eager(self) -> list[AudioFormat]:
+        """The formats encoded while mastering, in `formats` order."""
+        if "eager_formats" in self.model_fields_set:
+            chosen = set(self.eager_formats)
+        else:
+            chosen = {"m4a"} if "m4a" in self.formats else set(self.formats)
+        return [fmt for fmt in self.formats if fmt in chosen]
+
+    @property
+    def lazy(self) -> list[AudioFormat]:
+        """The served formats encoded on their first request (from the kept master)."""
+        eager = self.eager
+        return [fmt for fmt in self.formats if fmt not in eager]
 
 
 class AppConfig(_Strict):
@@ -901,9 +1005,12 @@ def _dump_for_env(config: AppConfig) -> dict[str, Any]:
 
 
 def resolve_config(config: AppConfig | dict[str, Any] | None) -> AppConfig:
-    """Validate, apply environment overrides and make local paths absolute."""
+    """Validate, apply environment overrides and make local paths absolute; with a pool on
+    backlog autoscaling, the conductor reports to Serve's autoscaler (`serve.autoscaling`)."""
+    from serve.autoscaling import with_backlog_reporting
+
     args = _dump_for_env(config) if isinstance(config, AppConfig) else dict(config or {})
-    validated = AppConfig.model_validate(apply_env_overrides(args))
+    validated = with_backlog_reporting(AppConfig.model_validate(apply_env_overrides(args)))
     storage = validated.storage.resolved()
     return validated.model_copy(
         update={

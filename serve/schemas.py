@@ -66,7 +66,11 @@ class VariationOut(BaseModel):
     sample_rate: int | None
     loudness_lufs: float | None
     true_peak_dbtp: float | None
-    audio: dict[str, str] = Field(default_factory=dict, description="Format → URL.")
+    audio: dict[str, str] = Field(
+        default_factory=dict,
+        description="Format → URL. Formats other than postprocess.eager_formats are encoded on "
+        "their first request (which may take seconds, or answer 503 with Retry-After), then kept.",
+    )
     peaks: str | None = None
     hls: str | None = Field(None, description="HLS playlist URL (AAC segments).")
     provenance: dict[str, Any] | None = Field(
@@ -132,6 +136,23 @@ class SongOut(BaseModel):
     tags: TagsOut | None
     error: ApiErrorBody | None
     variations: list[VariationOut]
+    queue: QueueOut | None = Field(
+        None,
+        description="While the song is queued: its place in line and expected start; "
+        "absent otherwise.",
+        exclude_if=lambda queue: queue is None,
+    )
+
+
+class QueueOut(BaseModel):
+    """A queued song's place in line (GET /v1/songs/{id}, and the `queue` SSE event)."""
+
+    position: int = Field(..., description="Songs ahead of it in line (0: it starts next).")
+    expected_start_s: float | None = Field(
+        ...,
+        description="Seconds until it is expected to start: the audio still to render before it "
+        "over the measured render speed of its model's pools (null: no pool to render it).",
+    )
 
 
 class SongList(BaseModel):
@@ -226,7 +247,28 @@ class PoolOut(BaseModel):
     capacity: int = Field(
         ..., description="Renders the pool runs at once: replicas × max_ongoing_requests."
     )
-    in_flight: int = Field(..., description="Renders the answering router has running there.")
+    in_flight: int = Field(
+        ...,
+        description="Renders running or waiting there, across the cluster (see in_flight_source).",
+    )
+    in_flight_audio_s: float = Field(0.0, description="Seconds of audio those renders make.")
+    in_flight_source: Literal["cluster", "router"] = Field(
+        "cluster",
+        description="cluster: counted in the job store over every replica; router: only the "
+        "answering router's own (the store has not answered lately).",
+    )
+    seconds_per_audio_second: float = Field(
+        ...,
+        description="Measured speed: seconds of one replica's time per second of audio (a batch's "
+        "time shared among its songs); the pool's expected_render_s_per_audio_s until measured.",
+    )
+    measured_renders: int = Field(
+        0,
+        description="Renders the answering router measured the speed on (0: the configured guess).",
+    )
+    expected_wait_s: float = Field(
+        ..., description="Seconds a new variation would wait before it starts rendering there."
+    )
 
 
 class PoolList(BaseModel):

@@ -38,9 +38,15 @@ def local_config_on_free_port(work_dir: Path) -> tuple[Path, int]:
 
 
 def read_events(
-    client: httpx.Client, song_id: str, timeout_s: float = 120.0, last_event_id: int | None = None
+    client: httpx.Client,
+    song_id: str,
+    timeout_s: float = 120.0,
+    last_event_id: int | None = None,
+    *,
+    queue: bool = False,
 ) -> list[tuple[int, str, dict[str, Any]]]:
-    """Every (id, event, data) of a song's SSE stream until the server closes it."""
+    """Every (id, event, data) of a song's SSE stream until the server closes it. `queue`
+    frames (a queued song's place; not in the log, so no id of their own) only when asked."""
     headers = {"Last-Event-ID": str(last_event_id)} if last_event_id is not None else {}
     events: list[tuple[int, str, dict[str, Any]]] = []
     seq, event_type, data = 0, "message", ""
@@ -57,7 +63,8 @@ def read_events(
             elif line.startswith("data:"):
                 data = line[5:].strip()
             elif line == "" and data:
-                events.append((seq, event_type, json.loads(data)))
+                if queue or event_type != "queue":
+                    events.append((seq, event_type, json.loads(data)))
                 data = ""
     return events
 

@@ -9,12 +9,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .metered import MeteredObjectStore
 from .objects import (
+    MASTER_CONTENT_TYPE,
+    MASTER_INFO_CONTENT_TYPE,
     RAW_RENDER_CONTENT_TYPE,
     ChecksumMismatch,
     ObjectInfo,
     ObjectStore,
+    master_info_key,
+    master_key,
     raw_render_key,
+    variation_audio_key,
     variation_key,
 )
 from .protocol import JobStore
@@ -24,9 +30,11 @@ from .records import (
     JOB_STATUSES,
     TERMINAL_STATUSES,
     VARIATION_STATUSES,
+    DeliveryRecord,
     EventRecord,
     JobRecord,
     LeaseLost,
+    ModelBacklog,
     StemsRecord,
     StoreUnavailable,
     VariationRecord,
@@ -40,24 +48,31 @@ __all__ = [
     "ACTIVE_STEMS_STATUSES",
     "FINISHED_STEMS_STATUSES",
     "JOB_STATUSES",
+    "MASTER_CONTENT_TYPE",
+    "MASTER_INFO_CONTENT_TYPE",
     "RAW_RENDER_CONTENT_TYPE",
     "TERMINAL_STATUSES",
     "VARIATION_STATUSES",
     "ChecksumMismatch",
+    "DeliveryRecord",
     "EventRecord",
     "JobRecord",
     "JobStore",
     "LeaseLost",
+    "ModelBacklog",
     "ObjectInfo",
     "ObjectStore",
     "StemsRecord",
     "StoreUnavailable",
     "VariationRecord",
     "check_stores",
+    "master_info_key",
+    "master_key",
     "new_job_id",
     "open_job_store",
     "open_object_store",
     "raw_render_key",
+    "variation_audio_key",
     "variation_key",
 ]
 
@@ -83,8 +98,13 @@ def open_job_store(storage: StorageConfig) -> JobStore:
     )
 
 
-def open_object_store(storage: StorageConfig) -> ObjectStore:
-    """The object store `storage.storage_url` (resolved) names."""
+def open_object_store(storage: StorageConfig) -> MeteredObjectStore:
+    """The object store `storage.storage_url` (resolved) names, its writes metered (the
+    backend itself is `.inner`)."""
+    return MeteredObjectStore(_open_backend(storage))
+
+
+def _open_backend(storage: StorageConfig) -> ObjectStore:
     storage_url = storage.storage_url
     scheme, _, rest = storage_url.partition("://")
     if scheme == "file":

@@ -26,6 +26,29 @@ def raw_render_key(job_id: str, index: int) -> str:
     return variation_key(job_id, index, "render.npy")
 
 
+def variation_audio_key(job_id: str, index: int, fmt: str) -> str:
+    """Where a variation's delivered file of format `fmt` lives (eager or made on request)."""
+    return variation_key(job_id, index, f"audio.{fmt}")
+
+
+MASTER_CONTENT_TYPE = "audio/flac"
+MASTER_INFO_CONTENT_TYPE = "application/json"
+
+
+def master_key(job_id: str, index: int) -> str:
+    """The delivered master of a variation (mastered and watermarked, before any lossy encode),
+    as 24-bit FLAC: what lazy formats are encoded from on their first request. 24 bits is the
+    depth of the flac and wav downloads, so those come out sample-identical to an eager encode;
+    it is about half the size of float32 and decodes at hundreds of × real time."""
+    return variation_key(job_id, index, "master.flac")
+
+
+def master_info_key(job_id: str, index: int) -> str:
+    """Next to the master: its sample rate and the content credentials its files are signed
+    with (JSON), so a file encoded later is signed exactly as the eager ones were."""
+    return variation_key(job_id, index, "master.json")
+
+
 class ChecksumMismatch(RuntimeError):
     """What the store holds after a write is not what was sent."""
 
@@ -64,3 +87,20 @@ class ObjectStore(Protocol):
         """A time-limited GET link clients can fetch directly, bypassing the API; None where the
         backend has no such links (local files)."""
         ...
+
+
+def object_kind(key: str) -> str:
+    """What an object is, from its key alone (a metric's low-cardinality tag): render, audio,
+    hls, peaks, master, stems, lora or other."""
+    parts = key.split("/")
+    if parts[0] == "loras":
+        return "lora"
+    if parts[0] != "songs" or len(parts) < 4:
+        return "other"
+    name = parts[3]
+    if name in ("stems", "hls"):
+        return name
+    stem = name.split(".", 1)[0]
+    return {"render": "render", "audio": "audio", "peaks": "peaks", "master": "master"}.get(
+        stem, "other"
+    )

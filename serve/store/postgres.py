@@ -47,10 +47,14 @@ from .records import (
     JSON_VARIATION_FIELDS,
     STEMS,
     VARIATION_FIELDS,
+    DeliveryRecord,
     EventRecord,
     JobRecord,
     LeasedTable,
     LeaseLost,
+    ModelBacklog,
+    PoolRenders,
+    QueuePlace,
     StemsRecord,
     VariationRecord,
     check_fields,
@@ -69,6 +73,8 @@ _RUNNABLE = (
     f"status IN ('queued', 'running') AND (lease_expires_at IS NULL OR lease_expires_at < {_NOW})"
 )
 _END_LEASE = "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL"
+# A job some conductor is driving now (its lease is live); `j` is the jobs table.
+_LEASED_JOB = f"j.status = 'running' AND j.lease_expires_at >= {_NOW}"
 
 
 def _variations_of(job: str) -> str:
@@ -543,6 +549,70 @@ class PostgresJobStore:
         if row is None:
             raise LeaseLost(f"job {job_id} is no longer leased to this claim")
 
+    # -- load -------------------------------------------------------------------------------------
+
+    async def renders_by_pool(self) -> dict[str, PoolRenders]:
+        async with self._cursor() as cur:
+            rows = await self._all(
+                cur,
+                "SELECT v.render->>'pool' AS pool, count(*) AS renders, "
+                "COALESCE(sum((j.request->>'duration_s')::double precision), 0) AS audio_s "
+                "FROM jobs AS j JOIN variations AS v ON v.job_id = j.id "
+                f"WHERE {_LEASED_JOB} AND v.status = 'running' AND v.render->>'pool' IS NOT NULL "
+                "GROUP BY 1",
+            )
+        return {row["pool"]: PoolRenders(int(row["renders"]), row["audio_s"]) for row in rows}
+
+    async def queue_place(self, job_id: str) -> QueuePlace | None:
+        # Runnable rows ahead of `me` in claim order (JOBS.order: created_at, id).
+        ahead = (
+            "j.status IN ('queued', 'running') "
+            f"AND (j.lease_expires_at IS NULL OR j.lease_expires_at < {_NOW}) "
+            "AND (j.created_at, j.id) < (me.created_at, me.id)"
+        )
+        async with self._cursor() as cur:
+            row = await self._one(
+                cur,
+                "WITH me AS (SELECT id, created_at FROM jobs WHERE id = %s AND status = 'queued') "
+                f"SELECT (SELECT count(*) FROM jobs AS j WHERE {ahead}) AS position, "
+                "(SELECT COALESCE(sum((j.request->>'duration_s')::double precision), 0) "
+                "FROM jobs AS j JOIN variations AS v ON v.job_id = j.id "
+                "WHERE v.status IN ('queued', 'running') AND v.render->'raw' IS NULL "
+                f"AND (({_LEASED_JOB}) OR ({ahead}))) AS audio_s_ahead FROM me",
+                (job_id,),
+            )
+        if row is None:
+            return None
+        return QueuePlace(position=int(row["position"]), audio_s_ahead=row["audio_s_ahead"])
+
+    async def backlog_by_model(self) -> dict[str, ModelBacklog]:
+        rendering = (
+            f"j.status = 'running' AND j.lease_expires_at >= {_NOW} AND v.status = 'running'"
+        )
+        duration = "COALESCE((j.request->>'duration_s')::double precision, 0)"
+        async with self._cursor() as cur:
+            rows = await self._all(
+                cur,
+                "SELECT j.request->>'model' AS model, "
+                f"count(*) FILTER (WHERE NOT COALESCE({rendering}, false)) AS waiting, "
+                f"COALESCE(sum({duration}) FILTER (WHERE NOT COALESCE({rendering}, false)), 0) "
+                "AS waiting_audio_s, "
+                f"count(*) FILTER (WHERE {rendering}) AS rendering, "
+                f"COALESCE(sum({duration}) FILTER (WHERE {rendering}), 0) AS rendering_audio_s "
+                "FROM jobs AS j JOIN variations AS v ON v.job_id = j.id "
+                "WHERE j.status IN ('queued', 'running') AND v.status IN ('queued', 'running') "
+                "AND v.render->'raw' IS NULL GROUP BY 1",
+            )
+        return {
+            row["model"]: ModelBacklog(
+                waiting=int(row["waiting"]),
+                waiting_audio_s=float(row["waiting_audio_s"]),
+                rendering=int(row["rendering"]),
+                rendering_audio_s=float(row["rendering_audio_s"]),
+            )
+            for row in rows
+        }
+
     # -- events -----------------------------------------------------------------------------------
 
     async def append_event(
@@ -701,6 +771,78 @@ class PostgresJobStore:
             await self._update(cur, _STEMS, (job_id, index), token, fields)
             if event is not None:
                 await self._append(cur, job_id, event[0], event[1])
+
+    # -- files made on request --------------------------------------------------------------------
+
+    async def add_variation_object(self, job_id: str, index: int, name: str, key: str) -> None:
+        async with self._cursor() as cur:
+            row = await self._one(
+                cur,
+                "UPDATE variations SET objects = objects || jsonb_build_object(%s::text, %s::text) "
+                "WHERE job_id = %s AND idx = %s AND status = 'succeeded' RETURNING 1 AS added",
+                (name, key, job_id, index),
+            )
+        if row is None:
+            raise KeyError(f"no finished variation {index} of {job_id}")
+
+    async def claim_delivery(
+        self, job_id: str, index: int, name: str, worker: str, *, lease_s: float
+    ) -> str | None:
+        # A concurrent claimer of the same file waits on the row lock of the first, then finds
+        # its lease running: one claim wins, on any replica.
+        try:
+            async with self._cursor() as cur:
+                row = await self._one(
+                    cur,
+                    "INSERT INTO deliveries (job_id, idx, name, status, claims, lease_owner, "
+                    "lease_token, lease_expires_at, created_at, updated_at) "
+                    "SELECT %s, %s, %s, 'making', 1, %s, %s, now + %s, now, now "
+                    f"FROM (SELECT {_NOW} AS now) AS clock "
+                    "ON CONFLICT (job_id, idx, name) DO UPDATE SET status = 'making', "
+                    "claims = deliveries.claims + 1, lease_owner = EXCLUDED.lease_owner, "
+                    "lease_token = EXCLUDED.lease_token, "
+                    "lease_expires_at = EXCLUDED.lease_expires_at, "
+                    "updated_at = EXCLUDED.updated_at "
+                    "WHERE deliveries.status <> 'delivered' AND (deliveries.lease_expires_at "
+                    "IS NULL OR deliveries.lease_expires_at < EXCLUDED.updated_at) "
+                    "RETURNING lease_token",
+                    (job_id, index, name, worker, new_lease_token(), float(lease_s)),
+                )
+        except psycopg.errors.ForeignKeyViolation:
+            raise KeyError(f"no job {job_id}") from None
+        return None if row is None else str(row["lease_token"])
+
+    async def finish_delivery(
+        self, job_id: str, index: int, name: str, token: str, *, delivered: bool
+    ) -> None:
+        async with self._cursor() as cur:
+            await self._execute(
+                cur,
+                f"UPDATE deliveries SET status = %s, {_END_LEASE}, updated_at = {_NOW} "
+                "WHERE job_id = %s AND idx = %s AND name = %s AND lease_token = %s",
+                ("delivered" if delivered else "open", job_id, index, name, token),
+            )
+
+    async def get_delivery(self, job_id: str, index: int, name: str) -> DeliveryRecord | None:
+        async with self._cursor() as cur:
+            row = await self._one(
+                cur,
+                "SELECT * FROM deliveries WHERE job_id = %s AND idx = %s AND name = %s",
+                (job_id, index, name),
+            )
+        if row is None:
+            return None
+        return DeliveryRecord(
+            job_id=row["job_id"],
+            index=row["idx"],
+            name=row["name"],
+            status=row["status"],
+            claims=row["claims"],
+            lease_owner=row["lease_owner"],
+            lease_expires_at=row["lease_expires_at"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+        )
 
     # -- cache ------------------------------------------------------------------------------------
 

@@ -91,5 +91,23 @@ CREATE TABLE cache (
 );
 """,
     ),
+    (
+        2,
+        """
+CREATE TABLE deliveries (
+    job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    idx INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    claims INTEGER NOT NULL DEFAULT 0,
+    lease_owner TEXT,
+    lease_token TEXT,
+    lease_expires_at DOUBLE PRECISION,
+    created_at DOUBLE PRECISION NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (job_id, idx, name)
+);
+""",
+    ),
 )
 """(version, SQL) in ascending order; each version is applied in one transaction."""

@@ -16,7 +16,15 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any, Protocol
 
-from .records import EventRecord, JobRecord, StemsRecord
+from .records import (
+    DeliveryRecord,
+    EventRecord,
+    JobRecord,
+    ModelBacklog,
+    PoolRenders,
+    QueuePlace,
+    StemsRecord,
+)
 
 
 class JobStore(Protocol):
@@ -81,6 +89,27 @@ class JobStore(Protocol):
 
     async def update_variation(self, job_id: str, index: int, token: str, **fields: Any) -> None:
         """Set variation fields under the job's lease; raises LeaseLost."""
+        ...
+
+    # -- load (pool choice, queue estimates) ----------------------------------------------------
+
+    async def renders_by_pool(self) -> dict[str, PoolRenders]:
+        """Renders in flight on each decoder pool across the cluster: `running` variations whose
+        `render` names the pool rendering them (`{"pool": name}`, recorded by the conductor when
+        the router picked it), of jobs whose lease is live. Pools with none are left out."""
+        ...
+
+    async def queue_place(self, job_id: str) -> QueuePlace | None:
+        """Where a `queued` job stands: runnable jobs ahead of it in `claim_next`'s order, and
+        the audio seconds still to render before it (the unrendered variations of jobs being
+        driven and of jobs ahead). None when the job is not queued (or does not exist)."""
+        ...
+
+    async def backlog_by_model(self) -> dict[str, ModelBacklog]:
+        """Unrendered variations of queued and running songs by requested model (`auto`
+        included), for backlog autoscaling: `rendering` are `running` variations without a
+        stored render in jobs whose lease is live, `waiting` all the others (a queued song's, a
+        variation not started, or one whose claim expired). Models with none are left out."""
         ...
 
     # -- events -------------------------------------------------------------------------------
@@ -162,6 +191,33 @@ class JobStore(Protocol):
     ) -> None:
         """Set stems fields under its lease, and append `event` (type, data) to the song's log in
         the same transaction; raises LeaseLost."""
+        ...
+
+    # -- files made on request (lazy formats) ------------------------------------------------
+
+    async def add_variation_object(self, job_id: str, index: int, name: str, key: str) -> None:
+        """Record object `key` as file `name` (e.g. "mp3") of a finished variation. Unfenced: it
+        adds to a variation whose job's lease has ended, and never changes anything else.
+        KeyError when there is no such variation, or it has not succeeded."""
+        ...
+
+    async def claim_delivery(
+        self, job_id: str, index: int, name: str, worker: str, *, lease_s: float
+    ) -> str | None:
+        """Lease the making of file `name` of a variation to `worker`; returns the claim's token,
+        or None while another claim's lease runs or once the file was delivered. An expired
+        claim is taken over. KeyError when there is no such job."""
+        ...
+
+    async def finish_delivery(
+        self, job_id: str, index: int, name: str, token: str, *, delivered: bool
+    ) -> None:
+        """End a claim: `delivered` (no one claims the file again), or handed back for the next
+        request to claim at once. A no-op when `token` no longer holds the claim."""
+        ...
+
+    async def get_delivery(self, job_id: str, index: int, name: str) -> DeliveryRecord | None:
+        """The claim record of a file made on request, or None if it was never claimed."""
         ...
 
     # -- cache --------------------------------------------------------------------------------

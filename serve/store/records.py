@@ -96,6 +96,23 @@ class StemsRecord:
 
 
 @dataclass(frozen=True)
+class DeliveryRecord:
+    """The making of one file of a finished variation on its first request (a lazy format):
+    claimed with a short lease so that concurrent first requests, on any API replica, make it
+    once. `claims` counts how often it was claimed (1 when nothing went wrong)."""
+
+    job_id: str
+    index: int  # the variation's
+    name: str  # the file: a format, e.g. "mp3"
+    status: str  # "making" while claimed, "open" when handed back, "delivered"
+    claims: int
+    lease_owner: str | None
+    lease_expires_at: float | None
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True)
 class EventRecord:
     seq: int
     type: str
@@ -219,3 +236,30 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
         return float(created_at), job_id
     except (ValueError, UnicodeDecodeError) as error:
         raise ValueError("cursor is not one this server issued") from error
+
+
+@dataclass(frozen=True)
+class PoolRenders:
+    """Renders in flight on one decoder pool, counted across the cluster by the job store."""
+
+    renders: int
+    audio_s: float  # seconds of audio those renders make
+
+
+@dataclass(frozen=True)
+class QueuePlace:
+    """Where a queued job stands in the claim order."""
+
+    position: int  # runnable jobs ahead of it (0: it is claimed next)
+    audio_s_ahead: float  # audio still to render before it: jobs being driven and jobs ahead
+
+
+@dataclass(frozen=True)
+class ModelBacklog:
+    """Song work not yet rendered for one requested model, counted across the cluster (backlog
+    autoscaling). Variations count while queued or running without a stored render."""
+
+    waiting: int  # variations not being rendered: queued songs', and not started or orphaned ones
+    waiting_audio_s: float  # seconds of audio they will make
+    rendering: int  # variations a live claim is rendering now (sent to a pool)
+    rendering_audio_s: float

@@ -22,10 +22,14 @@ from .records import (
     JSON_VARIATION_FIELDS,
     STEMS,
     VARIATION_FIELDS,
+    DeliveryRecord,
     EventRecord,
     JobRecord,
     LeasedTable,
     LeaseLost,
+    ModelBacklog,
+    PoolRenders,
+    QueuePlace,
     StemsRecord,
     VariationRecord,
     check_fields,
@@ -94,6 +98,19 @@ CREATE TABLE IF NOT EXISTS stems (
     PRIMARY KEY (job_id, idx)
 );
 CREATE INDEX IF NOT EXISTS stems_runnable ON stems (status, lease_expires_at, created_at);
+CREATE TABLE IF NOT EXISTS deliveries (
+    job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    idx INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    claims INTEGER NOT NULL DEFAULT 0,
+    lease_owner TEXT,
+    lease_token TEXT,
+    lease_expires_at REAL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (job_id, idx, name)
+);
 CREATE TABLE IF NOT EXISTS cache (
     namespace TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -138,6 +155,8 @@ def _match(table: LeasedTable) -> str:
 
 
 _RUNNABLE = "status IN ('queued', 'running') AND (lease_expires_at IS NULL OR lease_expires_at < ?)"
+# A job some conductor is driving now (its lease is live).
+_LEASED_JOB = "j.status = 'running' AND j.lease_expires_at >= ?"
 
 
 def _claim_row(
@@ -229,6 +248,20 @@ def _set_fields(
     values = [json.dumps(v) if k in table.json_fields else v for k, v in fields.items()]
     assignments = ", ".join(f"{name} = ?" for name in fields)
     db.execute(f"UPDATE {table.name} SET {assignments} WHERE {_match(table)}", (*values, *key))
+
+
+def _delivery(row: Any) -> DeliveryRecord:
+    return DeliveryRecord(
+        job_id=row["job_id"],
+        index=row["idx"],
+        name=row["name"],
+        status=row["status"],
+        claims=row["claims"],
+        lease_owner=row["lease_owner"],
+        lease_expires_at=row["lease_expires_at"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
 
 
 def _loads(raw: str | None) -> Any:
@@ -531,6 +564,86 @@ class SQLiteJobStore:
     async def update_variation(self, job_id: str, index: int, token: str, **fields: Any) -> None:
         await self._run(self._transaction, self._update_variation, job_id, index, token, fields)
 
+    # -- load -------------------------------------------------------------------------------------
+
+    def _renders_by_pool(self) -> dict[str, PoolRenders]:
+        rows = self._db.execute(
+            "SELECT json_extract(v.render, '$.pool') AS pool, COUNT(*) AS renders, "
+            "TOTAL(json_extract(j.request, '$.duration_s')) AS audio_s "
+            "FROM jobs AS j JOIN variations AS v ON v.job_id = j.id "
+            f"WHERE {_LEASED_JOB} AND v.status = 'running' "
+            "AND json_extract(v.render, '$.pool') IS NOT NULL GROUP BY pool",
+            (time.time(),),
+        ).fetchall()
+        return {row["pool"]: PoolRenders(row["renders"], float(row["audio_s"])) for row in rows}
+
+    async def renders_by_pool(self) -> dict[str, PoolRenders]:
+        result: dict[str, PoolRenders] = await self._run(self._renders_by_pool)
+        return result
+
+    def _queue_place(self, job_id: str) -> QueuePlace | None:
+        db, now = self._db, time.time()
+        me = db.execute(
+            "SELECT created_at FROM jobs WHERE id = ? AND status = 'queued'", (job_id,)
+        ).fetchone()
+        if me is None:
+            return None
+        # Runnable rows ahead in claim order (JOBS.order: created_at, id).
+        ahead = "(j.created_at < ? OR (j.created_at = ? AND j.id < ?))"
+        runnable = (
+            "j.status IN ('queued', 'running') "
+            "AND (j.lease_expires_at IS NULL OR j.lease_expires_at < ?)"
+        )
+        mine = (me["created_at"], me["created_at"], job_id)
+        position = db.execute(
+            f"SELECT COUNT(*) FROM jobs AS j WHERE {runnable} AND {ahead}", (now, *mine)
+        ).fetchone()[0]
+        audio_s = db.execute(
+            "SELECT TOTAL(json_extract(j.request, '$.duration_s')) "
+            "FROM jobs AS j JOIN variations AS v ON v.job_id = j.id "
+            "WHERE v.status IN ('queued', 'running') AND json_extract(v.render, '$.raw') IS NULL "
+            f"AND ({_LEASED_JOB} OR ({runnable} AND {ahead}))",
+            (now, now, *mine),
+        ).fetchone()[0]
+        return QueuePlace(position=int(position), audio_s_ahead=float(audio_s))
+
+    async def queue_place(self, job_id: str) -> QueuePlace | None:
+        result: QueuePlace | None = await self._run(self._queue_place, job_id)
+        return result
+
+    def _backlog_by_model(self) -> dict[str, ModelBacklog]:
+        rendering = (  # never NULL: a released job has no lease expiry
+            "(j.status = 'running' AND j.lease_expires_at IS NOT NULL "
+            "AND j.lease_expires_at >= :now AND v.status = 'running')"
+        )
+        duration = "COALESCE(json_extract(j.request, '$.duration_s'), 0)"
+        rows = self._db.execute(
+            "SELECT json_extract(j.request, '$.model') AS model, "
+            f"SUM(NOT {rendering}) AS waiting, "
+            f"TOTAL(CASE WHEN {rendering} THEN 0 ELSE {duration} END) AS waiting_audio_s, "
+            f"SUM({rendering}) AS rendering, "
+            f"TOTAL(CASE WHEN {rendering} THEN {duration} ELSE 0 END) AS rendering_audio_s "
+            "FROM jobs AS j JOIN variations AS v ON v.job_id = j.id "
+            "WHERE j.status IN ('queued', 'running') AND v.status IN ('queued', 'running') "
+            "AND json_extract(v.render, '$.raw') IS NULL "
+            # Not `GROUP BY model`: that would name the variations' own model column.
+            "GROUP BY json_extract(j.request, '$.model')",
+            {"now": time.time()},
+        ).fetchall()
+        return {
+            row["model"]: ModelBacklog(
+                waiting=int(row["waiting"]),
+                waiting_audio_s=float(row["waiting_audio_s"]),
+                rendering=int(row["rendering"]),
+                rendering_audio_s=float(row["rendering_audio_s"]),
+            )
+            for row in rows
+        }
+
+    async def backlog_by_model(self) -> dict[str, ModelBacklog]:
+        result: dict[str, ModelBacklog] = await self._run(self._backlog_by_model)
+        return result
+
     def _append_event(
         self,
         db: sqlite3.Connection,
@@ -691,6 +804,82 @@ class SQLiteJobStore:
         **fields: Any,
     ) -> None:
         await self._run(self._transaction, self._update_stems, job_id, index, token, fields, event)
+
+    # -- files made on request ------------------------------------------------------------------
+
+    async def add_variation_object(self, job_id: str, index: int, name: str, key: str) -> None:
+        def add(db: sqlite3.Connection) -> None:
+            row = db.execute(
+                "SELECT objects FROM variations WHERE job_id = ? AND idx = ? "
+                "AND status = 'succeeded'",
+                (job_id, index),
+            ).fetchone()
+            if row is None:
+                raise KeyError(f"no finished variation {index} of {job_id}")
+            objects = {**json.loads(row["objects"]), name: key}
+            db.execute(
+                "UPDATE variations SET objects = ? WHERE job_id = ? AND idx = ?",
+                (json.dumps(objects), job_id, index),
+            )
+
+        await self._run(self._transaction, add)
+
+    async def claim_delivery(
+        self, job_id: str, index: int, name: str, worker: str, *, lease_s: float
+    ) -> str | None:
+        def claim(db: sqlite3.Connection) -> str | None:
+            now = time.time()
+            row = db.execute(
+                "SELECT status, lease_expires_at FROM deliveries "
+                "WHERE job_id = ? AND idx = ? AND name = ?",
+                (job_id, index, name),
+            ).fetchone()
+            if row is not None and (
+                row["status"] == "delivered"
+                or (row["lease_expires_at"] is not None and row["lease_expires_at"] >= now)
+            ):
+                return None
+            if db.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
+                raise KeyError(f"no job {job_id}")
+            token = new_lease_token()
+            db.execute(
+                "INSERT INTO deliveries (job_id, idx, name, status, claims, lease_owner, "
+                "lease_token, lease_expires_at, created_at, updated_at) "
+                "VALUES (?, ?, ?, 'making', 1, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (job_id, idx, name) DO UPDATE SET status = 'making', "
+                "claims = claims + 1, lease_owner = excluded.lease_owner, "
+                "lease_token = excluded.lease_token, "
+                "lease_expires_at = excluded.lease_expires_at, updated_at = excluded.updated_at",
+                (job_id, index, name, worker, token, now + lease_s, now, now),
+            )
+            return token
+
+        result: str | None = await self._run(self._transaction, claim)
+        return result
+
+    async def finish_delivery(
+        self, job_id: str, index: int, name: str, token: str, *, delivered: bool
+    ) -> None:
+        def finish(db: sqlite3.Connection) -> None:
+            db.execute(
+                "UPDATE deliveries SET status = ?, lease_owner = NULL, lease_token = NULL, "
+                "lease_expires_at = NULL, updated_at = ? "
+                "WHERE job_id = ? AND idx = ? AND name = ? AND lease_token = ?",
+                ("delivered" if delivered else "open", time.time(), job_id, index, name, token),
+            )
+
+        await self._run(self._transaction, finish)
+
+    async def get_delivery(self, job_id: str, index: int, name: str) -> DeliveryRecord | None:
+        def read() -> DeliveryRecord | None:
+            row = self._db.execute(
+                "SELECT * FROM deliveries WHERE job_id = ? AND idx = ? AND name = ?",
+                (job_id, index, name),
+            ).fetchone()
+            return None if row is None else _delivery(row)
+
+        result: DeliveryRecord | None = await self._run(read)
+        return result
 
     async def cache_get(self, namespace: str, key: str) -> Any | None:
         def read() -> Any | None:

@@ -49,10 +49,11 @@ async def retry_stage(
     *,
     describe: Callable[[BaseException], str],
     fatal: tuple[type[BaseException], ...] = (),
+    on_retry: Callable[[], None] | None = None,
 ) -> T:
     """`await operation()`, tried up to `attempts` times, waiting per `backoff` in between.
     Exceptions in `fatal` (and cancellation) pass through at once; the last of the others
-    becomes `StageFailed`."""
+    becomes `StageFailed`. `on_retry` is called before each further try (metrics)."""
     for attempt in range(1, attempts + 1):
         try:
             return await operation()
@@ -72,4 +73,6 @@ async def retry_stage(
                 delay,
             )
             await asyncio.sleep(delay)
+            if on_retry is not None:
+                on_retry()
     raise ValueError(f"{stage}: attempts must be at least 1, got {attempts}")

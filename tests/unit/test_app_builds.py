@@ -25,6 +25,8 @@ FIXED_DEPLOYMENTS = {
     "SongRouter",
     "PostProcessor",
     "StemMaker",
+    "OnDemandEncoder",
+    "Verifier",
 }
 
 
@@ -66,6 +68,8 @@ def test_every_config_file_builds_with_its_options(path: Path, tmp_path: Path) -
         "SongRouter": config.deployments.router,
         "PostProcessor": config.deployments.postprocess,
         "StemMaker": config.deployments.stems,
+        "OnDemandEncoder": config.deployments.encoder,
+        "Verifier": config.deployments.verifier,
         **({"StemSeparator": config.deployments.separator} if separator else {}),
         **{name: pool.deployment for name, pool in pools.items()},
     }

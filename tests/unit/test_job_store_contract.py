@@ -570,6 +570,104 @@ def test_cache_round_trip(backend: Backend) -> None:
     backend.run(scenario)
 
 
+# -- files made on request (lazy formats) ---------------------------------------------------------
+
+
+async def _finished(store: JobStore) -> JobRecord:
+    """A job whose variation 0 succeeded with an m4a, and whose lease has ended."""
+    job = await _create(store)
+    claimed = await store.claim_next("conductor", lease_s=30, max_attempts=3)
+    assert claimed is not None and claimed.lease_token is not None
+    await store.update_variation(
+        job.id, 0, claimed.lease_token, status="succeeded", objects={"m4a": "k/audio.m4a"}
+    )
+    await store.update_job(job.id, claimed.lease_token, status="succeeded")
+    return job
+
+
+def test_add_variation_object_is_unfenced_and_only_for_finished_variations(
+    backend: Backend,
+) -> None:
+    async def scenario(store: JobStore) -> None:
+        job = await _finished(store)
+        await store.add_variation_object(job.id, 0, "mp3", "k/audio.mp3")
+        other = backend.new_store()  # another replica adds another file at the same time
+        await asyncio.gather(
+            other.add_variation_object(job.id, 0, "flac", "k/audio.flac"),
+            store.add_variation_object(job.id, 0, "wav", "k/audio.wav"),
+        )
+        after = await other.get_job(job.id)
+        assert after is not None
+        assert after.variations[0].objects == {
+            "m4a": "k/audio.m4a",
+            "mp3": "k/audio.mp3",
+            "flac": "k/audio.flac",
+            "wav": "k/audio.wav",
+        }
+        assert after.variations[1].objects == {}  # nothing else changed
+        with pytest.raises(KeyError):  # variation 1 never succeeded
+            await store.add_variation_object(job.id, 1, "mp3", "k/x.mp3")
+        with pytest.raises(KeyError):
+            await store.add_variation_object("song_missing", 0, "mp3", "k/x.mp3")
+
+    backend.run(scenario)
+
+
+def test_concurrent_delivery_claims_are_won_once_across_replicas(backend: Backend) -> None:
+    async def scenario(store: JobStore) -> None:
+        job = await _finished(store)
+        replicas = [store] + [backend.new_store() for _ in range(4)]
+        tokens = await asyncio.gather(
+            *(
+                replica.claim_delivery(job.id, 0, "mp3", f"api-{n}", lease_s=30)
+                for n, replica in enumerate(replicas)
+                for _ in range(2)
+            )
+        )
+        won = [token for token in tokens if token is not None]
+        assert len(won) == 1
+        record = await store.get_delivery(job.id, 0, "mp3")
+        assert record is not None and record.claims == 1 and record.status == "making"
+        assert record.lease_owner is not None and record.lease_owner.startswith("api-")
+        # Another file of the same variation is a separate claim.
+        assert await store.claim_delivery(job.id, 0, "flac", "api-0", lease_s=30) is not None
+        assert await store.get_delivery(job.id, 1, "mp3") is None
+        with pytest.raises(KeyError):
+            await store.claim_delivery("song_missing", 0, "mp3", "api-0", lease_s=30)
+
+        await store.finish_delivery(job.id, 0, "mp3", won[0], delivered=True)
+        assert await store.claim_delivery(job.id, 0, "mp3", "api-9", lease_s=30) is None
+        delivered = await store.get_delivery(job.id, 0, "mp3")
+        assert delivered is not None and delivered.status == "delivered"
+        assert delivered.claims == 1 and delivered.lease_owner is None
+
+    backend.run(scenario)
+
+
+def test_delivery_claims_expire_are_handed_back_and_fence_stale_tokens(backend: Backend) -> None:
+    async def scenario(store: JobStore) -> None:
+        job = await _finished(store)
+        first = await store.claim_delivery(job.id, 0, "wav", "api-a", lease_s=0.05)
+        assert first is not None
+        await _expire()  # its requester died: the next one takes over
+        second = await backend.new_store().claim_delivery(job.id, 0, "wav", "api-b", lease_s=30)
+        assert second is not None and second != first
+        await store.finish_delivery(job.id, 0, "wav", first, delivered=True)  # stale: no-op
+        record = await store.get_delivery(job.id, 0, "wav")
+        assert record is not None
+        assert (record.status, record.claims, record.lease_owner) == ("making", 2, "api-b")
+
+        await store.finish_delivery(job.id, 0, "wav", second, delivered=False)  # handed back
+        handed = await store.get_delivery(job.id, 0, "wav")
+        assert handed is not None and handed.status == "open" and handed.lease_owner is None
+        third = await store.claim_delivery(job.id, 0, "wav", "api-c", lease_s=30)
+        assert third is not None  # at once, without waiting for a lease
+        record = await store.get_delivery(job.id, 0, "wav")
+        assert record is not None and record.claims == 3
+
+    backend.run(scenario)
+
+
 # -- Postgres only --------------------------------------------------------------------------------
 
 ROLE = "songs_app"

@@ -281,13 +281,13 @@ def test_from_url_reads_the_prefix_and_the_endpoint_from_the_environment(
 ) -> None:
     monkeypatch.setenv("SONGSERVE_S3_ENDPOINT_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("AWS_REGION", "eu-west-3")
-    store = open_object_store(StorageConfig(storage_url="s3://media/songserve/prod/"))
+    store = open_object_store(StorageConfig(storage_url="s3://media/songserve/prod/")).inner
     assert isinstance(store, S3ObjectStore)
     assert (store.bucket, store.prefix, store.region) == ("media", "songserve/prod", "eu-west-3")
     assert store.endpoint_url == "http://127.0.0.1:9"
     explicit = open_object_store(
         StorageConfig(storage_url="s3://media", s3_endpoint_url="http://10.0.0.1:8333")
-    )
+    ).inner
     assert isinstance(explicit, S3ObjectStore) and explicit.endpoint_url == "http://10.0.0.1:8333"
     with pytest.raises(ValueError, match="part"):
         S3ObjectStore("media", part_size_bytes=1 << 20)

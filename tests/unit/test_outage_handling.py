@@ -101,7 +101,9 @@ def test_an_sse_stream_waits_through_a_store_outage(tmp_path: Path) -> None:
                 break
         return frames
 
+    # The song is queued: its place in line (`queue`, not in the log) is told on opening.
     frames = asyncio.run(scenario())
+    assert frames.pop(1).startswith("event: queue\ndata: {")
     assert frames[0].startswith("retry:")
     assert frames[1].startswith(": the job store is unavailable")
     assert frames[2].startswith("id: 1\nevent: stage\n")  # the queued event, after the outage

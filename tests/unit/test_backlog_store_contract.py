@@ -1,0 +1,91 @@
+"""`JobStore.backlog_by_model`, run against every backend (SQLite and Postgres): the unrendered
+work backlog autoscaling counts, split into variations rendering under a live claim and all the
+others."""
+
+from __future__ import annotations
+
+import asyncio
+
+from serve.store import JobStore, ModelBacklog
+from serve.store.records import JobRecord
+from tests.unit.test_job_store_contract import Backend, backend  # noqa: F401 - the fixture
+
+
+async def _song(store: JobStore, model: str, duration_s: float, variations: int = 2) -> JobRecord:
+    job, created = await store.create_job(
+        owner="a",
+        request={"model": model, "duration_s": duration_s, "prompt": "x"},
+        seed=1,
+        variations=variations,
+    )
+    assert created
+    return job
+
+
+async def _claim(
+    store: JobStore, job: JobRecord, others: list[JobRecord], lease_s: float = 60
+) -> str:
+    """Claim `job` (skipping every other job created) and return the claim's token."""
+    skip = [other.id for other in others if other.id != job.id]
+    claimed = await store.claim_next("w", lease_s=lease_s, max_attempts=5, exclude=skip)
+    assert claimed is not None and claimed.id == job.id and claimed.lease_token is not None
+    return claimed.lease_token
+
+
+def test_backlog_counts_unrendered_variations_by_model(backend: Backend) -> None:  # noqa: F811
+    async def scenario(store: JobStore) -> None:
+        assert await store.backlog_by_model() == {}
+        jobs: list[JobRecord] = []
+
+        async def song(model: str, duration_s: float, variations: int = 2) -> JobRecord:
+            jobs.append(await _song(store, model, duration_s, variations))
+            return jobs[-1]
+
+        # Driven: variation 0 rendering, variation 1 not started yet.
+        driven = await song("sketch", 30)
+        token = await _claim(store, driven, jobs)
+        await store.update_variation(driven.id, 0, token, status="running")
+
+        # Driven: variation 0 rendered (being mastered), variation 1 done: nothing left.
+        mastered = await song("sketch", 50)
+        token = await _claim(store, mastered, jobs)
+        await store.update_variation(mastered.id, 0, token, status="running")
+        await store.update_variation(mastered.id, 0, token, render={"raw": {"render_key": "k"}})
+        await store.update_variation(mastered.id, 1, token, status="succeeded")
+
+        # Finished songs count for nothing.
+        done = await song("sketch", 100, variations=1)
+        token = await _claim(store, done, jobs)
+        await store.update_job(done.id, token, status="succeeded")
+
+        # Handed back cleanly while rendering: nobody renders it now, so it waits.
+        released = await song("sketch", 10, variations=1)
+        token = await _claim(store, released, jobs)
+        await store.update_variation(released.id, 0, token, status="running")
+        await store.release(released.id, token)
+
+        # A claim that expired mid-render: waits too.
+        orphaned = await song("sketch", 20, variations=1)
+        token = await _claim(store, orphaned, jobs, lease_s=0.05)
+        await store.update_variation(orphaned.id, 0, token, status="running")
+        await asyncio.sleep(0.25)
+
+        # Queued songs of another model and of `auto`.
+        await song("ace-step", 40, variations=3)
+        await song("auto", 15)
+
+        backlog = await backend.new_store().backlog_by_model()  # any replica sees the same
+        assert backlog == {
+            # rendering: driven/0; waiting: driven/1, released/0, orphaned/0
+            "sketch": ModelBacklog(
+                waiting=3, waiting_audio_s=60.0, rendering=1, rendering_audio_s=30.0
+            ),
+            "ace-step": ModelBacklog(
+                waiting=3, waiting_audio_s=120.0, rendering=0, rendering_audio_s=0.0
+            ),
+            "auto": ModelBacklog(
+                waiting=2, waiting_audio_s=30.0, rendering=0, rendering_audio_s=0.0
+            ),
+        }
+
+    backend.run(scenario)
