@@ -45,7 +45,11 @@ FORMATS = ("m4a", "mp3", "flac", "wav")
 
 
 def app_config(
-    config_path: str, data_dir: Path, formats: list[str], eager_formats: list[str] | None = None
+    config_path: str,
+    data_dir: Path,
+    formats: list[str],
+    eager_formats: list[str] | None = None,
+    burst: int = 1,
 ) -> Any:
     """The graph's resolved AppConfig: the config file's args, a private data dir, `formats`
     served and `eager_formats` (default: all of them) encoded while mastering, where the
@@ -60,6 +64,9 @@ def app_config(
 
     args = app_args_from_serve_config(load_serve_config(config_path))
     args.setdefault("storage", {})["data_dir"] = str(data_dir)
+    # The burst is sent at once, as to the plain server: admission must take all of it.
+    jobs = args.setdefault("jobs", {})
+    jobs["max_queued_jobs"] = max(int(jobs.get("max_queued_jobs", 0)), burst)
     postprocess = args.setdefault("postprocess", {})
     postprocess["formats"] = list(formats)
     if "eager_formats" in PostProcessConfig.model_fields:
@@ -345,7 +352,11 @@ def run_graph(options: argparse.Namespace, data_dir: Path) -> tuple[dict[str, An
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     config = app_config(
-        options.config, data_dir / "graph", options.formats, options.graph_eager_formats
+        options.config,
+        data_dir / "graph",
+        options.formats,
+        options.graph_eager_formats,
+        burst=options.songs,
     )
     port = free_port()
     started = time.perf_counter()
