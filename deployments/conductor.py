@@ -151,21 +151,29 @@ class Conductor:
     async def _claim_forever(self) -> None:
         config = self._jobs_config
         while True:
+            full = False
             try:
-                await self._claim_songs()
+                full = not await self._claim_songs()
                 if self._stems is not None:
-                    await self._claim_stems()
+                    full |= not await self._claim_stems()
             except Exception:
                 logger.exception("claiming jobs failed; retrying")
-            # Woken by the store (a job queued or handed back), by `wake()`, or by a finished
-            # task freeing a slot; expired leases notify nobody, so the poll interval bounds it.
-            woken = asyncio.ensure_future(self._wake.wait())
-            notified = asyncio.ensure_future(self._wait_for_work(config.poll_interval_s))
+                full = True  # look again after the poll interval, not at once
+            # Woken by `wake()`, by a finished task freeing a slot, or by the store (a job queued
+            # or handed back). Not by the store while this replica is full: it would report the
+            # work this replica cannot take at once, again and again (SQLite answers "is there
+            # runnable work?"), and the loop would spin. Expired leases notify nobody, so the
+            # poll interval bounds every wait.
+            waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._wake.wait())]
+            if not full:
+                waits.append(asyncio.ensure_future(self._wait_for_work(config.poll_interval_s)))
             try:
-                await asyncio.wait([woken, notified], return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(
+                    waits, timeout=config.poll_interval_s, return_when=asyncio.FIRST_COMPLETED
+                )
             finally:
-                woken.cancel()
-                notified.cancel()
+                for waiting in waits:
+                    waiting.cancel()
             self._wake.clear()
 
     async def _count_jobs_forever(self) -> None:
@@ -185,7 +193,9 @@ class Conductor:
         except Exception:  # noqa: BLE001 - the store is down: the next claim reports it
             await asyncio.sleep(timeout)
 
-    async def _claim_songs(self) -> None:
+    async def _claim_songs(self) -> bool:
+        """Claim songs while this replica has room; False when it stopped full (the store may
+        still hold runnable songs), True when the store had none left for it."""
         config = self._jobs_config
         while len(self._active) < config.max_concurrent_jobs:
             job = await self._store.claim_next(
@@ -195,7 +205,7 @@ class Conductor:
                 exclude=tuple(self._active),  # an expired lease of ours: never drive a job twice
             )
             if job is None:
-                return
+                return True
             logger.info("claimed %s (attempt %d)", job.id, job.attempts)
             if job.attempts == 1:  # a re-claim waited for a lost conductor, not in the queue
                 self._metrics.queue_wait.observe(max(time.time() - job.created_at, 0.0))
@@ -203,8 +213,10 @@ class Conductor:
             task = asyncio.create_task(self._drive(job), name=f"job-{job.id}")
             self._active[job.id] = task
             task.add_done_callback(functools.partial(self._finished, self._active, job.id))
+        return False
 
-    async def _claim_stems(self) -> None:
+    async def _claim_stems(self) -> bool:
+        """As `_claim_songs`, for stems jobs."""
         config = self._jobs_config
         while len(self._active_stems) < config.max_concurrent_stems:
             record = await self._store.claim_next_stems(
@@ -214,13 +226,14 @@ class Conductor:
                 exclude=tuple(self._active_stems),
             )
             if record is None:
-                return
+                return True
             key = (record.job_id, record.index)
             self._tokens[key] = _token(record)
             logger.info("claimed the stems of %s/%d (attempt %d)", *key, record.attempts)
             task = asyncio.create_task(self._drive_stems(record), name=f"stems-{key}")
             self._active_stems[key] = task
             task.add_done_callback(functools.partial(self._finished, self._active_stems, key))
+        return False
 
     def _finished(self, active: dict[Any, asyncio.Task[None]], key: Any, _: Any) -> None:
         active.pop(key, None)

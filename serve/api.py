@@ -28,11 +28,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .api_errors import ApiError, error_response, unless_overloaded
 from .config import LORA_MODELS
+from .lazy_delivery import LazyDelivery
 from .loras import LoraInfo, LoraRegistry, LoraValidator
 from .media_urls import MediaUrlSigner, sign_playlist
 from .metrics import song_metrics
-from .pool_load import PoolLoad, expected_start_s
+from .queue_estimate import QueueEstimator
 from .schemas import (
     LoraList,
     LoraOut,
@@ -76,10 +78,7 @@ LOCAL_OWNER = "local"
 MAX_REQUEST_BYTES = 256 * 1024
 _TERMINAL_EVENTS = frozenset({"done", "error"})  # of the song; stems may still follow
 _HEALTH_TIMEOUT_S = 5.0
-# Queue estimates: how long the pools' load read from the router is reused, how long reading it
-# may take, and how often an SSE stream of a queued song looks at its place in line.
-_POOLS_CACHE_S = 2.0
-_POOLS_TIMEOUT_S = 5.0
+# How often an SSE stream of a queued song looks at its place in line (other songs move it).
 _QUEUE_POLL_S = 1.0
 
 app = FastAPI(
@@ -87,36 +86,6 @@ app = FastAPI(
     version="1",
     summary="Song generation: ideas or lyrics plus a style in, finished songs out.",
 )
-
-
-class ApiError(Exception):
-    """An error a client can act on, rendered in the API's one error shape."""
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        field: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.field = status, code, message, field
-        self.headers = headers or {}
-
-
-def error_response(
-    status: int,
-    code: str,
-    message: str,
-    field: str | None = None,
-    headers: dict[str, str] | None = None,
-) -> JSONResponse:
-    return JSONResponse(
-        {"error": {"code": code, "message": message, "field": field}},
-        status_code=status,
-        headers=headers,
-    )
 
 
 @app.middleware("http")
@@ -257,7 +226,6 @@ class SongAPI:
         self._objects = open_object_store(config.storage)
         self._conductor, self._lyrics, self._tags, self._router = conductor, lyrics, tags, router
         self._verifier, self._encoder = verifier, encoder
-        self._worker = f"api-{secrets.token_hex(6)}"  # who holds this replica's delivery claims
         self._models = ["auto", *config.models.served_models]
         self._loras = LoraRegistry(self._objects)
         self._lora_validator: LoraValidator | None = None
@@ -265,20 +233,8 @@ class SongAPI:
         self.max_verify_bytes = config.api.max_verify_bytes
         self.retry_after_s = config.api.overload_retry_after_s
         self._sse_subscribers = 0
-        # The router's last `pools()` (see _pool_loads); until it answers, the configured figures.
-        self._pools_seen: list[dict[str, Any]] = [
-            {
-                "name": pool.name,
-                "model": pool.model,
-                "placeable": True,
-                "replicas": pool.deployment.num_replicas,
-                "capacity": pool.deployment.num_replicas * pool.deployment.max_ongoing_requests,
-                "in_flight": 0,
-                "seconds_per_audio_second": pool.expected_render_s_per_audio_s,
-            }
-            for pool in config.models.pools
-        ]
-        self._pools_at = -float("inf")
+        self._queue = QueueEstimator(config, self._jobs, router)
+        self._lazy = LazyDelivery(config, self._jobs, encoder)
         if config.loras.preload:
             # Registering validates each file against the base checkpoint: do it off the
             # constructor so the replica comes up at once.
@@ -452,19 +408,7 @@ class SongAPI:
 
     async def _call(self, response: Any) -> Any:
         """Await a deployment call, turning back-pressure into 503 + Retry-After."""
-        from ray.serve.exceptions import BackPressureError
-
-        try:
-            return await response
-        except BackPressureError as error:
-            retry_after = str(self._config.api.overload_retry_after_s)
-            raise ApiError(
-                503,
-                "overloaded",
-                "the server is busy; retry later",
-                None,
-                {"Retry-After": retry_after},
-            ) from error
+        return await unless_overloaded(response, self._config.api.overload_retry_after_s)
 
     # -- operations (the routes below are a few lines each over these) ---------------------------
 
@@ -540,50 +484,8 @@ class SongAPI:
 
     async def get_song(self, song_id: str, owner: str) -> SongOut:
         job = await self._owned_job(song_id, owner)
-        queue = await self._queue_out(job.id, job.request) if job.status == "queued" else None
+        queue = await self._queue.queue_out(job.id, job.request) if job.status == "queued" else None
         return self._song_out(job, queue)
-
-    async def _queue_out(self, job_id: str, request: dict[str, Any]) -> QueueOut | None:
-        """A queued song's place in line and expected start; None once it left the queue."""
-        place = await self._jobs.queue_place(job_id)
-        if place is None:
-            return None
-        loads = await self._pool_loads(str(request.get("model") or "auto"))
-        start = expected_start_s(place.audio_s_ahead, loads) if loads else None
-        return QueueOut(
-            position=place.position,
-            expected_start_s=None if start is None else round(start, 1),
-        )
-
-    async def _pool_loads(self, model: str) -> list[PoolLoad]:
-        """The placeable pools that would render `model` (for auto: of the first model in
-        `models.auto_order` with any), as the router last reported them (the configured figures
-        until it has). The report is cached for `_POOLS_CACHE_S`, so queued songs polled at once
-        cost one router call; [] when no placeable pool renders `model`."""
-        now = asyncio.get_running_loop().time()
-        if self._router is not None and now - self._pools_at >= _POOLS_CACHE_S:
-            self._pools_at = now
-            try:
-                self._pools_seen = await asyncio.wait_for(
-                    self._router.pools.remote(), _POOLS_TIMEOUT_S
-                )
-            except Exception as error:  # noqa: BLE001 - an estimate is optional
-                logger.warning("could not read the decoder pools' load: %r", error)
-        models = self._config.models.auto_order if model == "auto" else [model]
-        for name in models:
-            pools = [p for p in self._pools_seen if p["model"] == name and p["placeable"]]
-            if pools:
-                return [
-                    PoolLoad(
-                        replicas=max(p["replicas"] or 0, 1),
-                        capacity=p["capacity"],
-                        renders=p["in_flight"],
-                        audio_s=p.get("in_flight_audio_s", 0.0),
-                        seconds_per_audio_second=p["seconds_per_audio_second"],
-                    )
-                    for p in pools
-                ]
-        return []
 
     async def event_stream(self, song_id: str, owner: str, after: int) -> AsyncIterator[str]:
         """SSE frames of a song's events after `after`; ends once the song is done (or failed)
@@ -627,7 +529,7 @@ class SongAPI:
                 ):
                     return
                 if queue_of is not None:
-                    queue = await self._queue_out(job_id, queue_of)
+                    queue = await self._queue.queue_out(job_id, queue_of)
                     if queue is None:
                         queue_of = None  # it left the queue: its events tell the rest
                     elif queue.position != position:
@@ -695,82 +597,8 @@ class SongAPI:
         variation = self._finished_variation(job, index, not_ready_status=404)
         key = variation.objects.get(fmt)
         if key is None:
-            key = await self._made_on_request(job, variation, fmt)
+            key = await self._lazy.key(job, variation, fmt)
         return await self._serve_object(key, f"{job.id}-v{index}.{fmt}", range_header, head_only)
-
-    async def _made_on_request(self, job: JobRecord, variation: VariationRecord, fmt: str) -> str:
-        """The key of a lazy format's file, made from the variation's kept master on its first
-        request: one requester (on any replica) claims it in the job store and has the
-        OnDemandEncoder make it; the others wait for it to be recorded. 503 with Retry-After
-        when it takes longer than `postprocess.lazy_encode_wait_s`."""
-        post = self._config.postprocess
-        if fmt not in post.formats or "master" not in variation.objects:
-            raise ApiError(
-                404,
-                "not_found",
-                f"this server does not produce {fmt} files (postprocess.formats)"
-                if fmt not in post.formats
-                else f"variation {variation.index} has no {fmt} file, and no master to make one "
-                f"from (it was made before {fmt} was served)",
-                "fmt",
-            )
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + post.lazy_encode_wait_s
-        index, making = variation.index, None
-        while True:
-            if making is None:
-                token = await self._jobs.claim_delivery(
-                    job.id, index, fmt, self._worker, lease_s=post.lazy_encode_lease_s
-                )
-                if token is not None:
-                    making = asyncio.ensure_future(self._deliver(job.id, index, fmt, token))
-            if making is not None and making.done():
-                return self._made(making, fmt, index)
-            current = await self._jobs.get_job(job.id)
-            recorded = current.variations[index].objects if current else {}
-            if fmt in recorded:
-                return recorded[fmt]
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise ApiError(
-                    503,
-                    "encoding",
-                    f"the {fmt} file of variation {index} is being encoded on its first "
-                    "request; retry shortly",
-                    "fmt",
-                    {"Retry-After": str(max(1, round(post.lazy_encode_wait_s / 6)))},
-                )
-            poll_s = min(self._config.storage.poll_interval_s, remaining)
-            if making is not None:
-                await asyncio.wait([making], timeout=poll_s)
-            else:
-                await asyncio.sleep(poll_s)
-
-    @staticmethod
-    def _made(making: asyncio.Future[str], fmt: str, index: int) -> str:
-        """The key a finished delivery returned; its failure as an error the client can act on."""
-        try:
-            return making.result()
-        except ApiError:
-            raise
-        except Exception as error:
-            raise ApiError(
-                500,
-                "encoding_failed",
-                f"the {fmt} file of variation {index} could not be made "
-                f"({type(error).__name__}); retry, or use another format",
-                "fmt",
-            ) from error
-
-    async def _deliver(self, job_id: str, index: int, fmt: str, token: str) -> str:
-        """Have the OnDemandEncoder make a claimed file; the claim goes back when the call does
-        not reach it (the encoder hands it back itself when it fails)."""
-        try:
-            key: str = await self._call(self._encoder.deliver.remote(job_id, index, fmt, token))
-        except ApiError:  # back-pressure: the encoder never saw the claim
-            await self._jobs.finish_delivery(job_id, index, fmt, token, delivered=False)
-            raise
-        return key
 
     async def _serve_object(
         self, key: str, filename: str, range_header: str | None, head_only: bool

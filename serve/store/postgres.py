@@ -832,17 +832,7 @@ class PostgresJobStore:
             )
         if row is None:
             return None
-        return DeliveryRecord(
-            job_id=row["job_id"],
-            index=row["idx"],
-            name=row["name"],
-            status=row["status"],
-            claims=row["claims"],
-            lease_owner=row["lease_owner"],
-            lease_expires_at=row["lease_expires_at"],
-            created_at=row["created_at"],
-            updated_at=row["updated_at"],
-        )
+        return DeliveryRecord.from_row(row)
 
     # -- cache ------------------------------------------------------------------------------------
 

@@ -111,6 +111,21 @@ class DeliveryRecord:
     created_at: float
     updated_at: float
 
+    @classmethod
+    def from_row(cls, row: Any) -> DeliveryRecord:
+        """From a `deliveries` row of either backend (both rows are read by column name)."""
+        return cls(
+            job_id=row["job_id"],
+            index=row["idx"],
+            name=row["name"],
+            status=row["status"],
+            claims=row["claims"],
+            lease_owner=row["lease_owner"],
+            lease_expires_at=row["lease_expires_at"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+        )
+
 
 @dataclass(frozen=True)
 class EventRecord:

@@ -250,20 +250,6 @@ def _set_fields(
     db.execute(f"UPDATE {table.name} SET {assignments} WHERE {_match(table)}", (*values, *key))
 
 
-def _delivery(row: Any) -> DeliveryRecord:
-    return DeliveryRecord(
-        job_id=row["job_id"],
-        index=row["idx"],
-        name=row["name"],
-        status=row["status"],
-        claims=row["claims"],
-        lease_owner=row["lease_owner"],
-        lease_expires_at=row["lease_expires_at"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )
-
-
 def _loads(raw: str | None) -> Any:
     return None if raw is None else json.loads(raw)
 
@@ -876,7 +862,7 @@ class SQLiteJobStore:
                 "SELECT * FROM deliveries WHERE job_id = ? AND idx = ? AND name = ?",
                 (job_id, index, name),
             ).fetchone()
-            return None if row is None else _delivery(row)
+            return None if row is None else DeliveryRecord.from_row(row)
 
         result: DeliveryRecord | None = await self._run(read)
         return result

@@ -120,7 +120,8 @@ def app_args(args: argparse.Namespace) -> dict[str, Any]:
             "conductor": placed(roles.conductor, OFF_HEAD, replicas=2),
             **{
                 name: placed(getattr(roles, name), OFF_HEAD)
-                for name in ("postprocess", "stems", "lyrics", "tags", "router")
+                for name in DeploymentsConfig.model_fields
+                if name not in ("api", "conductor", "separator")
             },
         },
     )

@@ -28,8 +28,8 @@ from .conftest import APP_NAME
 pytestmark = pytest.mark.integration
 
 POOL = "Sketch"
-SONGS = 16
-DURATION_S = 60  # × expected_render_s_per_audio_s 0.05: 3 render seconds per song
+SONGS = 10
+DURATION_S = 40  # × expected_render_s_per_audio_s 0.05: 2 render seconds per song
 
 
 def _running(pool: str) -> int:
@@ -73,7 +73,7 @@ def backlog_app(serve_url: str, tmp_path: Path) -> Iterator[tuple[httpx.Client, 
                             "min_replicas": 1,
                             "max_replicas": 3,
                             "policy": "backlog",
-                            "backlog_s_per_replica": 3.0,  # one song's render per replica
+                            "backlog_s_per_replica": 2.0,  # one song's render per replica
                             "upscale_delay_s": 1.0,
                             "downscale_delay_s": 5.0,
                         },

@@ -24,7 +24,7 @@ def test_smoke_run_prints_every_row_of_the_table(tmp_path: Path) -> None:
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     done = subprocess.run(
-        ["bash", "scripts/gpu_check.sh", "--smoke", "--budget-s", "90"],
+        ["bash", "scripts/gpu_check.sh", "--smoke", "--budget-s", "60"],
         cwd=REPO,
         capture_output=True,
         text=True,

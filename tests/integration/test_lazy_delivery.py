@@ -127,7 +127,7 @@ def test_verify_answers_while_every_post_processor_is_mastering(deploy: DeployFn
 
     # A long song with two variations: both PostProcessor replicas master at once.
     long_id = app.client.post(
-        "/v1/songs", json={"style": "ambient drone", "duration_s": 240, "variations": 2}
+        "/v1/songs", json={"style": "ambient drone", "duration_s": 120, "variations": 2}
     ).json()["id"]
     deadline = time.monotonic() + 300
     while len(_mastering(_events(app, long_id))) < 2:

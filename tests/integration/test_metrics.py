@@ -84,22 +84,24 @@ def test_a_song_moves_every_metric(deploy: DeployFn) -> None:
         "audio_bytes": total("ray_songserve_object_bytes_written_total", kind="audio"),
     }
 
-    body = {"prompt": "a sunny indie-pop song about sailing home", "duration_s": 20}
+    # Long enough that the waiting song stays queued past a report of `songserve_jobs` (every
+    # 5 s) and its event stream stays open past a metrics report (every 0.5 s here).
+    body = {"prompt": "a sunny indie-pop song about sailing home", "duration_s": 60}
     answers = [app.client.post("/v1/songs", json={**body, "seed": seed}) for seed in (1, 2, 3)]
     statuses = [answer.status_code for answer in answers]
     assert statuses.count(429) >= 1, statuses  # a song running and one waiting: the queue is full
     accepted = [answer.json()["id"] for answer in answers if answer.status_code == 202]
     assert len(accepted) >= 1
 
-    # While a song waits, the store's queue is reported; an open event stream is counted.
-    if len(accepted) == 2:
-        wait_for(lambda: total("ray_songserve_jobs", status="queued") >= 1, "a queued song")
+    # An open event stream is counted; while a song waits, the store's queue is reported.
     streamed: list[list[tuple[int, str, dict]]] = []
     listener = threading.Thread(
         target=lambda: streamed.append(read_events(app.client, accepted[-1])), daemon=True
     )
     listener.start()
     wait_for(lambda: total("ray_songserve_sse_subscribers") >= 1, "an SSE subscriber")
+    if len(accepted) == 2:
+        wait_for(lambda: total("ray_songserve_jobs", status="queued") >= 1, "a queued song")
 
     for song_id in accepted:
         assert wait_for_song(app.client, song_id)["status"] == "succeeded"
@@ -149,7 +151,7 @@ def test_a_song_moves_every_metric(deploy: DeployFn) -> None:
         (
             "render_bytes",
             "ray_songserve_object_bytes_written_total",
-            variations * 20 * 48_000 * 8,
+            variations * 60 * 48_000 * 8,
             {"kind": "render"},
         ),
         ("audio_bytes", "ray_songserve_object_bytes_written_total", 1, {"kind": "audio"}),
@@ -219,7 +221,7 @@ def test_a_lost_post_processor_is_a_counted_retry(deploy: DeployFn) -> None:
     )
     before = total("ray_songserve_stage_retries_total", stage="variation")
     answer = app.client.post(
-        "/v1/songs", json={"style": "ambient drone", "duration_s": 90, "seed": 7}
+        "/v1/songs", json={"style": "ambient drone", "duration_s": 60, "seed": 7}
     )
     song_id = answer.json()["id"]
 

@@ -328,3 +328,64 @@ async def run_song_on(
             await asyncio.sleep(0.05)
     finally:
         await conductor.__del__()
+
+
+def test_a_full_conductor_waits_instead_of_spinning_over_a_backlog(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Songs queued beyond a conductor's `max_concurrent_jobs`: SQLite keeps answering "there is
+    runnable work", which this replica cannot take. It must wait for a free slot (or the poll
+    interval), not look again at once: a loop that does burns a core while songs wait."""
+    config = config_for(tmp_path, max_concurrent_jobs=1, poll_interval_s=0.1)
+    store = SQLiteJobStore(config.storage.database_path)
+    graph = Graph(FilesystemObjectStore(config.storage.storage_path))
+    hold = asyncio.Event()
+    looks: list[str] = []
+    for name in ("claim_next", "wait_for_work"):
+        original = getattr(SQLiteJobStore, name)
+
+        def counted(
+            self: Any, *args: Any, _original: Any = original, _name: str = name, **kwargs: Any
+        ) -> Any:
+            looks.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(SQLiteJobStore, name, counted)
+
+    async def held_render(request: RenderRequest, model: str) -> AsyncIterator[Any]:
+        await hold.wait()  # the first song keeps the replica's only slot
+        async for item in graph.generate(request, model):
+            yield item
+
+    async def scenario() -> int:
+        for seed in range(4):
+            await store.create_job(owner="o", request=_BODY, seed=seed, variations=1)
+        handles = {
+            "lyrics": FakeHandle(write=graph.write),
+            "tags": FakeHandle(normalize=graph.normalize),
+            "router": FakeHandle(generate=held_render),
+            "postprocessor": FakeHandle(process=graph.process),
+        }
+        conductor = Conductor(config, **handles)
+        try:
+            await asyncio.sleep(0.5)  # settle: the first song is claimed and held
+            looks.clear()
+            await asyncio.sleep(1.0)
+            return len(looks)
+        finally:
+            hold.set()
+            await conductor.__del__()
+
+    looked = asyncio.run(scenario())
+    # About one look per poll interval (10 in the second); a spinning loop makes thousands.
+    assert looked <= 25, looked
+
+
+_BODY = {
+    "prompt": "a song about tests",
+    "duration_s": 5.0,
+    "language": "en",
+    "instrumental": False,
+    "model": "auto",
+    "loudness_lufs": -14.0,
+}

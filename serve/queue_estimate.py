@@ -1,0 +1,85 @@
+"""Where a queued song stands: its place in line (from the job store) and when it should start
+(from the audio still to render before it and the decoder pools' load and measured speed)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from .pool_load import PoolLoad, expected_start_s
+from .schemas import QueueOut
+
+if TYPE_CHECKING:
+    from .config import AppConfig
+    from .store import JobStore
+
+logger = logging.getLogger("ray.serve")
+
+# How long the pools' load read from the router is reused, and how long reading it may take.
+_POOLS_CACHE_S = 2.0
+_POOLS_TIMEOUT_S = 5.0
+
+
+class QueueEstimator:
+    def __init__(self, config: AppConfig, jobs: JobStore, router: Any) -> None:
+        """`router`: the SongRouter's handle (None: the configured figures only)."""
+        self._config = config
+        self._jobs = jobs
+        self._router = router
+        # The router's last `pools()` (see _pool_loads); until it answers, the configured figures.
+        self._pools_seen: list[dict[str, Any]] = [
+            {
+                "name": pool.name,
+                "model": pool.model,
+                "placeable": True,
+                "replicas": pool.deployment.num_replicas,
+                "capacity": pool.deployment.num_replicas * pool.deployment.max_ongoing_requests,
+                "in_flight": 0,
+                "seconds_per_audio_second": pool.expected_render_s_per_audio_s,
+            }
+            for pool in config.models.pools
+        ]
+        self._pools_at = -float("inf")
+
+    async def queue_out(self, job_id: str, request: dict[str, Any]) -> QueueOut | None:
+        """A queued song's place in line and expected start; None once it left the queue."""
+        place = await self._jobs.queue_place(job_id)
+        if place is None:
+            return None
+        loads = await self._pool_loads(str(request.get("model") or "auto"))
+        start = expected_start_s(place.audio_s_ahead, loads) if loads else None
+        return QueueOut(
+            position=place.position,
+            expected_start_s=None if start is None else round(start, 1),
+        )
+
+    async def _pool_loads(self, model: str) -> list[PoolLoad]:
+        """The placeable pools that would render `model` (for auto: of the first model in
+        `models.auto_order` with any), as the router last reported them (the configured figures
+        until it has). The report is cached for `_POOLS_CACHE_S`, so queued songs polled at once
+        cost one router call; [] when no placeable pool renders `model`."""
+        now = asyncio.get_running_loop().time()
+        if self._router is not None and now - self._pools_at >= _POOLS_CACHE_S:
+            self._pools_at = now
+            try:
+                self._pools_seen = await asyncio.wait_for(
+                    self._router.pools.remote(), _POOLS_TIMEOUT_S
+                )
+            except Exception as error:  # noqa: BLE001 - an estimate is optional
+                logger.warning("could not read the decoder pools' load: %r", error)
+        models = self._config.models.auto_order if model == "auto" else [model]
+        for name in models:
+            pools = [p for p in self._pools_seen if p["model"] == name and p["placeable"]]
+            if pools:
+                return [
+                    PoolLoad(
+                        replicas=max(p["replicas"] or 0, 1),
+                        capacity=p["capacity"],
+                        renders=p["in_flight"],
+                        audio_s=p.get("in_flight_audio_s", 0.0),
+                        seconds_per_audio_second=p["seconds_per_audio_second"],
+                    )
+                    for p in pools
+                ]
+        return []
