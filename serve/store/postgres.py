@@ -603,15 +603,7 @@ class PostgresJobStore:
                 "WHERE j.status IN ('queued', 'running') AND v.status IN ('queued', 'running') "
                 "AND v.render->'raw' IS NULL GROUP BY 1",
             )
-        return {
-            row["model"]: ModelBacklog(
-                waiting=int(row["waiting"]),
-                waiting_audio_s=float(row["waiting_audio_s"]),
-                rendering=int(row["rendering"]),
-                rendering_audio_s=float(row["rendering_audio_s"]),
-            )
-            for row in rows
-        }
+        return {row["model"]: ModelBacklog.from_row(row) for row in rows}
 
     # -- events -----------------------------------------------------------------------------------
 

@@ -278,3 +278,13 @@ class ModelBacklog:
     waiting_audio_s: float  # seconds of audio they will make
     rendering: int  # variations a live claim is rendering now (sent to a pool)
     rendering_audio_s: float
+
+    @classmethod
+    def from_row(cls, row: Any) -> ModelBacklog:
+        """From a backlog query's row of either backend (read by column name)."""
+        return cls(
+            waiting=int(row["waiting"]),
+            waiting_audio_s=float(row["waiting_audio_s"]),
+            rendering=int(row["rendering"]),
+            rendering_audio_s=float(row["rendering_audio_s"]),
+        )

@@ -616,15 +616,7 @@ class SQLiteJobStore:
             "GROUP BY json_extract(j.request, '$.model')",
             {"now": time.time()},
         ).fetchall()
-        return {
-            row["model"]: ModelBacklog(
-                waiting=int(row["waiting"]),
-                waiting_audio_s=float(row["waiting_audio_s"]),
-                rendering=int(row["rendering"]),
-                rendering_audio_s=float(row["rendering_audio_s"]),
-            )
-            for row in rows
-        }
+        return {row["model"]: ModelBacklog.from_row(row) for row in rows}
 
     async def backlog_by_model(self) -> dict[str, ModelBacklog]:
         result: dict[str, ModelBacklog] = await self._run(self._backlog_by_model)
