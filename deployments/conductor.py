@@ -685,13 +685,10 @@ class Conductor:
         await self._variation_event(job, index)
 
     def _observe_render_speed(self, rendered: RenderedSong) -> None:
-        """Replica seconds per audio second; a batch's time is shared among its songs."""
-        audio_s = rendered.n_samples / max(rendered.sample_rate, 1)
-        render_s = rendered.render_finished_at - rendered.render_started_at
-        if audio_s > 0 and render_s >= 0:
+        speed = rendered.seconds_per_audio_second
+        if speed is not None:
             self._metrics.render_speed.observe(
-                render_s / audio_s / max(rendered.batch_size, 1),
-                tags={"pool": rendered.pool or "unknown", "model": rendered.model},
+                speed, tags={"pool": rendered.pool or "unknown", "model": rendered.model}
             )
 
     async def _progress(

@@ -64,6 +64,16 @@ class RenderedSong:
     batch_size: int = 1  # requests rendered in the same model call
     pool: str = ""  # the decoder pool (deployment) that rendered it; "" from older records
 
+    @property
+    def seconds_per_audio_second(self) -> float | None:
+        """Replica seconds this render took per second of its audio (see
+        `serve.pool_load.seconds_per_audio_second`); None when its timing says nothing."""
+        from serve.pool_load import seconds_per_audio_second
+
+        audio_s = self.n_samples / self.sample_rate if self.sample_rate else 0.0
+        render_s = self.render_finished_at - self.render_started_at
+        return seconds_per_audio_second(render_s, audio_s, self.batch_size)
+
 
 class SongModel(Protocol):
     """What a decoder pool needs from a song model."""

@@ -247,9 +247,7 @@ class SongRouter:
 
     def measure(self, pool: str, song: RenderedSong) -> None:
         """Fold a finished render's timing into `pool`'s measured speed."""
-        audio_s = song.n_samples / song.sample_rate if song.sample_rate else 0.0
-        render_s = song.render_finished_at - song.render_started_at
-        self._speed[pool].add(render_s, audio_s, song.batch_size)
+        self._speed[pool].add_sample(song.seconds_per_audio_second)
 
     async def pools(self) -> list[dict[str, Any]]:
         """Every decoder pool with its model, whether the cluster can place it (and why not),

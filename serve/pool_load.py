@@ -71,6 +71,15 @@ def expected_start_s(audio_s_ahead: float, loads: Sequence[PoolLoad]) -> float |
     return None if rate <= 0 else audio_s_ahead / rate
 
 
+def seconds_per_audio_second(render_s: float, audio_s: float, batch_size: int = 1) -> float | None:
+    """Replica seconds per second of audio of one render: `render_s` wall seconds for `audio_s`
+    seconds of audio, made in one model call with `batch_size - 1` other songs (which share the
+    time). None for a timing that says nothing (a clock that did not move, no audio)."""
+    if render_s <= 0 or audio_s <= 0:
+        return None
+    return render_s / max(batch_size, 1) / audio_s
+
+
 class SpeedMeter:
     """A pool's measured `seconds_per_audio_second`: a moving average over its renders that
     starts from the configured guess, which counts as one render until others replace it."""
@@ -80,11 +89,13 @@ class SpeedMeter:
         self.renders = 0
 
     def add(self, render_s: float, audio_s: float, batch_size: int = 1) -> None:
-        """One render: `render_s` wall seconds for `audio_s` seconds of audio, made in one model
-        call with `batch_size - 1` other songs (which share the time). Nonsense is ignored."""
-        if render_s <= 0 or audio_s <= 0:
+        """One render (see `seconds_per_audio_second`); nonsense is ignored."""
+        self.add_sample(seconds_per_audio_second(render_s, audio_s, batch_size))
+
+    def add_sample(self, sample: float | None) -> None:
+        """One render's measured seconds per audio second (None: ignored)."""
+        if sample is None:
             return
-        sample = render_s / max(batch_size, 1) / audio_s
         self.renders += 1
         weight = max(1 / (self.renders + 1), SPEED_WEIGHT)
         self.value += weight * (sample - self.value)
