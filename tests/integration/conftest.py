@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -50,18 +51,61 @@ def serve_url() -> Iterator[str]:
         ray.shutdown()
 
 
-def metric_samples(name: str, **labels: str) -> list[tuple[dict[str, str], float]]:
-    """Every sample of Prometheus metric `name` (e.g. `ray_serve_actual_batch_size_bucket`)
-    the session's Ray exports now, whose labels include `labels`."""
+def exported_samples(prefix: str = "ray_s") -> list[tuple[str, dict[str, str], float]]:
+    """(name, labels, value) of every sample the session's Ray exports now whose name starts
+    with `prefix` (default: Serve's and songserve's own).
+
+    The export keeps every replica the session ever ran, so late in a run it is tens of
+    thousands of lines; lines are picked by name before parsing, or each read takes seconds."""
     from prometheus_client.parser import text_string_to_metric_families
 
     text = httpx.get(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10).text
+    picked = "".join(f"{line}\n" for line in text.splitlines() if line.startswith(prefix))
     return [
-        (sample.labels, sample.value)
-        for family in text_string_to_metric_families(text)
+        (sample.name, sample.labels, sample.value)
+        for family in text_string_to_metric_families(picked)
         for sample in family.samples
-        if sample.name == name and labels.items() <= sample.labels.items()
     ]
+
+
+def metric_samples(name: str, **labels: str) -> list[tuple[dict[str, str], float]]:
+    """Every sample of Prometheus metric `name` (e.g. `ray_serve_actual_batch_size_bucket`)
+    the session's Ray exports now, whose labels include `labels`."""
+    return [
+        (tags, value)
+        for sample_name, tags, value in exported_samples(prefix=name)
+        if sample_name == name and labels.items() <= tags.items()
+    ]
+
+
+@dataclass(frozen=True)
+class FreshMetrics:
+    """Metric samples of the replicas started after this snapshot was taken.
+
+    Earlier tests' replicas stay in the node's export with their last values until Ray drops a
+    dead worker's series, minutes later and at any moment: a sum over every replica can then fall
+    while a test waits for it to rise (a stale conductor's retries vanishing hides a new one).
+    Leaving out every replica exported when the snapshot was taken makes before/after deltas
+    exact. Samples without a `replica` label (Ray's own) are kept."""
+
+    earlier_replicas: frozenset[str]
+
+    @classmethod
+    def snapshot(cls) -> FreshMetrics:
+        return cls(
+            frozenset(tags["replica"] for _, tags, _ in exported_samples() if "replica" in tags)
+        )
+
+    def samples(self, name: str, **labels: str) -> list[tuple[dict[str, str], float]]:
+        return [
+            (tags, value)
+            for tags, value in metric_samples(name, **labels)
+            if tags.get("replica") not in self.earlier_replicas
+        ]
+
+    def total(self, name: str, **labels: str) -> float:
+        """The sum of the fresh samples of `name` with these labels (0 when none)."""
+        return sum(value for _, value in self.samples(name, **labels))
 
 
 def test_args(data_dir: Path, **overrides: Any) -> dict[str, Any]:
@@ -139,16 +183,16 @@ def kill_replicas(deployment: str) -> int:
     return killed
 
 
-@pytest.fixture
-def deploy(serve_url: str, tmp_path: Path) -> Iterator[Callable[..., Deployed]]:
-    """`deploy(**overrides)` runs the app on this test's data dir; again, it redeploys."""
+@contextlib.contextmanager
+def _deployer(serve_url: str, data_dir: Path) -> Iterator[Callable[..., Deployed]]:
+    """`deploy(**overrides)` runs the app on `data_dir`; again, it redeploys. The app is deleted
+    on exit."""
     from ray import serve
 
     from serve.app import build_app
     from serve.config import AppConfig, resolve_config
 
     clients: list[httpx.Client] = []
-    data_dir = tmp_path / "state"
 
     def run(**overrides: Any) -> Deployed:
         config = AppConfig.model_validate(test_args(data_dir, **overrides))
@@ -162,10 +206,28 @@ def deploy(serve_url: str, tmp_path: Path) -> Iterator[Callable[..., Deployed]]:
             time.sleep(0.2)
         return Deployed(client, data_dir, storage)
 
-    yield run
-    for client in clients:
-        client.close()
-    serve.delete(APP_NAME)
+    try:
+        yield run
+    finally:
+        for client in clients:
+            client.close()
+        serve.delete(APP_NAME)
+
+
+@pytest.fixture
+def deploy(serve_url: str, tmp_path: Path) -> Iterator[Callable[..., Deployed]]:
+    """`deploy(**overrides)` runs the app on this test's data dir; again, it redeploys."""
+    with _deployer(serve_url, tmp_path / "state") as run:
+        yield run
+
+
+@pytest.fixture(scope="module")
+def module_deploy(
+    serve_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., Deployed]]:
+    """`deploy` for an app every test of a module shares (one start of a slow-loading model)."""
+    with _deployer(serve_url, tmp_path_factory.mktemp("module") / "state") as run:
+        yield run
 
 
 @pytest.fixture

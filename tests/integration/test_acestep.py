@@ -77,9 +77,10 @@ def _acestep_args(checkpoint: Path) -> dict:
     }
 
 
-@pytest.fixture
-def app(deploy: DeployFn, tiny_checkpoint: Path) -> Deployed:
-    deployed = deploy(**_acestep_args(tiny_checkpoint))
+@pytest.fixture(scope="module")
+def app(module_deploy: DeployFn, tiny_checkpoint: Path) -> Deployed:
+    """One app for the module: its tests use their own seeds and LoRA ids."""
+    deployed = module_deploy(**_acestep_args(tiny_checkpoint))
     deadline = time.monotonic() + 60
     while True:  # preloading registers the LoRAs just after start-up
         listed = {lora["id"] for lora in deployed.client.get("/v1/loras").json()["loras"]}

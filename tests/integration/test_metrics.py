@@ -1,8 +1,7 @@
 """songserve's own metrics, read from the node's Prometheus export after real songs.
 
 Every metric of `serve.metrics.METRIC_NAMES` that a plain song can move is checked to be exported
-and to have moved; stage retries (a replica lost) are checked by the fault tests, which cause
-them. The session's Ray reports metrics every 0.5 s, so each check polls for a few seconds.
+and to have moved, and no series names a song; retries are counted when a post-processor is lost. The session's Ray reports metrics every 0.5 s, so each check polls for a few seconds.
 """
 
 from __future__ import annotations
@@ -13,45 +12,21 @@ import threading
 import time
 from collections.abc import Callable
 
-import httpx
 import pytest
 
 from tests.helpers import free_port, read_events, wait_for_song
 from tests.unit.test_grafana_dashboard import DASHBOARD
 
-from .conftest import APP_NAME, METRICS_PORT, Deployed, kill_replicas, metric_samples
+from .conftest import (
+    Deployed,
+    FreshMetrics,
+    exported_samples,
+    kill_replicas,
+)
 
 pytestmark = pytest.mark.integration
 
 DeployFn = Callable[..., Deployed]
-
-
-def total(name: str, **labels: str) -> float:
-    """The sum of every exported sample of `name` with these labels (0 when none)."""
-    return sum(value for _, value in metric_samples(name, **labels))
-
-
-def all_samples() -> list[tuple[str, float]]:
-    """(name, value) of every sample the session's Ray exports now."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = httpx.get(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10).text
-    return [
-        (sample.name, sample.value)
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    ]
-
-
-def replica_ids(deployment: str) -> set[str]:
-    """The replica ids of the app's live replicas of `deployment` (as in their actor names)."""
-    import ray
-
-    return {
-        actor["name"].split("#")[-1]
-        for actor in ray.util.list_named_actors(all_namespaces=True)
-        if f"{APP_NAME}#{deployment}#" in actor["name"]
-    }
 
 
 def wait_for(check: Callable[[], bool], what: str, timeout_s: float = 20.0) -> None:
@@ -63,6 +38,7 @@ def wait_for(check: Callable[[], bool], what: str, timeout_s: float = 20.0) -> N
 
 def test_a_song_moves_every_metric(deploy: DeployFn) -> None:
     nothing_listens = free_port()
+    fresh = FreshMetrics.snapshot()  # before this test's replicas start
     app = deploy(
         # The LLM server is down: lyrics fall back to the template writer (and are counted).
         lyrics={
@@ -76,23 +52,25 @@ def test_a_song_moves_every_metric(deploy: DeployFn) -> None:
         jobs={"max_concurrent_jobs": 1, "max_queued_jobs": 1},
     )
     histogram_counts = {
-        stage: total("ray_songserve_stage_seconds_count", stage=stage)
+        stage: fresh.total("ray_songserve_stage_seconds_count", stage=stage)
         for stage in ("lyrics", "tags", "render", "postprocess", "loudness", "peaks", "store")
     }
     before = {
-        "m4a": total("ray_songserve_stage_seconds_count", stage="encode", format="m4a"),
-        "sign": total("ray_songserve_stage_seconds_count", stage="sign"),
-        "queue_wait": total("ray_songserve_queue_wait_seconds_count"),
-        "speed": total("ray_songserve_render_seconds_per_audio_second_count", pool="Sketch"),
-        "song": total("ray_songserve_song_seconds_count", outcome="succeeded"),
-        "refused": total(
+        "m4a": fresh.total("ray_songserve_stage_seconds_count", stage="encode", format="m4a"),
+        "sign": fresh.total("ray_songserve_stage_seconds_count", stage="sign"),
+        "queue_wait": fresh.total("ray_songserve_queue_wait_seconds_count"),
+        "speed": fresh.total("ray_songserve_render_seconds_per_audio_second_count", pool="Sketch"),
+        "song": fresh.total("ray_songserve_song_seconds_count", outcome="succeeded"),
+        "refused": fresh.total(
             "ray_songserve_admissions_refused_total", status="429", reason="too_many_queued"
         ),
-        "finished": total("ray_songserve_jobs_finished_total", outcome="succeeded", code="ok"),
-        "attempts": total("ray_songserve_job_attempts_count", outcome="succeeded"),
-        "fallbacks": total("ray_songserve_lyrics_fallbacks_total", engine="openai"),
-        "render_bytes": total("ray_songserve_object_bytes_written_total", kind="render"),
-        "audio_bytes": total("ray_songserve_object_bytes_written_total", kind="audio"),
+        "finished": fresh.total(
+            "ray_songserve_jobs_finished_total", outcome="succeeded", code="ok"
+        ),
+        "attempts": fresh.total("ray_songserve_job_attempts_count", outcome="succeeded"),
+        "fallbacks": fresh.total("ray_songserve_lyrics_fallbacks_total", engine="openai"),
+        "render_bytes": fresh.total("ray_songserve_object_bytes_written_total", kind="render"),
+        "audio_bytes": fresh.total("ray_songserve_object_bytes_written_total", kind="audio"),
     }
 
     # Long enough that the waiting song stays queued past a report of `songserve_jobs` (every
@@ -104,23 +82,19 @@ def test_a_song_moves_every_metric(deploy: DeployFn) -> None:
     accepted = [answer.json()["id"] for answer in answers if answer.status_code == 202]
     assert len(accepted) >= 1
 
-    # An open event stream is counted; while a song waits, the store's queue is reported. Gauges
-    # are compared with their values before: replicas of apps deployed by earlier tests may
-    # still be exported with their last values.
-    subscribers_before = total("ray_songserve_sse_subscribers")
-    queued_before = total("ray_songserve_jobs", status="queued")
+    # An open event stream is counted; while a song waits, the store's queue is reported.
     streamed: list[list[tuple[int, str, dict]]] = []
     listener = threading.Thread(
         target=lambda: streamed.append(read_events(app.client, accepted[-1])), daemon=True
     )
     listener.start()
     wait_for(
-        lambda: total("ray_songserve_sse_subscribers") >= subscribers_before + 1,
+        lambda: fresh.total("ray_songserve_sse_subscribers") >= 1,
         "an SSE subscriber",
     )
     if len(accepted) == 2:
         wait_for(
-            lambda: total("ray_songserve_jobs", status="queued") >= queued_before + 1,
+            lambda: fresh.total("ray_songserve_jobs", status="queued") >= 1,
             "a queued song",
         )
 
@@ -129,7 +103,7 @@ def test_a_song_moves_every_metric(deploy: DeployFn) -> None:
     listener.join(timeout=60)
     assert streamed and streamed[0][-1][1] == "done"
     wait_for(
-        lambda: total("ray_songserve_sse_subscribers") <= subscribers_before,
+        lambda: fresh.total("ray_songserve_sse_subscribers") == 0,
         "the stream's end counted",
     )
 
@@ -137,7 +111,7 @@ def test_a_song_moves_every_metric(deploy: DeployFn) -> None:
     variations = 2 * songs
 
     def moved(name: str, metric: str, by: float, **labels: str) -> Callable[[], bool]:
-        return lambda: total(metric, **labels) - before[name] >= by
+        return lambda: fresh.total(metric, **labels) - before[name] >= by
 
     wait_for(
         moved("song", "ray_songserve_song_seconds_count", songs, outcome="succeeded"), "POST → done"
@@ -183,10 +157,9 @@ def test_a_song_moves_every_metric(deploy: DeployFn) -> None:
     per_variation = {"render", "postprocess", "loudness", "peaks", "store"}
     for stage, count in histogram_counts.items():
         by = variations if stage in per_variation else songs
+        before[stage] = count
         wait_for(
-            lambda stage=stage, count=count, by=by: (
-                total("ray_songserve_stage_seconds_count", stage=stage) - count >= by
-            ),
+            moved(stage, "ray_songserve_stage_seconds_count", by, stage=stage),
             f"stage {stage} timed",
         )
     # Every songserve series the dashboard charts is exported (retries and LoRA loads need a
@@ -198,37 +171,22 @@ def test_a_song_moves_every_metric(deploy: DeployFn) -> None:
         for target in panel.get("targets", [])
         for metric in re.findall(r"\bray_songserve_[a-z_]+\b", target["expr"])
     }
-    exported = {name for name, _ in all_samples()}
+    exported = {name for name, _, _ in exported_samples()}
     needs_a_fault = {"ray_songserve_stage_retries_total", "ray_songserve_decoder_lora_loads_total"}
     # A gauge back at 0 may be left out of the export; this one was seen above while it was 1.
     seen_above = {"ray_songserve_sse_subscribers"}
     missing = charted - needs_a_fault - seen_above - exported
     assert not missing, sorted(missing)
     # Sketch renders far faster than real time on this machine: the speed is a ratio, not seconds.
-    speed_sum = total("ray_songserve_render_seconds_per_audio_second_sum", pool="Sketch")
-    speed_count = total("ray_songserve_render_seconds_per_audio_second_count", pool="Sketch")
+    speed_sum = fresh.total("ray_songserve_render_seconds_per_audio_second_sum", pool="Sketch")
+    speed_count = fresh.total("ray_songserve_render_seconds_per_audio_second_count", pool="Sketch")
     assert 0 < speed_sum / speed_count < 1
 
-
-def test_the_prometheus_export_names_no_song(deploy: DeployFn) -> None:
-    """Tags stay low-cardinality: no song id or owner appears in any songserve series."""
-    app = deploy()
-    answer = app.client.post("/v1/songs", json={"style": "lo-fi", "duration_s": 6, "seed": 4})
-    song_id = answer.json()["id"]
-    assert wait_for_song(app.client, song_id)["status"] == "succeeded"
-    wait_for(lambda: total("ray_songserve_jobs_finished_total") > 0, "a finished song counted")
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = httpx.get(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10).text
-    ours = [
-        sample
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name.startswith("ray_songserve_")
-    ]
+    # Tags stay low-cardinality: no song id or owner appears in any songserve series.
+    ours = [tags for name, tags, _ in exported_samples("ray_songserve_")]
     assert ours
-    assert not [s for s in ours if any(song_id in value for value in s.labels.values())]
-    labels = {name for sample in ours for name in sample.labels}
+    assert not [tags for tags in ours if any(id in v for id in accepted for v in tags.values())]
+    labels = {label for tags in ours for label in tags}
     assert not labels & {"song", "song_id", "job", "job_id", "owner"}, labels
 
 
@@ -236,6 +194,7 @@ def test_a_lost_post_processor_is_a_counted_retry(deploy: DeployFn) -> None:
     """Post-processors killed while they master a song: the conductor tries the variation again
     (from its stored render), the song succeeds, and the retries are counted by stage."""
     quick_restart = {"health_check_period_s": 1.0, "health_check_timeout_s": 5.0}
+    fresh = FreshMetrics.snapshot()  # before this test's replicas start
     app = deploy(
         jobs={"retry_backoff_s": 0.5, "retry_backoff_max_s": 2.0},
         deployments={
@@ -247,7 +206,7 @@ def test_a_lost_post_processor_is_a_counted_retry(deploy: DeployFn) -> None:
             }
         },
     )
-    before = total("ray_songserve_stage_retries_total", stage="variation")
+    before = fresh.total("ray_songserve_stage_retries_total", stage="variation")
     answer = app.client.post(
         "/v1/songs", json={"style": "ambient drone", "duration_s": 60, "seed": 7}
     )
@@ -259,20 +218,15 @@ def test_a_lost_post_processor_is_a_counted_retry(deploy: DeployFn) -> None:
 
     wait_for(mastering, "a variation rendered", timeout_s=120)
     # Killed before a replica took the request, Serve would route it to a new one: no retry.
-    # Only this app's replicas count (earlier tests' replicas may still be exported).
-    current = replica_ids("PostProcessor")
 
     def mastering_now() -> bool:
-        samples = metric_samples("ray_serve_replica_processing_queries", deployment="PostProcessor")
-        return any(
-            value > 0 and labels.get("replica", "").split("#")[-1] in current
-            for labels, value in samples
-        )
+        samples = fresh.samples("ray_serve_replica_processing_queries", deployment="PostProcessor")
+        return any(value > 0 for _, value in samples)
 
     wait_for(mastering_now, "a post-processor mastering")
     assert kill_replicas("PostProcessor") == 2
     assert wait_for_song(app.client, song_id, timeout_s=180)["status"] == "succeeded"
     wait_for(
-        lambda: total("ray_songserve_stage_retries_total", stage="variation") > before,
+        lambda: fresh.total("ray_songserve_stage_retries_total", stage="variation") > before,
         "a variation retry counted",
     )

@@ -186,6 +186,26 @@ def test_limiter_catches_inter_sample_peaks(ceiling_dbtp: float) -> None:
     assert _independent_true_peak_dbtp(mastered.audio, 4) <= ceiling_dbtp
 
 
+@pytest.mark.parametrize("gain_db", [0.0, 6.0, 14.0])
+def test_peaks_made_exact_only_where_the_limiter_acts_give_the_same_gain(gain_db: float) -> None:
+    # The planner interpolates 8x only the blocks whose cheap bound reaches the ceiling; the gain
+    # it plans must be what it plans with every block's 8x peak exact.
+    from pipeline.loudness import _GainPlanner, _k_weighted_power
+
+    song = _music_like()
+    power = _k_weighted_power(song, SR)
+    lazy = _GainPlanner.for_signal(song, power, SR, ceiling_dbtp=-1.0)
+    everywhere = _GainPlanner.for_signal(song, power, SR, ceiling_dbtp=-1.0)
+    everywhere._make_exact_where_limited(np.inf)
+    assert everywhere.exact.all()
+
+    knots = lazy.knots(gain_db)
+
+    assert 0 < lazy.exact.mean() < 1  # some blocks limited, some never interpolated
+    np.testing.assert_array_equal(knots, everywhere.knots(gain_db))
+    assert np.all(lazy.peaks >= everywhere.peaks)  # a bound where not exact, never below
+
+
 def test_headroom_means_pure_gain() -> None:
     chord = _at_lufs(_sine_chord(), -30.0)
     mastered = normalize_loudness(chord, SR, target_lufs=-23.0)
