@@ -119,6 +119,12 @@ class DeploymentOptions(_Strict):
         ge=0,
         description="Time a stopping replica gets to finish work; exceed the longest render.",
     )
+    graceful_shutdown_wait_loop_s: float = Field(
+        2.0,
+        gt=0,
+        description="How often a stopping replica looks whether its requests have finished "
+        "(Serve's default 2 s is also the least an idle replica takes to stop).",
+    )
     health_check_period_s: float = Field(10.0, gt=0, description="Seconds between health checks.")
     health_check_timeout_s: float = Field(30.0, gt=0, description="Health check deadline.")
     actor: ActorOptions = Field(default_factory=ActorOptions, description="Ray actor options.")
@@ -129,6 +135,7 @@ class DeploymentOptions(_Strict):
             "max_ongoing_requests": self.max_ongoing_requests,
             "max_queued_requests": self.max_queued_requests,
             "graceful_shutdown_timeout_s": self.graceful_shutdown_timeout_s,
+            "graceful_shutdown_wait_loop_s": self.graceful_shutdown_wait_loop_s,
             "health_check_period_s": self.health_check_period_s,
             "health_check_timeout_s": self.health_check_timeout_s,
             "ray_actor_options": self.actor.to_ray(),

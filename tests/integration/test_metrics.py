@@ -1,7 +1,8 @@
 """songserve's own metrics, read from the node's Prometheus export after real songs.
 
 Every metric of `serve.metrics.METRIC_NAMES` that a plain song can move is checked to be exported
-and to have moved, and no series names a song; retries are counted when a post-processor is lost. The session's Ray reports metrics every 0.5 s, so each check polls for a few seconds.
+and to have moved, and no series names a song; retries are counted when a post-processor is lost.
+The session's Ray reports metrics every 0.5 s, so each check polls for a few seconds.
 """
 
 from __future__ import annotations
