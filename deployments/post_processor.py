@@ -128,7 +128,11 @@ class DeliveryChain:
         for fmt in self.config.formats if formats is None else formats:
             started = time.perf_counter()
             encoded[fmt] = encode_audio(
-                audio, sample_rate, fmt, bitrate_kbps=self.config.bitrate_kbps
+                audio,
+                sample_rate,
+                fmt,
+                bitrate_kbps=self.config.bitrate_kbps,
+                aac_coder=self.config.aac_coder,
             )
             add_elapsed(timings, f"encode_{fmt}", started)
         return encoded

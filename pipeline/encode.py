@@ -16,7 +16,7 @@ Formats:
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import av
 import numpy as np
@@ -55,11 +55,18 @@ _RECIPES = {
 
 
 def encode_audio(
-    audio: np.ndarray, sample_rate: int, fmt: str, *, bitrate_kbps: int = 192
+    audio: np.ndarray,
+    sample_rate: int,
+    fmt: str,
+    *,
+    bitrate_kbps: int = 192,
+    aac_coder: str = "twoloop",
 ) -> bytes:
     """The whole file for `audio` in delivery format `fmt` (one of AUDIO_FORMATS).
 
     `bitrate_kbps` is the constant bitrate of m4a and mp3 and is ignored by flac and wav.
+    `aac_coder` is how FFmpeg's AAC encoder (m4a) picks its quantisers: "twoloop", its default
+    and the better-sounding, or "fast", at about 40 % of the CPU.
     Mono stays mono, stereo stays stereo; the sample rate is kept. Raises ValueError for an
     unknown format, audio that is not float `[1 or 2, n >= 1]`, or a sample rate or bitrate the
     encoder refuses (AAC: 7.35-96 kHz; MP3: 8-48 kHz).
@@ -67,6 +74,8 @@ def encode_audio(
     if fmt not in _RECIPES:
         raise ValueError(f"unknown audio format {fmt!r}; expected one of {AUDIO_FORMATS}")
     recipe = _RECIPES[fmt]
+    if recipe.codec == "aac":
+        recipe = replace(recipe, codec_options={**recipe.codec_options, "aac_coder": aac_coder})
     samples = _clipped_float_audio(audio)
     buffer = io.BytesIO()
 
@@ -89,7 +98,8 @@ def encode_audio(
     except av.error.FFmpegError as error:
         raise ValueError(
             f"{fmt} encoder refused {samples.shape[0]} channel(s) at {sample_rate} Hz, "
-            f"{bitrate_kbps} kbps: {error}"
+            f"{bitrate_kbps} kbps{f', aac_coder {aac_coder}' if recipe.codec == 'aac' else ''}: "
+            f"{error}"
         ) from error
     return buffer.getvalue()
 

@@ -729,6 +729,7 @@ class ModelsConfig(_Strict):
 
 
 AudioFormat = Literal["m4a", "mp3", "flac", "wav"]
+AacCoder = Literal["twoloop", "fast"]
 
 
 class WatermarkConfig(_Strict):
@@ -866,6 +867,12 @@ class PostProcessConfig(_Strict):
         "leave it to its claimer before taking it over; exceed the longest encode.",
     )
     bitrate_kbps: int = Field(192, ge=32, le=320, description="AAC and MP3 bitrate.")
+    aac_coder: AacCoder = Field(
+        "twoloop",
+        description="How the m4a (AAC) encoder picks its quantisers: twoloop (FFmpeg's default, "
+        "the better-sounding) or fast (about 40 % of the CPU; the m4a encode is most of the "
+        "post-processing of a song, see docs/capacity.md).",
+    )
     ceiling_dbtp: float = Field(-1.0, le=0, description="True-peak ceiling after mastering.")
     samples_per_peak: int = Field(480, ge=16, description="Input samples per waveform peak.")
 

@@ -55,6 +55,7 @@ def test_unknown_keys_are_rejected_with_their_path() -> None:
         ({"models": {"pools": [{"name": "9bad", "model": "sketch"}]}}, "models.pools.0.name"),
         ({"postprocess": {"formats": ["ogg"]}}, "postprocess.formats.0"),
         ({"postprocess": {"formats": []}}, "postprocess.formats"),
+        ({"postprocess": {"aac_coder": "slow"}}, "postprocess.aac_coder"),
         ({"storage": {"database_url": "mysql://x"}}, "storage.database_url"),
         (
             {"deployments": {"api": {"max_ongoing_requests": 0}}},

@@ -94,6 +94,26 @@ def test_lossy_round_trip_is_sample_exact_in_length(fmt: str) -> None:
     assert decoded.shape == audio.shape
 
 
+def test_the_fast_aac_coder_makes_another_good_m4a() -> None:
+    audio = _song_like(2)
+    default = encode_audio(audio, SR, "m4a")
+    fast = encode_audio(audio, SR, "m4a", aac_coder="fast")
+
+    assert encode_audio(audio, SR, "m4a", aac_coder="twoloop") == default  # FFmpeg's default
+    assert fast != default  # the option reaches the encoder
+    decoded, _ = decode_audio(fast)
+    assert decoded.shape == audio.shape
+    assert _lag(audio, decoded) == 0
+    assert _snr_db(audio, decoded) > 20.0
+    # Only AAC has quantiser search to choose: other formats ignore the option.
+    assert encode_audio(audio, SR, "flac", aac_coder="fast") == encode_audio(audio, SR, "flac")
+
+
+def test_an_unknown_aac_coder_is_refused() -> None:
+    with pytest.raises(ValueError, match="aac_coder slow"):
+        encode_audio(_song_like(2), SR, "m4a", aac_coder="slow")
+
+
 def test_m4a_is_mp4_with_moov_before_mdat() -> None:
     data = encode_audio(_song_like(2), SR, "m4a")
     boxes = _mp4_top_level_boxes(data)
