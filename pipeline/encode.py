@@ -66,7 +66,7 @@ def encode_audio(
 
     `bitrate_kbps` is the constant bitrate of m4a and mp3 and is ignored by flac and wav.
     `aac_coder` is how FFmpeg's AAC encoder (m4a) picks its quantisers: "twoloop", its default
-    and the better-sounding, or "fast", at about 40 % of the CPU.
+    and the better-sounding, or "fast", at about half the CPU.
     Mono stays mono, stereo stays stereo; the sample rate is kept. Raises ValueError for an
     unknown format, audio that is not float `[1 or 2, n >= 1]`, or a sample rate or bitrate the
     encoder refuses (AAC: 7.35-96 kHz; MP3: 8-48 kHz).

@@ -870,7 +870,7 @@ class PostProcessConfig(_Strict):
     aac_coder: AacCoder = Field(
         "twoloop",
         description="How the m4a (AAC) encoder picks its quantisers: twoloop (FFmpeg's default, "
-        "the better-sounding) or fast (about 40 % of the CPU; the m4a encode is most of the "
+        "the better-sounding) or fast (about half the CPU; the m4a encode is most of the "
         "post-processing of a song, see docs/capacity.md).",
     )
     ceiling_dbtp: float = Field(-1.0, le=0, description="True-peak ceiling after mastering.")
