@@ -50,7 +50,7 @@ from .failures import describe_failure
 from .song_models import RenderedSong, RenderProgress, RenderRequest
 
 if TYPE_CHECKING:
-    from serve.config import ModelsConfig, StorageConfig
+    from serve.config import DeploymentOptions, ModelsConfig, StorageConfig
     from serve.store.records import PoolRenders
 
 logger = logging.getLogger("ray.serve")
@@ -70,6 +70,11 @@ class RenderingOn:
 # How often the router re-checks which pools the cluster can place (nodes join and leave) and how
 # many replicas each pool runs (autoscaling).
 PLACEMENT_REFRESH_S = 15.0
+# While a pool runs fewer replicas than it starts with (the app is starting: Serve brings pool
+# replicas up after the router), counts are re-read this often, for at most STARTING_WINDOW_S
+# after the router started: otherwise /v1/pools and routing would undercount for up to 15 s.
+STARTING_REFRESH_S = 1.0
+STARTING_WINDOW_S = 120.0
 # Variations routed within this long of one store query share it.
 LOAD_CACHE_S = 0.5
 # How long routing waits for the store's counts before it goes on with the last ones.
@@ -83,6 +88,16 @@ LOAD_STALE_S = 10.0
 ReplicaCounts = Callable[[Sequence[str]], Mapping[str, int]]
 # Renders in flight per pool across the cluster (`JobStore.renders_by_pool`).
 ClusterLoad = Callable[[], Awaitable[Mapping[str, "PoolRenders"]]]
+
+
+def _replicas_at_start(deployment: DeploymentOptions) -> int:
+    """How many replicas Serve starts a pool deployment with."""
+    scaling = deployment.autoscaling
+    if scaling is None:
+        return deployment.num_replicas
+    if scaling.initial_replicas is not None:
+        return scaling.initial_replicas
+    return scaling.min_replicas
 
 
 def running_replicas(deployments: Sequence[str]) -> dict[str, int]:
@@ -172,6 +187,8 @@ class SongRouter:
         from serve.placement import cluster_nodes, unplaceable_pools
 
         names = [pool.name for pool in self._models.pools]
+        at_start = {pool.name: _replicas_at_start(pool.deployment) for pool in self._models.pools}
+        started = time.monotonic()
         while True:
             try:
                 nodes = await asyncio.to_thread(cluster_nodes)
@@ -186,7 +203,10 @@ class SongRouter:
                 self._replicas = dict(await asyncio.to_thread(self._replica_counts, names))
             except Exception:
                 logger.exception("counting decoder pool replicas failed")
-            await asyncio.sleep(PLACEMENT_REFRESH_S)
+            starting = time.monotonic() - started < STARTING_WINDOW_S and any(
+                self._replicas.get(name, 0) < at_start[name] for name in names
+            )
+            await asyncio.sleep(STARTING_REFRESH_S if starting else PLACEMENT_REFRESH_S)
 
     # -- load ---------------------------------------------------------------------------------
 

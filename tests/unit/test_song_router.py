@@ -257,6 +257,39 @@ def test_unknown_or_zero_replicas_count_as_one(
     run(scenario)
 
 
+def test_pools_still_starting_are_counted_again_within_seconds(
+    nodes: list[NodeInfo], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Serve starts pool replicas after the router, one by one: /v1/pools must not undercount
+    # them until the next slow refresh (15 s). Each pool here starts with one replica.
+    monkeypatch.setattr(song_router, "STARTING_REFRESH_S", 0.05)
+    counts = {"DiT_CUDA": 0, "DiT_MPS": 0}
+    looks: list[dict[str, int]] = []
+
+    def replica_counts(deployments: Sequence[str]) -> Mapping[str, int]:
+        looks.append(dict(counts))
+        return {name: counts[name] for name in deployments}
+
+    async def scenario() -> None:
+        router = SongRouter(mixed_models(), {}, replica_counts=replica_counts)
+        await refreshed(router)
+        assert [p["replicas"] for p in await router.pools()] == [0, 0]
+        counts.update(DiT_CUDA=1)  # one pool up, the other still starting: keep looking
+        counts.update(DiT_MPS=0)
+        await asyncio.sleep(0.2)
+        counts.update(DiT_MPS=1)
+        for _ in range(100):
+            if [p["replicas"] for p in await router.pools()] == [1, 1]:
+                break
+            await asyncio.sleep(0.01)
+        assert [p["replicas"] for p in await router.pools()] == [1, 1]
+        seen = len(looks)
+        await asyncio.sleep(0.3)  # every pool runs: back to the slow refresh
+        assert len(looks) == seen
+
+    run(scenario)
+
+
 def test_the_router_spreads_held_renders_by_speed(nodes: list[NodeInfo]) -> None:
     async def scenario() -> None:
         # 2 replicas each (8 slots on MPS, 32 on CUDA); CUDA assumed twice as fast.
