@@ -228,7 +228,9 @@ class _GainPlanner:
         power = np.pad(weighted_power, (0, padding))
         return cls(
             signal=signal,
-            peaks=np.pad(reach, (0, padding)).reshape(n_blocks, step).max(axis=1) * kernel_gain,
+            # float64, as the knots are planned: the exact peaks written in later are float32.
+            peaks=np.pad(reach, (0, padding)).reshape(n_blocks, step).max(axis=1).astype(np.float64)
+            * kernel_gain,
             exact=np.zeros(n_blocks, dtype=bool),
             sample_peaks=np.pad(sample_abs, (0, padding))
             .reshape(n_blocks, step)
