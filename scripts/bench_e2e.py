@@ -126,7 +126,7 @@ def main() -> int:
     args = app_args_from_serve_config(load_serve_config(options.config))
     args.setdefault("storage", {})["data_dir"] = str(data_dir)
     if options.stores == "services":
-        from serve.services import start_services
+        from serve.local_services import start_services
 
         data_dir.chmod(0o755)  # PostgreSQL runs as the postgres user
         os.environ.update(start_services(data_dir / "services"))  # read by resolve_config
@@ -146,7 +146,7 @@ def main() -> int:
     serve.shutdown()
     ray.shutdown()
     if options.stores == "services":
-        from serve.services import stop_services
+        from serve.local_services import stop_services
 
         stop_services(data_dir / "services")
 

@@ -1,6 +1,6 @@
 """Store benchmark: what push (LISTEN/NOTIFY) and bytes-by-reference buy.
 
-1. Idle SSE subscribers: `--subscribers` streams (the API's own SSE generator, `SongAPI.
+1. Idle SSE subscribers: `--subscribers` streams (the API's own SSE generator, `EventStreams.
    event_stream`) on songs that log nothing, for `--window-s`; counts the job-store queries they
    cost on Postgres (LISTEN/NOTIFY: the store's statement counter) and on SQLite (polling: every
    statement, through sqlite3's trace callback).
@@ -34,8 +34,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from serve.api import SongAPI  # noqa: E402
 from serve.config import AppConfig, resolve_config  # noqa: E402
+from serve.services import ApiServices, build_services  # noqa: E402
 from serve.store import JobStore, open_job_store  # noqa: E402
 
 OWNER = "local"  # loopback callers' owner id when no API keys are configured
@@ -64,9 +64,9 @@ class QueryCounter:
 
 
 async def _subscribe(
-    api: SongAPI, song_id: str, after: int, frames: list[tuple[str, float]]
+    api: ApiServices, song_id: str, after: int, frames: list[tuple[str, float]]
 ) -> None:
-    stream = await api.event_stream(song_id, OWNER, after)
+    stream = await api.events.open(song_id, OWNER, after)
     async for frame in stream:
         if frame.startswith("id:"):
             frames.append((song_id, time.perf_counter()))
@@ -75,7 +75,7 @@ async def _subscribe(
 async def measure(
     config: AppConfig, subscribers: int, window_s: float, events: int
 ) -> dict[str, float]:
-    api = SongAPI(config, conductor=None, lyrics=None, tags=None)
+    api = build_services(config, graph=None)  # type: ignore[arg-type]  # streams need no graph
     writer: JobStore = open_job_store(config.storage)
     songs = []
     for _ in range(SONGS):
@@ -89,7 +89,7 @@ async def measure(
         for k in range(subscribers)
     ]
     await asyncio.sleep(2.0)  # every stream has read its backlog and is idle
-    counter = QueryCounter(api._jobs)
+    counter = QueryCounter(api.jobs)
     before = counter.count
     await asyncio.sleep(window_s)
     idle_qps = (counter.count - before) / window_s
@@ -110,7 +110,7 @@ async def measure(
         stream.cancel()
     await asyncio.gather(*streams, return_exceptions=True)
     await writer.close()
-    await api._jobs.close()
+    await api.jobs.close()
     latencies.sort()
     return {
         "idle_queries_per_s": idle_qps,
@@ -175,7 +175,7 @@ def main() -> int:
     parser.add_argument("--markdown", action="store_true")
     options = parser.parse_args()
 
-    from serve.services import LocalPostgres
+    from serve.local_services import LocalPostgres
 
     work = Path(tempfile.mkdtemp(prefix="songserve-bench-stores-"))
     work.chmod(0o755)  # the server runs as the postgres user

@@ -27,6 +27,8 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
+from deployments.api import SongAPI
+from deployments.api import app as fastapi_app
 from deployments.conductor import Conductor
 from deployments.decoder import SongDecoder
 from deployments.encoder import OnDemandEncoder
@@ -38,8 +40,6 @@ from deployments.stem_separator import StemSeparator
 from deployments.tag_normalizer import TagNormalizer
 from deployments.verifier import Verifier
 
-from .api import SongAPI
-from .api import app as fastapi_app
 from .autoscaling import backlog_pools, report_settings
 from .config import (
     AppConfig,

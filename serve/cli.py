@@ -254,7 +254,7 @@ def cmd_certs_dev(args: argparse.Namespace) -> int:
 
 
 def cmd_services(args: argparse.Namespace) -> int:
-    from serve.services import ServiceError, export_lines, start_services, stop_services
+    from serve.local_services import ServiceError, export_lines, start_services, stop_services
 
     try:
         if args.services_command == "up":

@@ -8,21 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from .api_errors import ApiError, unless_overloaded
+from .http.errors import ApiError
 
 if TYPE_CHECKING:
     from .config import AppConfig
+    from .services.graph import Graph
     from .store import JobRecord, JobStore, VariationRecord
 
 
 class LazyDelivery:
-    def __init__(self, config: AppConfig, jobs: JobStore, encoder: Any) -> None:
-        """`encoder`: the OnDemandEncoder's handle."""
+    def __init__(self, config: AppConfig, jobs: JobStore, graph: Graph) -> None:
+        """`graph.deliver` reaches the OnDemandEncoder."""
         self._config = config
         self._jobs = jobs
-        self._encoder = encoder
+        self._graph = graph
         self._worker = f"api-{secrets.token_hex(6)}"  # who holds this replica's delivery claims
 
     async def key(self, job: JobRecord, variation: VariationRecord, fmt: str) -> str:
@@ -93,10 +94,7 @@ class LazyDelivery:
         """Have the OnDemandEncoder make a claimed file; the claim goes back when the call does
         not reach it (the encoder hands it back itself when it fails)."""
         try:
-            key: str = await unless_overloaded(
-                self._encoder.deliver.remote(job_id, index, fmt, token),
-                self._config.api.overload_retry_after_s,
-            )
+            key: str = await self._graph.deliver(job_id, index, fmt, token)
         except ApiError:  # back-pressure: the encoder never saw the claim
             await self._jobs.finish_delivery(job_id, index, fmt, token, delivered=False)
             raise

@@ -73,13 +73,16 @@ class LoraRegistry:
                 "LoRA ids are 1-64 characters of a-z, 0-9, '.', '_' or '-', starting with a "
                 "letter or digit"
             )
-        report = validate(weights)
+        # Loading the tensors and hashing hundreds of MB take seconds: off the event loop.
+        report, digest = await asyncio.to_thread(
+            lambda: (validate(weights), hashlib.sha256(weights).hexdigest())
+        )
         info = LoraInfo(
             id=lora_id,
             model=model,
             rank=int(report["rank"]),
             size_bytes=len(weights),
-            sha256=hashlib.sha256(weights).hexdigest(),
+            sha256=digest,
             created_at=time.time(),
         )
         # Weights first: a listed LoRA always has its file.

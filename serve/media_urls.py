@@ -2,9 +2,11 @@
 
 With API keys configured every call needs `Authorization: Bearer …`, which a browser's media
 element, a native HLS player or a download link cannot send. So the audio, peaks, HLS and stem
-URLs the API hands out carry a short-lived signature instead: `?exp=…&own=…&sig=…`, an HMAC over
-the owner, the path and the expiry time. Anyone holding the URL may fetch that one file until it
-expires — the usual contract of a presigned S3 URL.
+URLs the API hands out carry a short-lived signature instead: `?exp=…&sig=…`, an HMAC over the
+owner, the path and the expiry time. The owner is not in the link: the API checks the signature
+against the owner of the song the path names, so a link reveals nothing about the key it was made
+for. Anyone holding the URL may fetch that one file until it expires — the usual contract of a
+presigned S3 URL.
 
 An HLS rendition is signed once for its whole directory (the playlist and its segments), because
 players resolve the playlist's relative segment URIs without its query string; the API writes the
@@ -25,7 +27,7 @@ from urllib.parse import urlencode
 
 _EXPIRY_STEP_S = 600
 _HLS_DIR = "/hls/"
-SIGNATURE_PARAMS = ("exp", "own", "sig")
+SIGNATURE_PARAMS = ("exp", "sig")
 
 
 def signing_scope(path: str) -> str:
@@ -64,20 +66,20 @@ class MediaUrlSigner:
         """The query string (no `?`) that lets `owner`'s file at `path` be fetched."""
         expires = math.ceil((self._clock() + self._ttl_s) / _EXPIRY_STEP_S) * _EXPIRY_STEP_S
         signature = self._signature(owner, signing_scope(path), expires)
-        return urlencode({"exp": expires, "own": owner, "sig": signature})
+        return urlencode({"exp": expires, "sig": signature})
 
-    def owner_of(self, path: str, params: Mapping[str, str]) -> str | None:
-        """The owner a signed request for `path` acts as; None when `params` carry no valid,
-        unexpired signature for it."""
+    def is_valid(self, path: str, params: Mapping[str, str], owner: str) -> bool:
+        """Whether `params` carry a valid, unexpired signature of `owner`'s file at `path`."""
         try:
             expires = int(params["exp"])
-            owner, signature = params["own"], params["sig"]
+            signature = params["sig"]
         except (KeyError, ValueError):
-            return None
-        if expires < self._clock():
-            return None
+            return False
+        if expires < self._clock() or not signature.isascii():  # compare_digest takes ASCII
+            return False
+            return False
         expected = self._signature(owner, signing_scope(path), expires)
-        return owner if hmac.compare_digest(expected, signature) else None
+        return hmac.compare_digest(expected, signature)
 
 
 def sign_playlist(playlist: bytes, query: str) -> bytes:

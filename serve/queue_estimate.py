@@ -12,6 +12,7 @@ from .schemas import QueueOut
 
 if TYPE_CHECKING:
     from .config import AppConfig
+    from .services.graph import Graph
     from .store import JobStore
 
 logger = logging.getLogger("ray.serve")
@@ -22,11 +23,11 @@ _POOLS_TIMEOUT_S = 5.0
 
 
 class QueueEstimator:
-    def __init__(self, config: AppConfig, jobs: JobStore, router: Any) -> None:
-        """`router`: the SongRouter's handle (None: the configured figures only)."""
+    def __init__(self, config: AppConfig, jobs: JobStore, graph: Graph | None) -> None:
+        """`graph`: where the router's `pools()` come from (None: the configured figures only)."""
         self._config = config
         self._jobs = jobs
-        self._router = router
+        self._graph = graph
         # The router's last `pools()` (see _pool_loads); until it answers, the configured figures.
         self._pools_seen: list[dict[str, Any]] = [
             {
@@ -60,12 +61,10 @@ class QueueEstimator:
         until it has). The report is cached for `_POOLS_CACHE_S`, so queued songs polled at once
         cost one router call; [] when no placeable pool renders `model`."""
         now = asyncio.get_running_loop().time()
-        if self._router is not None and now - self._pools_at >= _POOLS_CACHE_S:
+        if self._graph is not None and now - self._pools_at >= _POOLS_CACHE_S:
             self._pools_at = now
             try:
-                self._pools_seen = await asyncio.wait_for(
-                    self._router.pools.remote(), _POOLS_TIMEOUT_S
-                )
+                self._pools_seen = await asyncio.wait_for(self._graph.pools(), _POOLS_TIMEOUT_S)
             except Exception as error:  # noqa: BLE001 - an estimate is optional
                 logger.warning("could not read the decoder pools' load: %r", error)
         models = self._config.models.auto_order if model == "auto" else [model]

@@ -1,21 +1,51 @@
 """HTTP API v1 request and response models — the contract clients code against.
 
-Only data shapes live here; the routes are in `serve.api`. Unknown request fields are rejected so a
-typo (`durationS`) is a 422 naming it rather than a silently ignored setting.
+Only data shapes live here; the routes are in `serve.http.routes`. Unknown request fields are
+rejected so a typo (`durationS`) is a 422 naming it rather than a silently ignored setting.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import unicodedata
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from pipeline.languages import ISO_639_1
 
 AudioFormat = Literal["m4a", "mp3", "wav", "flac"]
+MAX_VARIATIONS = 4
 SongStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    # Strict: `"duration_s": "30"`, `variations: true` or `instrumental: 0` are mistakes to name,
+    # not values to guess at (a JSON integer still fills a number field).
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, strict=True)
+
+
+def _printable(value: str) -> str:
+    """Text fields carry words: control characters (bar line breaks and tabs) are refused, and
+    so is text with nothing printable in it. An empty string stays empty (absent)."""
+    if any(unicodedata.category(c) == "Cc" and c not in "\n\r\t" for c in value):
+        raise ValueError("must not contain control characters (such as NUL)")
+    if value and not any(c.isprintable() and not c.isspace() for c in value):
+        raise ValueError("must contain printable text")
+    return value
+
+
+def _known_language(code: str) -> str:
+    if code not in ISO_639_1:
+        raise ValueError(f"{code!r} is not an ISO 639-1 language code (e.g. en, es, ja, zh)")
+    return code
+
+
+Printable = Annotated[str, AfterValidator(_printable)]
+Language = Annotated[
+    str,
+    Field(pattern=r"^[a-z]{2}$", description="ISO 639-1 language code."),
+    AfterValidator(_known_language),
+]
 
 
 class LoraSpec(_Request):
@@ -26,23 +56,48 @@ class LoraSpec(_Request):
 class SongRequest(_Request):
     """`POST /v1/songs`. At least one of prompt, lyrics, style."""
 
-    prompt: str | None = Field(
+    prompt: Printable | None = Field(
         None, max_length=500, description="Description mode: the lyrics are written for you."
     )
-    lyrics: str | None = Field(
+    lyrics: Printable | None = Field(
         None, max_length=5000, description="Custom mode: your lyrics with [verse]/[chorus] tags."
     )
-    style: str | None = Field(None, max_length=1000, description="Free-text style.")
+    style: Printable | None = Field(None, max_length=1000, description="Free-text style.")
     instrumental: bool = Field(False, description="No vocals; not combinable with lyrics.")
     duration_s: float = Field(30.0, ge=5, le=600, description="Song length in seconds.")
-    variations: int = Field(2, ge=1, le=4, description="Takes generated in parallel.")
+    variations: int = Field(2, ge=1, le=MAX_VARIATIONS, description="Takes generated in parallel.")
     model: str = Field("auto", min_length=1, max_length=64, description="'auto' or a model name.")
     lora: LoraSpec | None = Field(None, description="Adapter hot-swapped for this request.")
     seed: int | None = Field(
         None, ge=0, le=2**31 - 1, description="Variation k uses seed + k; chosen when null."
     )
-    language: str = Field("en", pattern=r"^[a-z]{2}$", description="ISO 639-1 vocal language.")
+    language: Language = Field("en", description="ISO 639-1 vocal language.")
     loudness_lufs: float = Field(-14.0, ge=-30, le=-8, description="Integrated loudness target.")
+
+
+class StoredLora(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    id: str
+    scale: float = 1.0
+
+
+class SongRequestOut(BaseModel):
+    """The request a song was made from, as it was stored: read leniently (unknown fields are
+    dropped, missing ones take today's defaults), so songs stored by an older version, under
+    other rules, still read."""
+
+    model_config = ConfigDict(extra="ignore")
+    prompt: str | None = None
+    lyrics: str | None = None
+    style: str | None = None
+    instrumental: bool = False
+    duration_s: float = 30.0
+    variations: int = 2
+    model: str = "auto"
+    lora: StoredLora | None = None
+    seed: int | None = None
+    language: str = "en"
+    loudness_lufs: float = -14.0
 
 
 class SongLinks(BaseModel):
@@ -130,7 +185,7 @@ class SongOut(BaseModel):
     progress: float
     created_at: str
     updated_at: str
-    request: SongRequest
+    request: SongRequestOut
     lyrics: str | None
     lyrics_source: LyricsSourceOut | None
     tags: TagsOut | None
@@ -161,10 +216,12 @@ class SongList(BaseModel):
 
 
 class LyricsRequest(_Request):
-    prompt: str = Field(..., min_length=1, max_length=500, description="What the song is about.")
+    prompt: Printable = Field(
+        ..., min_length=1, max_length=500, description="What the song is about."
+    )
     duration_s: float = Field(30.0, ge=5, le=600, description="Song length the lyrics must fit.")
-    style: str | None = Field(None, max_length=1000, description="Optional style hint.")
-    language: str = Field("en", pattern=r"^[a-z]{2}$", description="ISO 639-1 language.")
+    style: Printable | None = Field(None, max_length=1000, description="Optional style hint.")
+    language: Language = Field("en", description="ISO 639-1 language.")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Varies the wording.")
 
 
@@ -180,8 +237,8 @@ class LyricsOut(BaseModel):
 
 
 class TagsRequest(_Request):
-    text: str = Field(..., min_length=1, max_length=1000, description="Free-text style.")
-    language: str = Field("en", pattern=r"^[a-z]{2}$", description="ISO 639-1 vocal language.")
+    text: Printable = Field(..., min_length=1, max_length=1000, description="Free-text style.")
+    language: Language = Field("en", description="ISO 639-1 vocal language.")
     instrumental: bool = Field(False, description="No vocals.")
 
 

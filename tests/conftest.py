@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from serve.services import LocalPostgres, LocalSeaweedFS
+from serve.local_services import LocalPostgres, LocalSeaweedFS
 from tests.helpers import throwaway_postgres
 
 

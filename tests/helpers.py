@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import yaml
 
-from serve.services import LocalPostgres
+from serve.local_services import LocalPostgres
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -44,6 +44,13 @@ class VariationRecord:
     render: dict[str, Any] = field(default_factory=dict)  # replica, timings (diagnostics)
     error: dict[str, Any] | None = None
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> VariationRecord:
+        """From a stored dict (a `variation` event's data), written by any version: fields this
+        version does not know are dropped, so an older or newer record still reads."""
+        known = cls.__dataclass_fields__
+        return cls(**{name: value for name, value in data.items() if name in known})
+
 
 @dataclass(frozen=True)
 class JobRecord:

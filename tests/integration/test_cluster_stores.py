@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from serve.services import LocalSeaweedFS
+from serve.local_services import LocalSeaweedFS
 from serve.store import open_object_store
 from tests.helpers import read_events, wait_for_song
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from serve.services import LocalPostgres, LocalSeaweedFS
+from serve.local_services import LocalPostgres, LocalSeaweedFS
 from tests.helpers import throwaway_postgres
 
 from .conftest import Deployed, cluster_storage

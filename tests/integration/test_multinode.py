@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from serve.services import LocalSeaweedFS
+from serve.local_services import LocalSeaweedFS
 from tests.helpers import REPO
 
 from .test_cluster_stores import assert_checksums_match

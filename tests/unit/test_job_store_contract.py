@@ -22,7 +22,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from serve.services import LocalPostgres, free_ports
+from serve.local_services import LocalPostgres, free_ports
 from serve.store import JobStore, LeaseLost, StoreUnavailable
 from serve.store.postgres import PostgresJobStore
 from serve.store.postgres_connect import apply_migrations, check_database

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import httpx
 import numpy as np
@@ -16,7 +15,6 @@ from fastapi.responses import RedirectResponse
 from pydantic import ValidationError
 from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
 
-from deployments.encoder import OnDemandEncoder
 from deployments.post_processor import (
     DeliveryChain,
     PostProcessor,
@@ -27,11 +25,14 @@ from deployments.song_models import RenderedSong
 from pipeline.audio import raw_render_bytes
 from pipeline.encode import decode_audio
 from pipeline.provenance import prompt_sha256, read_credentials
-from serve.api import LOCAL_OWNER, ApiError, SongAPI
 from serve.app import build_app
 from serve.certs import ensure_dev_chain
 from serve.config import AppConfig, PostProcessConfig, WatermarkConfig, resolve_config
-from serve.services import LocalSeaweedFS
+from serve.http.auth import LOCAL_OWNER
+from serve.http.errors import ApiError
+from serve.http.media import object_response
+from serve.local_services import LocalSeaweedFS
+from serve.services import ApiServices
 from serve.store import (
     RAW_RENDER_CONTENT_TYPE,
     master_info_key,
@@ -40,6 +41,7 @@ from serve.store import (
     open_object_store,
     raw_render_key,
 )
+from tests.http_graph import api_services
 
 # -- configuration --------------------------------------------------------------------------------
 
@@ -199,17 +201,6 @@ def test_a_lazy_file_matches_the_eager_one_and_carries_the_same_credentials(
 # -- the API on Postgres and S3: two ingress replicas, a presigned redirect -----------------------
 
 
-class _InProcess:
-    """A deployment object called the way the API calls a handle (`await x.method.remote()`),
-    in this process: the real class, no Ray."""
-
-    def __init__(self, target: object) -> None:
-        self._target = target
-
-    def __getattr__(self, name: str) -> SimpleNamespace:
-        return SimpleNamespace(remote=getattr(self._target, name))
-
-
 def test_first_requests_on_two_api_replicas_make_the_file_once_and_redirect_to_it(
     tmp_path: Path, postgres_url: str, s3_url: str, seaweedfs: LocalSeaweedFS
 ) -> None:
@@ -247,17 +238,15 @@ def test_first_requests_on_two_api_replicas_make_the_file_once_and_redirect_to_i
         )
         await jobs.update_job(job.id, claimed.lease_token, status="succeeded")
 
-        encoder = _InProcess(OnDemandEncoder(config.postprocess, config.storage))
-        replicas = [
-            SongAPI(config, conductor=None, lyrics=None, tags=None, encoder=encoder)
-            for _ in range(2)
-        ]
+        # Two API replicas, each with its own in-process OnDemandEncoder (the real class).
+        replicas = [api_services(config) for _ in range(2)]
+
+        async def first_request(api: ApiServices, fmt: str) -> object:
+            key, filename = await api.media.audio_key(job.id, 0, fmt, LOCAL_OWNER)
+            return await object_response(api.objects, api.config, key, filename, None, False)
+
         answers = await asyncio.gather(
-            *(
-                replica.audio(job.id, 0, "mp3", LOCAL_OWNER, None, False)
-                for replica in replicas
-                for _ in range(3)
-            )
+            *(first_request(replica, "mp3") for replica in replicas for _ in range(3))
         )
         assert all(isinstance(a, RedirectResponse) and a.status_code == 307 for a in answers)
         delivery = await jobs.get_delivery(job.id, 0, "mp3")
@@ -273,7 +262,7 @@ def test_first_requests_on_two_api_replicas_make_the_file_once_and_redirect_to_i
         assert report["valid"] is True and report["manifest"]["generation"]["seed"] == 4
         # A format that is not served is refused by name.
         with pytest.raises(ApiError) as refused:
-            await replicas[0].audio(job.id, 0, "ogg", LOCAL_OWNER, None, False)
+            await first_request(replicas[0], "ogg")
         assert refused.value.status == 404 and refused.value.field == "fmt"
         await jobs.close()
 

@@ -9,17 +9,20 @@ from pathlib import Path
 import httpx
 from fastapi.responses import RedirectResponse, StreamingResponse
 
-from serve.api import LOCAL_OWNER, SongAPI
 from serve.config import resolve_config
-from serve.services import LocalSeaweedFS
+from serve.http.auth import LOCAL_OWNER
+from serve.http.media import object_response
+from serve.local_services import LocalSeaweedFS
+from serve.services import ApiServices
 from serve.store import open_job_store, open_object_store, variation_key
+from tests.http_graph import api_services
 
 AUDIO = bytes(range(256)) * 40
 
 
 def _api_with_a_finished_song(
     tmp_path: Path, s3_url: str, endpoint_url: str, presign: bool
-) -> tuple[SongAPI, str]:
+) -> tuple[ApiServices, str]:
     config = resolve_config(
         {
             "storage": {
@@ -44,14 +47,19 @@ def _api_with_a_finished_song(
         await jobs.close()
         return job.id
 
-    return SongAPI(config, conductor=None, lyrics=None, tags=None), asyncio.run(make_song())
+    return api_services(config), asyncio.run(make_song())
+
+
+async def _wav(api: ApiServices, song_id: str, range_header: str) -> object:
+    key, filename = await api.media.audio_key(song_id, 0, "wav", LOCAL_OWNER)
+    return await object_response(api.objects, api.config, key, filename, range_header, False)
 
 
 def test_presigned_media_redirects_to_a_link_that_serves_ranges(
     tmp_path: Path, s3_url: str, seaweedfs: LocalSeaweedFS
 ) -> None:
     api, song_id = _api_with_a_finished_song(tmp_path, s3_url, seaweedfs.endpoint_url, True)
-    response = asyncio.run(api.audio(song_id, 0, "wav", LOCAL_OWNER, "bytes=10-19", False))
+    response = asyncio.run(_wav(api, song_id, "bytes=10-19"))
     assert isinstance(response, RedirectResponse) and response.status_code == 307
     link = response.headers["location"]
     assert link.startswith(seaweedfs.endpoint_url) and "Signature" in link
@@ -65,7 +73,7 @@ def test_without_presigning_the_api_proxies_the_bytes(
     tmp_path: Path, s3_url: str, seaweedfs: LocalSeaweedFS
 ) -> None:
     api, song_id = _api_with_a_finished_song(tmp_path, s3_url, seaweedfs.endpoint_url, False)
-    response = asyncio.run(api.audio(song_id, 0, "wav", LOCAL_OWNER, "bytes=10-19", False))
+    response = asyncio.run(_wav(api, song_id, "bytes=10-19"))
     assert isinstance(response, StreamingResponse) and response.status_code == 206
 
     async def body() -> bytes:

@@ -1,4 +1,5 @@
-"""Signed media links: valid for their own file (or HLS rendition) and owner, until they expire."""
+"""Signed media links: valid for their own file (or HLS rendition) and owner, until they expire;
+the link names no owner (the API checks it against the song's)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,10 @@ from pathlib import Path
 from urllib.parse import parse_qsl
 
 import pytest
-from starlette.requests import Request
 
-from serve.api import ApiError, SongAPI
 from serve.config import resolve_config
 from serve.media_urls import MediaUrlSigner, sign_playlist, signing_scope
+from tests.http_graph import REMOTE_CLIENT, api_client
 
 AUDIO = "/v1/songs/song_1/variations/0/audio.m4a"
 HLS = "/v1/songs/song_1/variations/0/hls/"
@@ -32,17 +32,18 @@ def test_a_link_opens_its_own_file_for_its_owner_until_it_expires() -> None:
     clock = Clock()
     signer = MediaUrlSigner(b"secret", ttl_s=3600, clock=clock)
     params = _params(signer.query(AUDIO, "key_a"))
-    assert signer.owner_of(AUDIO, params) == "key_a"
+    assert "own" not in params and signer.is_valid(AUDIO, params, "key_a")
     assert int(params["exp"]) >= clock.now + 3600
-    assert signer.owner_of(AUDIO.replace("m4a", "mp3"), params) is None
-    assert signer.owner_of(AUDIO, {**params, "own": "key_b"}) is None
-    assert signer.owner_of(AUDIO, {**params, "exp": str(int(params["exp"]) + 600)}) is None
-    assert signer.owner_of(AUDIO, {k: v for k, v in params.items() if k != "sig"}) is None
-    assert signer.owner_of(AUDIO, {**params, "exp": "soon"}) is None
+    assert not signer.is_valid(AUDIO.replace("m4a", "mp3"), params, "key_a")
+    assert not signer.is_valid(AUDIO, params, "key_b")
+    assert not signer.is_valid(AUDIO, {**params, "exp": str(int(params["exp"]) + 600)}, "key_a")
+    assert not signer.is_valid(AUDIO, {k: v for k, v in params.items() if k != "sig"}, "key_a")
+    assert not signer.is_valid(AUDIO, {**params, "exp": "soon"}, "key_a")
+    assert not signer.is_valid(AUDIO, {**params, "sig": "é" * 32}, "key_a")
     other_secret = MediaUrlSigner(b"other", ttl_s=3600, clock=clock)
-    assert other_secret.owner_of(AUDIO, params) is None
+    assert not other_secret.is_valid(AUDIO, params, "key_a")
     clock.now = int(params["exp"]) + 1
-    assert signer.owner_of(AUDIO, params) is None
+    assert not signer.is_valid(AUDIO, params, "key_a")
 
 
 def test_links_are_stable_for_a_while_so_players_can_cache() -> None:
@@ -59,8 +60,8 @@ def test_an_hls_rendition_is_signed_as_one_directory() -> None:
     assert signing_scope(AUDIO) == AUDIO
     signer = MediaUrlSigner(b"secret", ttl_s=60, clock=Clock())
     query = signer.query(HLS + "index.m3u8", "key_a")
-    assert signer.owner_of(HLS + "segment_00001.aac", _params(query)) == "key_a"
-    assert signer.owner_of("/v1/songs/song_2/variations/0/hls/x.aac", _params(query)) is None
+    assert signer.is_valid(HLS + "segment_00001.aac", _params(query), "key_a")
+    assert not signer.is_valid("/v1/songs/song_2/variations/0/hls/x.aac", _params(query), "key_a")
 
     playlist = b"#EXTM3U\n#EXTINF:4.0,\nsegment_00000.aac\n#EXTINF:2.0,\nsegment_00001.aac\n"
     signed = sign_playlist(playlist, query).decode().splitlines()
@@ -74,40 +75,34 @@ def test_secrets_derive_from_the_keys_so_replicas_agree() -> None:
     two = MediaUrlSigner.derived_from_keys(["a", "b"], 60, clock=Clock())
     rotated = MediaUrlSigner.derived_from_keys(["a", "c"], 60, clock=Clock())
     params = _params(one.query(AUDIO, "key_a"))
-    assert two.owner_of(AUDIO, params) == "key_a"
-    assert rotated.owner_of(AUDIO, params) is None
+    assert two.is_valid(AUDIO, params, "key_a")
+    assert not rotated.is_valid(AUDIO, params, "key_a")
     with pytest.raises(ValueError, match="empty"):
         MediaUrlSigner(b"", 60)
 
 
-def _request(path: str, query: str = "", authorization: str | None = None) -> Request:
-    headers = [(b"authorization", authorization.encode())] if authorization else []
-    scope = {
-        "type": "http",
-        "client": ("10.0.0.7", 5000),
-        "headers": headers,
-        "path": path,
-        "query_string": query.encode(),
-    }
-    return Request(scope)
-
-
 def test_the_api_accepts_a_signed_link_instead_of_a_key(tmp_path: Path) -> None:
     config = resolve_config({"storage": {"data_dir": str(tmp_path)}, "auth": {"api_keys": ["k"]}})
-    api = SongAPI(config, conductor=None, lyrics=None, tags=None)
-    owner = api.owner(_request("/v1/songs", authorization="Bearer k"))
-    link = api._media_url(AUDIO, owner)
-    path, _, query = link.partition("?")
-    assert api.media_owner(_request(path, query)) == owner
-    with pytest.raises(ApiError) as refused:
-        api.media_owner(_request(path, query.replace("sig=", "sig=f")))
-    assert refused.value.status == 403 and "fresh links" in refused.value.message
-    bad_link_with_a_key = _request(path, query.replace("sig=", "sig=f"), "Bearer k")
-    assert api.media_owner(bad_link_with_a_key) == owner
-    with pytest.raises(ApiError) as unsigned:
-        api.media_owner(_request(path))
-    assert unsigned.value.status == 401
+    client, services = api_client(config, client=REMOTE_CLIENT)
+    key = {"Authorization": "Bearer k"}
+    song = client.post("/v1/songs", json={"prompt": "a song", "variations": 1}, headers=key)
+    song_id = song.json()["id"]
+    path = f"/v1/songs/{song_id}/variations/0/peaks"
+    owner = services.auth.owner("Bearer k", REMOTE_CLIENT[0])
+    query = services.views.media_url(path, owner).partition("?")[2]
+    assert set(_params(query)) == {"exp", "sig"}  # the link names no owner
+    # The variation is not made (no conductor here): a valid link gets as far as that.
+    signed = client.get(f"{path}?{query}")
+    assert signed.status_code == 404 and signed.json()["error"]["code"] == "not_ready"
+    altered = client.get(f"{path}?{query.replace('sig=', 'sig=f')}")
+    assert altered.status_code == 403 and "fresh links" in altered.json()["error"]["message"]
+    altered_with_a_key = client.get(f"{path}?{query.replace('sig=', 'sig=f')}", headers=key)
+    assert altered_with_a_key.status_code == 404
+    assert client.get(path).status_code == 401
+    # A link made for another owner opens nothing of this one's.
+    foreign = services.views.media_url(path, "key_someone_else").partition("?")[2]
+    assert client.get(f"{path}?{foreign}").status_code == 403
     # Without keys (loopback only) links are plain paths.
-    local = resolve_config({"storage": {"data_dir": str(tmp_path)}})
-    local_api = SongAPI(local, conductor=None, lyrics=None, tags=None)
-    assert local_api._media_url(AUDIO, "local") == AUDIO
+    local = resolve_config({"storage": {"data_dir": str(tmp_path / "local")}})
+    _, local_services = api_client(local)
+    assert local_services.views.media_url(AUDIO, "local") == AUDIO

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from serve.api import ApiError, parse_byte_range
+from serve.http.errors import ApiError
+from serve.http.media import parse_byte_range
 from serve.store import variation_key
 from serve.store.files import FilesystemObjectStore
 
@@ -53,14 +54,18 @@ def test_keys_cannot_escape_the_root(tmp_path: Path, key: str) -> None:
         ("bytes=0-1,5-6", None),  # multi-range: whole object
         ("items=0-1", None),
         ("bytes=abc", None),
+        ("bytes=5-2", None),  # an invalid range-spec is ignored (RFC 9110 §14.1.1): 200
+        ("bytes=²-3", None),
+        ("bytes=0-" + "9" * 5000, (0, 999)),  # past any file: to its end, not a 500
     ],
 )
 def test_parse_byte_range(header: str | None, expected: tuple[int, int] | None) -> None:
     assert parse_byte_range(header, 1000) == expected
 
 
-def test_unsatisfiable_range_is_416_with_the_size() -> None:
+@pytest.mark.parametrize("header", ["bytes=1000-", "bytes=-0", "bytes=" + "9" * 5000 + "-"])
+def test_unsatisfiable_range_is_416_with_the_size(header: str) -> None:
     with pytest.raises(ApiError) as caught:
-        parse_byte_range("bytes=1000-", 1000)
+        parse_byte_range(header, 1000)
     assert caught.value.status == 416
     assert caught.value.headers["Content-Range"] == "bytes */1000"

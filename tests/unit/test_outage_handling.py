@@ -74,17 +74,18 @@ def test_a_variation_finished_by_a_dead_claim_is_announced_once(tmp_path: Path) 
 def test_an_sse_stream_waits_through_a_store_outage(tmp_path: Path) -> None:
     """The database restarts under an open stream: the stream stays connected (a comment line),
     then carries on with the events after the last one it sent."""
-    from serve.api import LOCAL_OWNER, SongAPI
     from serve.config import resolve_config
+    from serve.http.auth import LOCAL_OWNER
     from serve.store import StoreUnavailable
+    from tests.http_graph import api_services
 
     async def scenario() -> list[str]:
         config = resolve_config(
             {"storage": {"data_dir": str(tmp_path)}, "api": {"sse_keepalive_s": 0.2}}
         )
-        api = SongAPI(config, conductor=None, lyrics=None, tags=None)
-        job, _ = await api._jobs.create_job(owner=LOCAL_OWNER, request={}, seed=1, variations=1)
-        real_wait = api._jobs.wait_for_events
+        api = api_services(config)
+        job, _ = await api.jobs.create_job(owner=LOCAL_OWNER, request={}, seed=1, variations=1)
+        real_wait = api.jobs.wait_for_events
         outages = iter([True, False])
 
         async def flaky_wait(job_id: str, after: int, timeout: float) -> list:
@@ -92,9 +93,9 @@ def test_an_sse_stream_waits_through_a_store_outage(tmp_path: Path) -> None:
                 raise StoreUnavailable("the database restarts")
             return await real_wait(job_id, after, timeout)
 
-        api._jobs.wait_for_events = flaky_wait  # type: ignore[method-assign]
+        api.jobs.wait_for_events = flaky_wait  # type: ignore[method-assign]
         frames = []
-        stream = await api.event_stream(job.id, LOCAL_OWNER, 0)
+        stream = await api.events.open(job.id, LOCAL_OWNER, 0)
         async for frame in stream:
             frames.append(frame)
             if frame.startswith("id: 1\n"):

@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from serve.services import LocalPostgres, process_alive
+from serve.local_services import LocalPostgres, process_alive
 from serve.store.s3 import S3ObjectStore
 
 

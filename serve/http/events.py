@@ -1,0 +1,134 @@
+"""A song's Server-Sent Events: its logged events from the job store, replayed after
+`Last-Event-ID`, then followed live until the song is done (or failed) and no stems job of it is
+still under way. While the song is queued, a `queue` frame (no id: it is not in the log) tells its
+place whenever it changes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from serve.store import FINISHED_STEMS_STATUSES, StoreUnavailable
+
+from .errors import ApiError
+
+if TYPE_CHECKING:
+    from serve.services import ApiServices
+
+_TERMINAL_EVENTS = frozenset({"done", "error"})  # of the song; stems may still follow
+# How often an SSE stream of a queued song looks at its place in line (other songs move it).
+_QUEUE_POLL_S = 1.0
+# Event ids are the log's sequence numbers: a store integer (64-bit signed).
+MAX_EVENT_ID = 2**63 - 1
+
+
+def parse_last_event_id(header: str | None) -> int:
+    """`Last-Event-ID` as the sequence number to resume after (0: from the start). An id that
+    cannot be one of ours is refused, so a client never loops reconnecting on it."""
+    if header is None or header.strip() == "":
+        return 0
+    value = header.strip()
+    if not (value.isascii() and value.isdigit()) or len(value) > 19 or int(value) > MAX_EVENT_ID:
+        raise ApiError(
+            422,
+            "invalid_request",
+            "Last-Event-ID must be the id of an event this stream sent (an integer ≥ 0)",
+            "Last-Event-ID",
+        )
+    return int(value)
+
+
+def format_sse(seq: int, event_type: str, data: dict[str, Any]) -> str:
+    return f"id: {seq}\nevent: {event_type}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+class EventStreams:
+    def __init__(self, services: ApiServices) -> None:
+        self._services = services
+        self._subscribers = 0
+
+    async def open(self, song_id: str, owner: str, after: int) -> AsyncIterator[str]:
+        """The frames of `song_id`'s stream; 404 before the stream starts when it is not the
+        caller's."""
+        job = await self._services.songs.owned_job(song_id, owner)
+        queue_of = job.request if job.status == "queued" else None
+        return self._subscribed(self._frames(song_id, owner, after, queue_of))
+
+    async def _subscribed(self, frames: AsyncIterator[str]) -> AsyncIterator[str]:
+        """`frames`, counted in `songserve_sse_subscribers` while the client listens."""
+        from serve.metrics import song_metrics
+
+        self._subscribers += 1
+        song_metrics().sse_subscribers.set(self._subscribers)
+        try:
+            async for frame in frames:
+                yield frame
+        finally:
+            self._subscribers -= 1
+            song_metrics().sse_subscribers.set(self._subscribers)
+
+    async def _frames(
+        self, job_id: str, owner: str, after: int, queue_of: dict[str, Any] | None = None
+    ) -> AsyncIterator[str]:
+        """`queue_of`: the song's request while it is queued (its place is then watched)."""
+        services = self._services
+        jobs = services.jobs
+        keepalive_s = services.config.api.sse_keepalive_s
+        yield "retry: 2000\n\n"
+        loop = asyncio.get_running_loop()
+        last_sent = loop.time()
+        position: int | None = None
+        # A stream resumed past the end closes at once; after that the song's status is read only
+        # when an event may have ended it or on keep-alive, so an idle stream costs no queries
+        # on Postgres (LISTEN/NOTIFY wakes it).
+        check_status = True
+        while True:
+            try:
+                if (
+                    check_status
+                    and await self._nothing_more(job_id)
+                    and not await jobs.events_after(job_id, after, limit=1)
+                ):
+                    return
+                if queue_of is not None:
+                    queue = await services.songs.queue_out(job_id, queue_of)
+                    if queue is None:
+                        queue_of = None  # it left the queue: its events tell the rest
+                    elif queue.position != position:
+                        position = queue.position
+                        last_sent = loop.time()
+                        yield f"event: queue\ndata: {queue.model_dump_json()}\n\n"
+                # While queued, look at the place every _QUEUE_POLL_S (other songs move it).
+                wait_s = keepalive_s if queue_of is None else min(keepalive_s, _QUEUE_POLL_S)
+                events = await jobs.wait_for_events(job_id, after, wait_s)
+            except StoreUnavailable:
+                # A database restart: keep the client connected and carry on where it was,
+                # rather than cutting the response (it would reconnect, but noisily).
+                yield ": the job store is unavailable; waiting\n\n"
+                await asyncio.sleep(min(keepalive_s, 1.0))
+                continue
+            check_status = not events
+            if events:
+                last_sent = loop.time()
+            for event in events:
+                data = services.views.event(job_id, owner, event)
+                yield format_sse(event.seq, event.type, data)
+                after = event.seq
+                check_status |= event.type in _TERMINAL_EVENTS or (
+                    event.type == "stems" and event.data.get("status") in FINISHED_STEMS_STATUSES
+                )
+            if not events and loop.time() - last_sent >= keepalive_s - 0.01:
+                last_sent = loop.time()
+                yield ": keep-alive\n\n"
+
+    async def _nothing_more(self, job_id: str) -> bool:
+        """Whether a song will log no more events: it ended and no stems job is under way."""
+        jobs = self._services.jobs
+        job = await jobs.get_job(job_id)
+        if job is None:
+            return True
+        if not job.is_terminal:
+            return False
+        return not any(stems.is_active for stems in await jobs.list_stems(job_id))

@@ -1,0 +1,68 @@
+"""Songs: create, list, read, and their event stream."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from serve.schemas import SongAccepted, SongList, SongOut, SongRequest
+
+from ..auth import Owner
+from ..deps import Services
+from ..events import parse_last_event_id
+from .params import SongId
+
+router = APIRouter(tags=["songs"])
+
+
+@router.post("/v1/songs", status_code=202, response_model=SongAccepted)
+async def create_song(
+    body: SongRequest,
+    services: Services,
+    owner: Owner,
+    idempotency_key: str | None = Header(
+        None,
+        min_length=1,
+        max_length=255,
+        description="Retries with the same key return the same song instead of a new one.",
+    ),
+) -> JSONResponse:
+    accepted = await services.songs.create(body, owner, idempotency_key)
+    return JSONResponse(
+        accepted.model_dump(mode="json"), status_code=202, headers={"Location": accepted.links.self}
+    )
+
+
+@router.get("/v1/songs", response_model=SongList)
+async def list_songs(
+    services: Services,
+    owner: Owner,
+    limit: int = Query(20, ge=1, le=100),
+    cursor: str | None = Query(None, max_length=200),
+) -> SongList:
+    return await services.songs.list(owner, limit, cursor)
+
+
+@router.get("/v1/songs/{song_id}", response_model=SongOut)
+async def get_song(song_id: SongId, services: Services, owner: Owner) -> SongOut:
+    return await services.songs.get(song_id, owner)
+
+
+@router.get("/v1/songs/{song_id}/events")
+async def song_events(
+    song_id: SongId,
+    request: Request,
+    services: Services,
+    owner: Owner,
+    last_event_id: str | None = Header(None, max_length=32),
+) -> StreamingResponse:
+    """SSE: stage, progress, variation, done, error — and stems, stems_progress for stems asked
+    for. Replays past events first; resumes after `Last-Event-ID`; closes after `done` or
+    `error` once no stems are being made."""
+    after = parse_last_event_id(last_event_id)
+    frames = await services.events.open(song_id, owner, after)
+    return StreamingResponse(
+        frames,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -1,0 +1,99 @@
+"""What the HTTP API does, as services over the job and object stores and a `Graph` of calls into
+the other deployments. They hold no Ray handle: `build_services(config, graph)` with any `Graph`
+gives routes that run under FastAPI's TestClient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from serve.config import AppConfig
+    from serve.http.auth import Authenticator
+    from serve.http.events import EventStreams
+    from serve.media_urls import MediaUrlSigner
+    from serve.store import JobStore, ObjectStore
+
+    from .graph import Graph
+    from .loras import LoraService
+    from .media import MediaService
+    from .songs import SongService
+    from .stems import StemsService
+    from .tools import ToolService
+    from .views import Views
+
+
+@dataclass
+class ApiServices:
+    config: AppConfig
+    jobs: JobStore
+    objects: ObjectStore
+    auth: Authenticator
+    views: Views
+    songs: SongService
+    media: MediaService
+    stems: StemsService
+    loras: LoraService
+    tools: ToolService
+
+    @property
+    def retry_after_s(self) -> int:
+        return self.config.api.overload_retry_after_s
+
+    @cached_property
+    def events(self) -> EventStreams:
+        from serve.http.events import EventStreams
+
+        return EventStreams(self)
+
+
+def build_services(config: AppConfig, graph: Graph) -> ApiServices:
+    from serve.http.auth import Authenticator
+    from serve.lazy_delivery import LazyDelivery
+    from serve.loras import LoraRegistry
+    from serve.queue_estimate import QueueEstimator
+    from serve.store import open_job_store, open_object_store
+
+    from .loras import LoraService
+    from .media import MediaService
+    from .songs import SongService
+    from .stems import StemsService
+    from .tools import ToolService
+    from .views import Views
+
+    jobs = open_job_store(config.storage)
+    objects = open_object_store(config.storage)
+    signer = media_signer(config)
+    keys = [key.get_secret_value() for key in config.auth.api_keys]
+    views = Views(config, signer)
+    registry = LoraRegistry(objects)
+    songs = SongService(config, jobs, registry, graph, views, QueueEstimator(config, jobs, graph))
+    media = MediaService(jobs, objects, songs, LazyDelivery(config, jobs, graph), views)
+    return ApiServices(
+        config=config,
+        jobs=jobs,
+        objects=objects,
+        auth=Authenticator(keys, signer),
+        views=views,
+        songs=songs,
+        media=media,
+        stems=StemsService(config, jobs, songs, media, graph, views),
+        loras=LoraService(config, registry),
+        tools=ToolService(config, jobs, graph),
+    )
+
+
+def media_signer(config: AppConfig) -> MediaUrlSigner | None:
+    """The signer of media links, or None when the API takes no keys (loopback only)."""
+    from serve.media_urls import MediaUrlSigner
+
+    auth = config.auth
+    if not auth.api_keys:
+        return None
+    if auth.media_url_secret is not None:
+        secret = auth.media_url_secret.get_secret_value().encode()
+        return MediaUrlSigner(secret, auth.media_url_ttl_s)
+    keys = [key.get_secret_value() for key in auth.api_keys]
+    return MediaUrlSigner.derived_from_keys(keys, auth.media_url_ttl_s)

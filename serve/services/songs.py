@@ -1,0 +1,152 @@
+"""Songs: accept a request (checked against this server: models, LoRAs, admission), list and read
+them. Accepting persists the job and returns at once; the conductor does the rest."""
+
+from __future__ import annotations
+
+import secrets
+from typing import TYPE_CHECKING, Any
+
+from serve.config import LORA_MODELS
+from serve.http.errors import ApiError
+from serve.schemas import QueueOut, SongAccepted, SongLinks, SongList, SongOut, SongRequest
+
+if TYPE_CHECKING:
+    from serve.config import AppConfig
+    from serve.loras import LoraRegistry
+    from serve.queue_estimate import QueueEstimator
+    from serve.store import JobRecord, JobStore
+
+    from .graph import Graph
+    from .views import Views
+
+
+class SongService:
+    def __init__(
+        self,
+        config: AppConfig,
+        jobs: JobStore,
+        loras: LoraRegistry,
+        graph: Graph,
+        views: Views,
+        queue: QueueEstimator,
+    ) -> None:
+        self._config = config
+        self._jobs = jobs
+        self._loras = loras
+        self._graph = graph
+        self._views = views
+        self._queue = queue
+        self._models = ["auto", *config.models.served_models]
+
+    async def owned_job(self, song_id: str, owner: str) -> JobRecord:
+        job = await self._jobs.get_job(song_id)
+        if job is None or job.owner != owner:  # someone else's song is as good as absent
+            raise ApiError(404, "not_found", f"no song with id {song_id!r}", "id")
+        return job
+
+    async def create(
+        self, body: SongRequest, owner: str, idempotency_key: str | None
+    ) -> SongAccepted:
+        body = await self._checked(body)
+        if await self._jobs.count_jobs("queued") >= self._config.jobs.max_queued_jobs:
+            raise ApiError(
+                429,
+                "too_many_queued",
+                "too many songs are waiting; retry later",
+                None,
+                {"Retry-After": str(self._config.api.overload_retry_after_s)},
+            )
+        seed = body.seed if body.seed is not None else secrets.randbelow(2**31 - 4)
+        stored_request = body.model_dump(mode="json") | {"seed": seed}
+        job, created = await self._jobs.create_job(
+            owner=owner,
+            request=stored_request,
+            seed=seed,
+            variations=body.variations,
+            idempotency_key=idempotency_key,
+        )
+        # A retry without a seed matches the job whatever seed the server chose for it.
+        ignore_seed = {"seed": None} if body.seed is None else {}
+        if not created and job.request | ignore_seed != stored_request | ignore_seed:
+            raise ApiError(
+                409,
+                "idempotency_key_reused",
+                "this Idempotency-Key was used for a different request; use a new key",
+                "Idempotency-Key",
+            )
+        if created:
+            await self._graph.wake_conductor()
+        return SongAccepted(
+            id=job.id,
+            status=job.status,  # type: ignore[arg-type]
+            links=SongLinks(
+                self=self._views.url(f"/v1/songs/{job.id}"),
+                events=self._views.url(f"/v1/songs/{job.id}/events"),
+            ),
+        )
+
+    async def list(self, owner: str, limit: int, cursor: str | None) -> SongList:
+        try:
+            jobs, next_cursor = await self._jobs.list_jobs(owner, limit=limit, cursor=cursor)
+        except ValueError as error:
+            raise ApiError(422, "invalid_request", str(error), "cursor") from error
+        return SongList(songs=[self._views.song(job) for job in jobs], next_cursor=next_cursor)
+
+    async def get(self, song_id: str, owner: str) -> SongOut:
+        job = await self.owned_job(song_id, owner)
+        queue = await self._queue.queue_out(job.id, job.request) if job.status == "queued" else None
+        return self._views.song(job, queue)
+
+    async def queue_out(self, job_id: str, request: dict[str, Any]) -> QueueOut | None:
+        """A queued song's place in line and expected start; None once it left the queue."""
+        return await self._queue.queue_out(job_id, request)
+
+    async def _checked(self, body: SongRequest) -> SongRequest:
+        """Rules pydantic cannot name a field for, and what depends on this server (models,
+        registered LoRAs); returns the cleaned request."""
+        body = body.model_copy(
+            update={name: getattr(body, name) or None for name in ("prompt", "lyrics", "style")}
+        )
+        if not (body.prompt or body.lyrics or body.style):
+            raise ApiError(
+                422, "invalid_request", "give at least one of prompt, lyrics or style", "prompt"
+            )
+        if body.lyrics and body.instrumental:
+            raise ApiError(
+                422,
+                "invalid_request",
+                "lyrics cannot be combined with instrumental: true; drop one of them",
+                "lyrics",
+            )
+        if body.model not in self._models:
+            raise ApiError(
+                422,
+                "invalid_request",
+                f"unknown model {body.model!r}; this server offers: {', '.join(self._models)}",
+                "model",
+            )
+        if body.lora is not None:
+            await self._check_lora(body.lora.id, body.model)
+        return body
+
+    async def _check_lora(self, lora_id: str, model: str) -> None:
+        """A LoRA request must name a registered LoRA and a model that takes LoRAs; checked
+        here, before any decoding."""
+        lora_models = [m for m in self._config.models.served_models if m in LORA_MODELS]
+        if (model != "auto" and model not in LORA_MODELS) or not lora_models:
+            raise ApiError(
+                422,
+                "invalid_request",
+                f"model {model!r} does not take LoRAs"
+                + (f"; use one of: {', '.join(lora_models)}" if lora_models else ""),
+                "lora.id",
+            )
+        if await self._loras.get(lora_id) is None:
+            known = [info.id for info in await self._loras.list()]
+            raise ApiError(
+                422,
+                "invalid_request",
+                f"unknown LoRA {lora_id!r}; registered: {', '.join(known) or 'none'} "
+                "(upload with POST /v1/loras)",
+                "lora.id",
+            )
