@@ -566,6 +566,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     load.set_defaults(handler=cmd_load)
 
+    from serve.cli_keys import add_keys_parser
+
+    add_keys_parser(commands, CliError)
+
     services = commands.add_parser(
         "services", help="local PostgreSQL and S3 (SeaweedFS) for a cluster-shaped setup"
     )

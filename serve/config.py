@@ -244,8 +244,26 @@ class ApiConfig(_Strict):
     )
 
 
+class QuotaConfig(_Strict):
+    """What one owner (an API key; `local` without keys) may spend, enforced across every API
+    replica through the job store. Unset: no limit. `songserve keys create` can set a key's own."""
+
+    concurrent_jobs: int | None = Field(
+        None, ge=1, description="Songs of one owner queued or running at once."
+    )
+    songs_per_day: int | None = Field(
+        None, ge=1, description="Songs one owner may create per UTC day."
+    )
+    audio_seconds_per_day: float | None = Field(
+        None,
+        gt=0,
+        description="Seconds of audio (duration × variations) one owner may ask for per UTC day.",
+    )
+
+
 class AuthConfig(_Strict):
-    """Bearer API keys. With none configured only loopback clients are served."""
+    """Bearer API keys: from the environment (`SONGSERVE_API_KEYS`) or managed in the job store
+    (`songserve keys`). With none, only loopback clients are served."""
 
     api_keys: list[SecretStr] = Field(
         default_factory=list,
@@ -266,7 +284,11 @@ class AuthConfig(_Strict):
     media_url_secret: SecretStr | None = Field(
         None,
         description="HMAC secret of signed media links; unset: derived from api_keys (rotating "
-        "the keys then revokes every link). Same value on every replica.",
+        "the keys then revokes every link), or with managed keys only, a random secret kept in "
+        "the job store. Same value on every replica.",
+    )
+    quotas: QuotaConfig = Field(
+        default_factory=QuotaConfig, description="Per-owner limits (a key may override them)."
     )
 
 
@@ -440,6 +462,12 @@ class JobsConfig(_Strict):
     )
     max_queued_jobs: int = Field(
         1000, ge=1, description="Queued jobs beyond which new songs get 429 + Retry-After."
+    )
+    max_queued_per_owner: int | None = Field(
+        None,
+        ge=1,
+        description="Queued jobs of one owner beyond which its new songs get 429, so one tenant's "
+        "burst cannot fill the queue for everyone; unset: only max_queued_jobs applies.",
     )
     job_timeout_s: float = Field(
         1800.0, gt=0, description="A job still unfinished after this fails with code 'timeout'."

@@ -352,3 +352,22 @@ class VerifyOut(BaseModel):
     format: str
     c2pa: C2paOut
     watermark: WatermarkOut | Literal["not configured"]
+
+
+class UsageItem(BaseModel):
+    used: float
+    limit: float | None = Field(None, description="null: no limit.")
+
+
+class UsageOut(BaseModel):
+    """`GET /v1/usage`: what the caller has used of its quotas today (UTC) and now."""
+
+    key: str | None = Field(None, description="The managed key's name (null: another kind).")
+    day_started_at: float = Field(..., description="Epoch seconds: 00:00 UTC today.")
+    resets_in_s: int = Field(..., description="Seconds until the daily quotas renew.")
+    concurrent_jobs: UsageItem = Field(..., description="Songs queued or running now.")
+    queued_jobs: UsageItem = Field(..., description="Songs waiting to start now.")
+    songs_today: UsageItem
+    audio_seconds_today: UsageItem = Field(
+        ..., description="Seconds of audio asked for today (duration × variations)."
+    )

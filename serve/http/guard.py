@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.exceptions import HTTPException
 
-from .auth import OWNER_STATE, is_public
+from .auth import CALLER_STATE, is_public
 from .errors import ApiError, error_response
 
 if TYPE_CHECKING:
@@ -76,8 +76,8 @@ class RequestGuard:
             if not is_public(method, path) and not _signed_media_request(method, scope):
                 client = scope.get("client")
                 host = client[0] if client else None
-                owner = services.auth.owner(headers.get("authorization"), host)
-                scope.setdefault("state", {})[OWNER_STATE] = owner
+                caller = await services.auth.caller(headers.get("authorization"), host)
+                scope.setdefault("state", {})[CALLER_STATE] = caller
             length = headers.get("content-length", "")
             if length.isascii() and length.isdigit() and int(length) > limit:
                 raise _too_large(limit)

@@ -13,12 +13,12 @@ if TYPE_CHECKING:
     from serve.config import AppConfig
     from serve.http.auth import Authenticator
     from serve.http.events import EventStreams
-    from serve.media_urls import MediaUrlSigner
     from serve.store import JobStore, ObjectStore
 
     from .graph import Graph
     from .loras import LoraService
     from .media import MediaService
+    from .quotas import Quotas
     from .songs import SongService
     from .stems import StemsService
     from .tools import ToolService
@@ -37,6 +37,7 @@ class ApiServices:
     stems: StemsService
     loras: LoraService
     tools: ToolService
+    quotas: Quotas
 
     @property
     def retry_after_s(self) -> int:
@@ -58,6 +59,7 @@ def build_services(config: AppConfig, graph: Graph) -> ApiServices:
 
     from .loras import LoraService
     from .media import MediaService
+    from .quotas import Quotas
     from .songs import SongService
     from .stems import StemsService
     from .tools import ToolService
@@ -65,35 +67,31 @@ def build_services(config: AppConfig, graph: Graph) -> ApiServices:
 
     jobs = open_job_store(config.storage)
     objects = open_object_store(config.storage)
-    signer = media_signer(config)
-    keys = [key.get_secret_value() for key in config.auth.api_keys]
-    views = Views(config, signer)
+    auth = config.auth
+    authenticator = Authenticator(
+        [key.get_secret_value() for key in auth.api_keys],
+        jobs,
+        media_url_secret=(
+            auth.media_url_secret.get_secret_value() if auth.media_url_secret else None
+        ),
+        media_url_ttl_s=auth.media_url_ttl_s,
+    )
+    views = Views(config, authenticator)
     registry = LoraRegistry(objects)
-    songs = SongService(config, jobs, registry, graph, views, QueueEstimator(config, jobs, graph))
+    quotas = Quotas(config, jobs)
+    queue = QueueEstimator(config, jobs, graph)
+    songs = SongService(config, jobs, registry, graph, views, queue, quotas)
     media = MediaService(jobs, objects, songs, LazyDelivery(config, jobs, graph), views)
     return ApiServices(
         config=config,
         jobs=jobs,
         objects=objects,
-        auth=Authenticator(keys, signer),
+        auth=authenticator,
         views=views,
         songs=songs,
         media=media,
         stems=StemsService(config, jobs, songs, media, graph, views),
         loras=LoraService(config, registry),
+        quotas=quotas,
         tools=ToolService(config, jobs, graph),
     )
-
-
-def media_signer(config: AppConfig) -> MediaUrlSigner | None:
-    """The signer of media links, or None when the API takes no keys (loopback only)."""
-    from serve.media_urls import MediaUrlSigner
-
-    auth = config.auth
-    if not auth.api_keys:
-        return None
-    if auth.media_url_secret is not None:
-        secret = auth.media_url_secret.get_secret_value().encode()
-        return MediaUrlSigner(secret, auth.media_url_ttl_s)
-    keys = [key.get_secret_value() for key in auth.api_keys]
-    return MediaUrlSigner.derived_from_keys(keys, auth.media_url_ttl_s)

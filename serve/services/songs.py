@@ -1,5 +1,6 @@
-"""Songs: accept a request (checked against this server: models, LoRAs, admission), list and read
-them. Accepting persists the job and returns at once; the conductor does the rest."""
+"""Songs: accept a request (checked against this server: models, LoRAs; admitted under the queue
+limits and the caller's quotas in the transaction that stores it), list and read them. Accepting
+persists the job and returns at once; the conductor does the rest."""
 
 from __future__ import annotations
 
@@ -9,14 +10,17 @@ from typing import TYPE_CHECKING, Any
 from serve.config import LORA_MODELS
 from serve.http.errors import ApiError
 from serve.schemas import QueueOut, SongAccepted, SongLinks, SongList, SongOut, SongRequest
+from serve.store.tenancy import AdmissionRefused
 
 if TYPE_CHECKING:
     from serve.config import AppConfig
+    from serve.http.auth import Caller
     from serve.loras import LoraRegistry
     from serve.queue_estimate import QueueEstimator
     from serve.store import JobRecord, JobStore
 
     from .graph import Graph
+    from .quotas import Quotas
     from .views import Views
 
 
@@ -29,7 +33,9 @@ class SongService:
         graph: Graph,
         views: Views,
         queue: QueueEstimator,
+        quotas: Quotas,
     ) -> None:
+        self._quotas = quotas
         self._config = config
         self._jobs = jobs
         self._loras = loras
@@ -45,26 +51,23 @@ class SongService:
         return job
 
     async def create(
-        self, body: SongRequest, owner: str, idempotency_key: str | None
+        self, body: SongRequest, caller: Caller, idempotency_key: str | None
     ) -> SongAccepted:
         body = await self._checked(body)
-        if await self._jobs.count_jobs("queued") >= self._config.jobs.max_queued_jobs:
-            raise ApiError(
-                429,
-                "too_many_queued",
-                "too many songs are waiting; retry later",
-                None,
-                {"Retry-After": str(self._config.api.overload_retry_after_s)},
-            )
         seed = body.seed if body.seed is not None else secrets.randbelow(2**31 - 4)
         stored_request = body.model_dump(mode="json") | {"seed": seed}
-        job, created = await self._jobs.create_job(
-            owner=owner,
-            request=stored_request,
-            seed=seed,
-            variations=body.variations,
-            idempotency_key=idempotency_key,
-        )
+        try:
+            job, created = await self._jobs.create_job(
+                owner=caller.owner,
+                request=stored_request,
+                seed=seed,
+                variations=body.variations,
+                idempotency_key=idempotency_key,
+                audio_s=body.duration_s * body.variations,
+                admission=self._quotas.admission(caller),
+            )
+        except AdmissionRefused as refused:
+            raise self._quotas.refusal(refused) from None
         # A retry without a seed matches the job whatever seed the server chose for it.
         ignore_seed = {"seed": None} if body.seed is None else {}
         if not created and job.request | ignore_seed != stored_request | ignore_seed:

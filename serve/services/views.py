@@ -25,7 +25,7 @@ from serve.store import EventRecord, JobRecord, StemsRecord, VariationRecord
 
 if TYPE_CHECKING:
     from serve.config import AppConfig
-    from serve.media_urls import MediaUrlSigner
+    from serve.http.auth import Authenticator
 
 
 def iso(timestamp: float) -> str:
@@ -53,9 +53,10 @@ def tags_out(tags: dict[str, Any]) -> TagsOut:
 
 
 class Views:
-    def __init__(self, config: AppConfig, signer: MediaUrlSigner | None) -> None:
+    def __init__(self, config: AppConfig, auth: Authenticator) -> None:
+        """`auth.signer` signs media links (None: the API takes no keys, links are plain)."""
         self._config = config
-        self._signer = signer
+        self._auth = auth
 
     def url(self, path: str) -> str:
         base = self._config.api.public_base_url
@@ -64,12 +65,12 @@ class Views:
     def media_url(self, path: str, owner: str) -> str:
         """A link to a file of `owner`'s, signed when the API needs keys."""
         url = self.url(path)
-        if self._signer is None:
-            return url
-        return f"{url}?{self._signer.query(path, owner)}"
+        query = self.signed_query(path, owner)
+        return url if query is None else f"{url}?{query}"
 
     def signed_query(self, path: str, owner: str) -> str | None:
-        return None if self._signer is None else self._signer.query(path, owner)
+        signer = self._auth.signer
+        return None if signer is None else signer.query(path, owner)
 
     def variation(self, job_id: str, owner: str, variation: VariationRecord) -> VariationOut:
         prefix = f"/v1/songs/{job_id}/variations/{variation.index}"

@@ -42,6 +42,7 @@ from .postgres_connect import (
     unavailable_error,
 )
 from .postgres_listener import EVENTS_CHANNEL, WORK_CHANNEL, Listener
+from .postgres_tenancy import PostgresTenancy
 from .records import (
     JOBS,
     JSON_VARIATION_FIELDS,
@@ -64,6 +65,7 @@ from .records import (
     new_job_id,
     new_lease_token,
 )
+from .tenancy import Admission
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +178,7 @@ def _stems(row: dict[str, Any]) -> StemsRecord:
 # -- the store -----------------------------------------------------------------------------------
 
 
-class PostgresJobStore:
+class PostgresJobStore(PostgresTenancy):
     """`JobStore` on PostgreSQL, shared by every replica of a cluster.
 
     `database_url` is a libpq URL or conninfo string. `max_connections` bounds the pool;
@@ -429,17 +431,30 @@ class PostgresJobStore:
         seed: int,
         variations: int,
         idempotency_key: str | None = None,
+        audio_s: float = 0.0,
+        admission: Admission | None = None,
     ) -> tuple[JobRecord, bool]:
         job_id = new_job_id()
         async with self._cursor(transaction=True) as cur:
+            if admission is not None:
+                # A retried request gets its job back, admitted or not today.
+                if idempotency_key is not None:
+                    existing = await self._one(
+                        cur,
+                        f"{_SELECT_JOB} WHERE owner = %s AND idempotency_key = %s",
+                        (owner, idempotency_key),
+                    )
+                    if existing is not None:
+                        return _job(existing), False
+                await self._admit(cur, admission, owner, audio_s)
             inserted = await self._one(
                 cur,
                 "INSERT INTO jobs (id, owner, idempotency_key, status, progress, request, seed, "
-                "created_at, updated_at) SELECT %s, %s, %s, 'queued', 0, %s, %s, now, now "
-                f"FROM (SELECT {_NOW} AS now) AS clock "
+                "audio_s, created_at, updated_at) SELECT %s, %s, %s, 'queued', 0, %s, %s, %s, "
+                f"now, now FROM (SELECT {_NOW} AS now) AS clock "
                 "ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL "
                 "DO NOTHING RETURNING id",
-                (job_id, owner, idempotency_key, Jsonb(request), seed),
+                (job_id, owner, idempotency_key, Jsonb(request), seed, audio_s),
             )
             if inserted is None:  # the key was used: ON CONFLICT waited for its writer's commit
                 existing = await self._one(

@@ -109,5 +109,24 @@ CREATE TABLE deliveries (
 );
 """,
     ),
+    (
+        3,
+        """
+ALTER TABLE jobs ADD COLUMN audio_s DOUBLE PRECISION NOT NULL DEFAULT 0;
+CREATE INDEX jobs_owner_status ON jobs (owner, status);
+
+CREATE TABLE api_keys (
+    name TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    key_hash TEXT NOT NULL UNIQUE,
+    prefix TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    last_used_at DOUBLE PRECISION,
+    revoked_at DOUBLE PRECISION,
+    quotas JSONB NOT NULL DEFAULT '{}'
+);
+CREATE UNIQUE INDEX api_keys_active_name ON api_keys (name) WHERE revoked_at IS NULL;
+""",
+    ),
 )
 """(version, SQL) in ascending order; each version is applied in one transaction."""

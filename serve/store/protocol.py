@@ -25,6 +25,7 @@ from .records import (
     QueuePlace,
     StemsRecord,
 )
+from .tenancy import Admission, ApiKeyRecord, OwnerUsage
 
 
 class JobStore(Protocol):
@@ -40,9 +41,18 @@ class JobStore(Protocol):
         seed: int,
         variations: int,
         idempotency_key: str | None = None,
+        audio_s: float = 0.0,
+        admission: Admission | None = None,
     ) -> tuple[JobRecord, bool]:
         """Insert a queued job; with an idempotency key already used by `owner`, return that job.
-        The bool says whether a job was created."""
+        The bool says whether a job was created. `audio_s`: the audio it asks for (duration ×
+        variations, counted against daily quotas). With `admission`, the job is admitted in
+        the same transaction as the counts it is checked against; AdmissionRefused otherwise."""
+        ...
+
+    async def owner_usage(self, owner: str, day_start: float) -> OwnerUsage:
+        """`owner`'s queued and running jobs, and the jobs and audio it asked for since
+        `day_start`."""
         ...
 
     async def get_job(self, job_id: str) -> JobRecord | None: ...
@@ -231,3 +241,33 @@ class JobStore(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+    # -- managed API keys (only hashes are stored) ----------------------------------------------
+
+    async def add_api_key(self, key: ApiKeyRecord) -> None:
+        """Store a new key; ValueError when an active key has its name."""
+        ...
+
+    async def list_api_keys(self) -> list[ApiKeyRecord]:
+        """Every key, revoked ones included, oldest first."""
+        ...
+
+    async def revoke_api_key(self, name: str) -> bool:
+        """Revoke the active key called `name`; False when there is none."""
+        ...
+
+    async def find_api_key(self, key_hash: str) -> ApiKeyRecord | None:
+        """The active key with this hash."""
+        ...
+
+    async def count_api_keys(self) -> int:
+        """Active keys."""
+        ...
+
+    async def touch_api_key(self, name: str) -> None:
+        """Record that the key was used now."""
+        ...
+
+    async def shared_secret(self, name: str) -> str:
+        """A random secret stored under `name`, the same for every replica (made on first use)."""
+        ...

@@ -39,6 +39,8 @@ from .records import (
     new_job_id,
     new_lease_token,
 )
+from .sqlite_tenancy import SQLiteTenancy, admit, migrate_tenancy
+from .tenancy import Admission
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -254,7 +256,7 @@ def _loads(raw: str | None) -> Any:
     return None if raw is None else json.loads(raw)
 
 
-class SQLiteJobStore:
+class SQLiteJobStore(SQLiteTenancy):
     """`JobStore` on one SQLite file, shared by every replica on the machine.
 
     Every call runs on one dedicated thread (sqlite3 connections are not shared across threads and
@@ -284,6 +286,7 @@ class SQLiteJobStore:
             columns = {row["name"] for row in info}
             if "lease_token" not in columns:
                 connection.execute(f"ALTER TABLE {table.name} ADD COLUMN lease_token TEXT")
+        migrate_tenancy(connection)
         self._connection = connection
 
     @property
@@ -450,6 +453,8 @@ class SQLiteJobStore:
         seed: int,
         variations: int,
         idempotency_key: str | None,
+        audio_s: float,
+        admission: Admission | None,
     ) -> tuple[JobRecord, bool]:
         if idempotency_key is not None:
             row = db.execute(
@@ -458,12 +463,14 @@ class SQLiteJobStore:
             ).fetchone()
             if row is not None:
                 return self._job_from_row(db, row), False
+        if admission is not None:
+            admit(db, admission, owner, audio_s)
         now = time.time()
         job_id = new_job_id()
         db.execute(
             "INSERT INTO jobs (id, owner, idempotency_key, status, stage, progress, request, seed,"
-            " created_at, updated_at) VALUES (?, ?, ?, 'queued', NULL, 0, ?, ?, ?, ?)",
-            (job_id, owner, idempotency_key, json.dumps(request), seed, now, now),
+            " audio_s, created_at, updated_at) VALUES (?, ?, ?, 'queued', NULL, 0, ?, ?, ?, ?, ?)",
+            (job_id, owner, idempotency_key, json.dumps(request), seed, audio_s, now, now),
         )
         db.executemany(
             "INSERT INTO variations (job_id, idx, status, seed) VALUES (?, ?, 'queued', ?)",
@@ -481,9 +488,19 @@ class SQLiteJobStore:
         seed: int,
         variations: int,
         idempotency_key: str | None = None,
+        audio_s: float = 0.0,
+        admission: Admission | None = None,
     ) -> tuple[JobRecord, bool]:
         result: tuple[JobRecord, bool] = await self._run(
-            self._transaction, self._create, owner, request, seed, variations, idempotency_key
+            self._transaction,
+            self._create,
+            owner,
+            request,
+            seed,
+            variations,
+            idempotency_key,
+            audio_s,
+            admission,
         )
         return result
 

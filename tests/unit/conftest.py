@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.store_backends import backend  # noqa: F401 - the job-store contract's fixture
+
 
 @pytest.fixture(autouse=True)
 def _no_ray(monkeypatch: pytest.MonkeyPatch) -> None:

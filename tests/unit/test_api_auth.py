@@ -1,6 +1,9 @@
-"""Authenticator.owner: who may call the API, decided from the ASGI scope the proxy forwards."""
+"""Authenticator.caller: who may call the API, decided from the ASGI scope the proxy forwards
+(environment keys here; managed keys in test_keys_and_quotas.py)."""
 
 from __future__ import annotations
+
+import asyncio
 
 import pytest
 from starlette.requests import Request
@@ -14,29 +17,29 @@ def _request(client_host: str, authorization: str | None = None) -> Request:
     return Request({"type": "http", "client": (client_host, 5000), "headers": headers})
 
 
-def _api(keys: list[str]) -> Authenticator:
-    return Authenticator(keys, signer=None)
+def _owner(keys: list[str], request: Request) -> str:
+    return asyncio.run(Authenticator(keys, jobs=None).caller_of_request(request)).owner
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.8.9.1", "::1", "localhost"])
 def test_without_keys_loopback_clients_are_served(host: str) -> None:
-    assert _api([]).owner_of_request(_request(host)) == LOCAL_OWNER
+    assert _owner([], _request(host)) == LOCAL_OWNER
 
 
 @pytest.mark.parametrize("host", ["10.0.0.7", "192.0.2.2", "2001:db8::1", "example.org"])
 def test_without_keys_remote_clients_are_refused_with_the_fix(host: str) -> None:
     with pytest.raises(ApiError) as caught:
-        _api([]).owner_of_request(_request(host))
+        _owner([], _request(host))
     assert caught.value.status == 401
-    assert "auth.api_keys" in caught.value.message
+    assert "songserve keys create" in caught.value.message
+    assert "SONGSERVE_API_KEYS" in caught.value.message
 
 
 def test_with_keys_each_key_is_its_own_owner_and_others_are_refused() -> None:
-    api = _api(["alpha", "beta"])
-    alpha = api.owner_of_request(_request("10.0.0.7", "Bearer alpha"))
-    beta = api.owner_of_request(_request("127.0.0.1", "bearer beta"))
+    alpha = _owner(["alpha", "beta"], _request("10.0.0.7", "Bearer alpha"))
+    beta = _owner(["alpha", "beta"], _request("127.0.0.1", "bearer beta"))
     assert alpha != beta and alpha.startswith("key_") and "alpha" not in alpha
-    for header in (None, "Bearer", "Bearer gamma", "Basic alpha", "alpha"):
+    for header in (None, "Bearer", "Bearer gamma", "Basic alpha", "alpha", "Bearer  "):
         with pytest.raises(ApiError) as caught:
-            api.owner_of_request(_request("127.0.0.1", header))
+            _owner(["alpha", "beta"], _request("127.0.0.1", header))
         assert caught.value.status == 401 and caught.value.headers == {"WWW-Authenticate": "Bearer"}

@@ -8,7 +8,7 @@ import asyncio
 
 from serve.store import JobStore, ModelBacklog
 from serve.store.records import JobRecord
-from tests.unit.test_job_store_contract import Backend, backend  # noqa: F401 - the fixture
+from tests.store_backends import Backend
 
 
 async def _song(store: JobStore, model: str, duration_s: float, variations: int = 2) -> JobRecord:
@@ -32,7 +32,7 @@ async def _claim(
     return claimed.lease_token
 
 
-def test_backlog_counts_unrendered_variations_by_model(backend: Backend) -> None:  # noqa: F811
+def test_backlog_counts_unrendered_variations_by_model(backend: Backend) -> None:
     async def scenario(store: JobStore) -> None:
         assert await store.backlog_by_model() == {}
         jobs: list[JobRecord] = []

@@ -15,7 +15,6 @@ import traceback
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -29,45 +28,7 @@ from serve.store.postgres_connect import apply_migrations, check_database
 from serve.store.postgres_migrations import MIGRATIONS
 from serve.store.records import JobRecord
 from tests.helpers import throwaway_postgres
-
-Scenario = Callable[[JobStore], Awaitable[None]]
-
-
-class Backend:
-    """Opens store instances on one database and runs a scenario with them in one event loop
-    (stores bind to the loop they first run in), closing every instance at the end."""
-
-    def __init__(self, name: str, factory: Callable[[], JobStore]) -> None:
-        self.name = name
-        self._factory = factory
-        self._open: list[JobStore] = []
-
-    def new_store(self) -> JobStore:
-        """Another instance on the same database: another replica."""
-        store = self._factory()
-        self._open.append(store)
-        return store
-
-    def run(self, scenario: Scenario) -> None:
-        async def main() -> None:
-            try:
-                await scenario(self.new_store())
-            finally:
-                for store in self._open:
-                    await store.close()
-                self._open.clear()
-
-        asyncio.run(main())
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    if request.param == "sqlite":
-        from serve.store.sqlite import SQLiteJobStore
-
-        return Backend("sqlite", lambda: SQLiteJobStore(tmp_path / "jobs.db"))
-    url: str = request.getfixturevalue("postgres_url")
-    return Backend("postgres", lambda: PostgresJobStore(url, connect_timeout_s=2, timeout_s=5))
+from tests.store_backends import Backend
 
 
 async def _create(store: JobStore, owner: str = "a", **kwargs: Any) -> JobRecord:

@@ -8,9 +8,7 @@ import asyncio
 
 from serve.store import JobStore
 from serve.store.records import JobRecord, PoolRenders, QueuePlace
-from tests.unit.test_job_store_contract import Backend, backend
-
-__all__ = ["backend"]  # the fixture, parametrised over the backends
+from tests.store_backends import Backend
 
 
 async def _song(store: JobStore, duration_s: float, variations: int = 2) -> JobRecord:

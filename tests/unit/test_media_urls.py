@@ -3,6 +3,7 @@ the link names no owner (the API checks it against the song's)."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from urllib.parse import parse_qsl
 
@@ -88,7 +89,7 @@ def test_the_api_accepts_a_signed_link_instead_of_a_key(tmp_path: Path) -> None:
     song = client.post("/v1/songs", json={"prompt": "a song", "variations": 1}, headers=key)
     song_id = song.json()["id"]
     path = f"/v1/songs/{song_id}/variations/0/peaks"
-    owner = services.auth.owner("Bearer k", REMOTE_CLIENT[0])
+    owner = asyncio.run(services.auth.caller("Bearer k", REMOTE_CLIENT[0])).owner
     query = services.views.media_url(path, owner).partition("?")[2]
     assert set(_params(query)) == {"exp", "sig"}  # the link names no owner
     # The variation is not made (no conductor here): a valid link gets as far as that.

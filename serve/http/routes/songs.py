@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from serve.schemas import SongAccepted, SongList, SongOut, SongRequest
+from serve.schemas import SongAccepted, SongList, SongOut, SongRequest, UsageOut
 
-from ..auth import Owner
+from ..auth import CallerOf, Owner
 from ..deps import Services
 from ..events import parse_last_event_id
 from .params import SongId
@@ -19,7 +19,7 @@ router = APIRouter(tags=["songs"])
 async def create_song(
     body: SongRequest,
     services: Services,
-    owner: Owner,
+    caller: CallerOf,
     idempotency_key: str | None = Header(
         None,
         min_length=1,
@@ -27,7 +27,7 @@ async def create_song(
         description="Retries with the same key return the same song instead of a new one.",
     ),
 ) -> JSONResponse:
-    accepted = await services.songs.create(body, owner, idempotency_key)
+    accepted = await services.songs.create(body, caller, idempotency_key)
     return JSONResponse(
         accepted.model_dump(mode="json"), status_code=202, headers={"Location": accepted.links.self}
     )
@@ -66,3 +66,9 @@ async def song_events(
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+@router.get("/v1/usage", response_model=UsageOut)
+async def usage(services: Services, caller: CallerOf) -> UsageOut:
+    """What you have used of your quotas: today's songs and audio, and your songs in work now."""
+    return await services.quotas.usage(caller)

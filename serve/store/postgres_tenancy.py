@@ -1,0 +1,165 @@
+"""The Postgres job store's tenancy: managed API keys, and what an owner has in the store (for
+admission and `GET /v1/usage`). Mixed into `PostgresJobStore`, whose pool and cursors it uses.
+
+Admission runs inside the creating transaction under one transaction-scoped advisory lock, so the
+counts it reads cannot change before the job is inserted, whichever replica inserts it."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from .tenancy import ADMISSION_LOCK_ID, Admission, ApiKeyRecord, OwnerUsage, check_admission
+
+_NOW = "extract(epoch FROM clock_timestamp())::double precision"
+
+_USAGE = (
+    "SELECT count(*) FILTER (WHERE status IN ('queued', 'running')) AS active,"
+    " count(*) FILTER (WHERE status = 'queued') AS queued,"
+    " count(*) FILTER (WHERE created_at >= %s) AS songs,"
+    " COALESCE(sum(audio_s) FILTER (WHERE created_at >= %s), 0) AS audio_s"
+    " FROM jobs WHERE owner = %s AND (status IN ('queued', 'running') OR created_at >= %s)"
+)
+
+
+def _usage(row: dict[str, Any]) -> OwnerUsage:
+    return OwnerUsage(
+        active=int(row["active"]),
+        queued=int(row["queued"]),
+        songs_today=int(row["songs"]),
+        audio_seconds_today=float(row["audio_s"]),
+    )
+
+
+def _key(row: dict[str, Any]) -> ApiKeyRecord:
+    return ApiKeyRecord(
+        name=row["name"],
+        owner=row["owner"],
+        key_hash=row["key_hash"],
+        prefix=row["prefix"],
+        created_at=row["created_at"],
+        last_used_at=row["last_used_at"],
+        revoked_at=row["revoked_at"],
+        quotas=row["quotas"],
+    )
+
+
+class PostgresTenancy:
+    """Needs the host store's `_cursor`, `_one` and `_all`."""
+
+    if TYPE_CHECKING:
+
+        def _cursor(
+            self, *, transaction: bool = False
+        ) -> contextlib.AbstractAsyncContextManager[psycopg.AsyncCursor[dict[str, Any]]]: ...
+
+        async def _one(
+            self, cur: psycopg.AsyncCursor[dict[str, Any]], query: str, params: Sequence[Any] = ()
+        ) -> dict[str, Any] | None: ...
+
+        async def _all(
+            self, cur: psycopg.AsyncCursor[dict[str, Any]], query: str, params: Sequence[Any] = ()
+        ) -> list[dict[str, Any]]: ...
+
+    async def _admit(
+        self,
+        cur: psycopg.AsyncCursor[dict[str, Any]],
+        admission: Admission,
+        owner: str,
+        audio_s: float,
+    ) -> None:
+        """Inside the creating transaction: take the admission lock (held to its commit), then
+        refuse the job when it would pass a limit."""
+        await self._one(cur, "SELECT pg_advisory_xact_lock(%s)", (ADMISSION_LOCK_ID,))
+        total = await self._one(cur, "SELECT count(*) AS n FROM jobs WHERE status = 'queued'")
+        day = admission.day_start
+        usage = await self._one(cur, _USAGE, (day, day, owner, day))
+        assert total is not None and usage is not None
+        check_admission(admission, int(total["n"]), _usage(usage), audio_s)
+
+    async def owner_usage(self, owner: str, day_start: float) -> OwnerUsage:
+        async with self._cursor() as cur:
+            row = await self._one(cur, _USAGE, (day_start, day_start, owner, day_start))
+        assert row is not None
+        return _usage(row)
+
+    async def add_api_key(self, key: ApiKeyRecord) -> None:
+        async with self._cursor() as cur:
+            try:
+                await self._one(
+                    cur,
+                    "INSERT INTO api_keys (name, owner, key_hash, prefix, created_at, quotas)"
+                    " VALUES (%s, %s, %s, %s, %s, %s) RETURNING name",
+                    (
+                        key.name,
+                        key.owner,
+                        key.key_hash,
+                        key.prefix,
+                        key.created_at,
+                        Jsonb(key.quotas),
+                    ),
+                )
+            except psycopg.errors.UniqueViolation as error:
+                raise ValueError(f"a key named {key.name!r} exists; revoke it first") from error
+
+    async def list_api_keys(self) -> list[ApiKeyRecord]:
+        async with self._cursor() as cur:
+            rows = await self._all(cur, "SELECT * FROM api_keys ORDER BY created_at, name")
+        return [_key(row) for row in rows]
+
+    async def revoke_api_key(self, name: str) -> bool:
+        async with self._cursor() as cur:
+            row = await self._one(
+                cur,
+                f"UPDATE api_keys SET revoked_at = {_NOW} WHERE name = %s AND revoked_at IS NULL"
+                " RETURNING name",
+                (name,),
+            )
+        return row is not None
+
+    async def find_api_key(self, key_hash: str) -> ApiKeyRecord | None:
+        async with self._cursor() as cur:
+            row = await self._one(
+                cur,
+                "SELECT * FROM api_keys WHERE key_hash = %s AND revoked_at IS NULL",
+                (key_hash,),
+            )
+        return None if row is None else _key(row)
+
+    async def count_api_keys(self) -> int:
+        async with self._cursor() as cur:
+            row = await self._one(
+                cur, "SELECT count(*) AS n FROM api_keys WHERE revoked_at IS NULL"
+            )
+        assert row is not None
+        return int(row["n"])
+
+    async def touch_api_key(self, name: str) -> None:
+        async with self._cursor() as cur:
+            await self._all(
+                cur,
+                f"UPDATE api_keys SET last_used_at = {_NOW} WHERE name = %s"
+                " AND revoked_at IS NULL RETURNING name",
+                (name,),
+            )
+
+    async def shared_secret(self, name: str) -> str:
+        """A random secret every replica reads the same: made by whichever asks first."""
+        async with self._cursor(transaction=True) as cur:
+            await self._all(
+                cur,
+                "INSERT INTO cache (namespace, key, value, created_at)"
+                f" VALUES ('secrets', %s, %s, {_NOW}) ON CONFLICT (namespace, key) DO NOTHING"
+                " RETURNING key",
+                (name, Jsonb(secrets.token_hex(32))),
+            )
+            row = await self._one(
+                cur, "SELECT value FROM cache WHERE namespace = 'secrets' AND key = %s", (name,)
+            )
+        assert row is not None
+        return str(row["value"])
