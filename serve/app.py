@@ -19,8 +19,8 @@ interactively have separate capacity: verify and lazy encodes never queue behind
 Peaks, HLS and stored files are read by the SongAPI from the object store.
 """
 
-# No `from __future__ import annotations` here: Serve reads the builder's parameter annotation
-# as a class to validate `args:` into it.
+# No `from __future__ import annotations` here: Serve inspects the builder's parameter
+# annotation (a model class would make it validate `args:`; a union leaves them a dict).
 import logging
 from typing import Any
 
@@ -46,6 +46,7 @@ from .config import (
     DecoderPoolConfig,
     DeploymentOptions,
     StorageConfig,
+    literal_secrets,
     resolve_config,
 )
 from .placement import (
@@ -72,8 +73,16 @@ def decoder_deployment(pool: DecoderPoolConfig, storage: StorageConfig) -> Appli
     )
 
 
-def build_app(args: AppConfig) -> Application:
-    """The application for a Serve config's `args:` (or an `AppConfig` when called directly)."""
+def build_app(args: AppConfig | dict[str, Any]) -> Application:
+    """The application for a Serve config's `args:` (or an `AppConfig` when called directly).
+
+    Serve hands a config file's `args:` over as the plain dict it read (the annotation is not a
+    model class, so Serve does not convert it), which lets the builder refuse secrets written
+    into the file before anything else happens (see `serve.config.literal_secrets`)."""
+    if isinstance(args, dict):
+        problems = literal_secrets(args)
+        if problems:
+            raise ValueError("; ".join(problems))
     config = resolve_config(args)
     options = config.deployments
     _check_startup(config)

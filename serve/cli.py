@@ -345,11 +345,20 @@ def _restore_default_sigint() -> None:
 def _check_before_start(config_path: Path) -> None:
     """Stop at once on a config or store that cannot work, before Ray starts (a failed build
     inside `serve run` would only be logged while this command waits for health)."""
-    from serve.config import app_args_from_serve_config, load_serve_config, resolve_config
+    from serve.config import (
+        app_args_from_serve_config,
+        literal_secrets,
+        load_serve_config,
+        resolve_config,
+    )
     from serve.startup import check_startup
 
     try:
-        config = resolve_config(app_args_from_serve_config(load_serve_config(config_path)))
+        args = app_args_from_serve_config(load_serve_config(config_path))
+        problems = literal_secrets(args)
+        if problems:
+            raise ValueError("; ".join(problems))
+        config = resolve_config(args)
         check_startup(config, deploying=True)
     except ValueError as error:  # pydantic's ValidationError is one
         raise CliError(f"{config_path}: {error}") from None

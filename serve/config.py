@@ -262,12 +262,21 @@ class QuotaConfig(_Strict):
 
 
 class AuthConfig(_Strict):
-    """Bearer API keys: from the environment (`SONGSERVE_API_KEYS`) or managed in the job store
-    (`songserve keys`). With none, only loopback clients are served."""
+    """Bearer API keys: from the environment (`SONGSERVE_API_KEYS`), a file (`api_keys_file`) or
+    managed in the job store (`songserve keys`). With none, only loopback clients are served.
+    Keys never belong in a Serve config file: Ray logs its arguments (see `literal_secrets`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     api_keys: list[SecretStr] = Field(
         default_factory=list,
-        description="Accepted bearer keys (env SONGSERVE_API_KEYS, comma-separated).",
+        description="Accepted bearer keys (env SONGSERVE_API_KEYS, comma-separated); refused "
+        "in a config file.",
+    )
+    api_keys_file: str | None = Field(
+        None,
+        description="A file of accepted bearer keys, one per line ('#' comments); read when the "
+        "app is built, so the keys never appear in the config Ray logs.",
     )
     require_keys: bool = Field(
         False,
@@ -294,6 +303,9 @@ class AuthConfig(_Strict):
 
 class StorageConfig(_Strict):
     """Where jobs and audio live."""
+
+    # A refused URL may carry a password: errors name the field, never echo its value.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     data_dir: str = Field(
         "var", description="Base directory for local state; relative paths resolve against the cwd."
@@ -956,6 +968,11 @@ class PostProcessConfig(_Strict):
 class AppConfig(_Strict):
     """Everything a songserve application needs; the builder's only argument."""
 
+    # Errors name the setting and what it must be, never the value given: it may be a URL with
+    # its password, or a key (the nested sections' own setting applies only when they are
+    # validated on their own).
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
     api: ApiConfig = Field(default_factory=ApiConfig, description="HTTP ingress settings.")
     auth: AuthConfig = Field(default_factory=AuthConfig, description="API keys.")
     storage: StorageConfig = Field(default_factory=StorageConfig, description="Job/object stores.")
@@ -1046,6 +1063,50 @@ def _dump_for_env(config: AppConfig) -> dict[str, Any]:
     return data
 
 
+# Settings that hold secrets: (path in the tree, the environment variable that should carry it).
+SECRET_SETTINGS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("auth", "api_keys"), "SONGSERVE_API_KEYS (or auth.api_keys_file, or `songserve keys`)"),
+    (("auth", "media_url_secret"), "SONGSERVE_AUTH__MEDIA_URL_SECRET"),
+    (("lyrics", "api_key"), "SONGSERVE_LYRICS__API_KEY"),
+    (("storage", "s3_secret_access_key"), "AWS_SECRET_ACCESS_KEY"),
+    (("postprocess", "c2pa", "key_pem"), "postprocess.c2pa.key_path (a file)"),
+)
+
+
+def literal_secrets(args: dict[str, Any]) -> list[str]:
+    """What a Serve config file's `args:` must not hold, each with its fix: Ray prints the args
+    ("Importing application … with arguments") into its logs and shows them on the dashboard.
+    A database URL may name its user and host, never its password."""
+    problems = []
+    for path, instead in SECRET_SETTINGS:
+        node: Any = args
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if node:
+            problems.append(
+                f"{'.'.join(path)} is set in the config file, which Ray prints in its logs and "
+                f"shows on the dashboard; remove it and use {instead}"
+            )
+    database_url = (args.get("storage") or {}).get("database_url")
+    if isinstance(database_url, str) and urlparse(database_url).password:
+        problems.append(
+            "storage.database_url carries a password in the config file, which Ray prints in its "
+            "logs; remove it from the URL and set PGPASSWORD (or SONGSERVE_DATABASE_URL)"
+        )
+    return problems
+
+
+def _read_api_keys_file(path: str) -> list[str]:
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as error:
+        raise ValueError(
+            f"auth.api_keys_file: cannot read {path} ({error.strerror}); give a readable file "
+            "with one key per line"
+        ) from None
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
 def resolve_config(config: AppConfig | dict[str, Any] | None) -> AppConfig:
     """Validate, apply environment overrides and make local paths absolute; with a pool on
     backlog autoscaling, the conductor reports to Serve's autoscaler (`serve.autoscaling`)."""
@@ -1053,6 +1114,13 @@ def resolve_config(config: AppConfig | dict[str, Any] | None) -> AppConfig:
 
     args = _dump_for_env(config) if isinstance(config, AppConfig) else dict(config or {})
     validated = with_backlog_reporting(AppConfig.model_validate(apply_env_overrides(args)))
+    if validated.auth.api_keys_file is not None:
+        keys = [
+            *validated.auth.api_keys,
+            *map(SecretStr, _read_api_keys_file(validated.auth.api_keys_file)),
+        ]
+        auth = validated.auth.model_copy(update={"api_keys": keys, "api_keys_file": None})
+        validated = validated.model_copy(update={"auth": auth})
     storage = validated.storage.resolved()
     return validated.model_copy(
         update={

@@ -1,7 +1,7 @@
 """Every checked-in Serve config builds into the graph, with its options applied from config.
 
-Building goes through Serve's own builder path (args validated into AppConfig by the builder's
-annotation) without starting Ray; running the graph is covered by tests/integration and tests/e2e.
+Building goes through Serve's own builder path (the args dict handed to the builder, which
+validates it) without starting Ray; running the graph is covered by tests/integration and tests/e2e.
 """
 
 from __future__ import annotations
