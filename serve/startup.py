@@ -25,11 +25,6 @@ def startup_problems(
     keys a deployment needs are only asked for when `deploying` (a config built offline, to
     check it, serves nobody)."""
     problems = []
-    if deploying and config.auth.require_keys and not config.auth.api_keys:
-        problems.append(
-            "auth.require_keys is set but no API key is configured: set SONGSERVE_API_KEYS "
-            "(comma-separated) in the environment of the process that deploys the app"
-        )
     conflict = local_storage_conflicts(config, nodes)
     if conflict:
         problems.append(conflict)
@@ -48,3 +43,27 @@ def check_startup(
         from .store import check_stores
 
         check_stores(config.storage)
+        if config.auth.require_keys and not config.auth.api_keys and not _managed_keys(config):
+            raise ValueError(
+                "auth.require_keys is set but there is no API key: create one with `songserve "
+                "keys create --name NAME --config FILE`, or set SONGSERVE_API_KEYS "
+                "(comma-separated) in the environment of the process that deploys the app"
+            )
+
+
+def _managed_keys(config: AppConfig) -> int:
+    """Active keys in the job store (in a thread of its own: a caller may be in an event loop)."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .store import open_job_store
+
+    async def count() -> int:
+        jobs = open_job_store(config.storage)
+        try:
+            return await jobs.count_api_keys()
+        finally:
+            await jobs.close()
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, count()).result()

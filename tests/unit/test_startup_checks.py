@@ -4,11 +4,12 @@ keys are asked for."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from serve.config import AppConfig
+from serve.config import AppConfig, resolve_config
 from serve.placement import NodeInfo, local_storage_conflicts
 
 HEAD = NodeInfo("head0000aaaa", {"CPU": 8}, {"role": "head"})
@@ -75,12 +76,30 @@ def test_postgres_and_s3_run_anywhere() -> None:
     assert "storage.database_url keep" not in problem
 
 
-def test_required_keys_are_asked_for_when_deploying() -> None:
-    from serve.startup import startup_problems
+def test_required_keys_are_asked_for_when_deploying(tmp_path: Path) -> None:
+    import asyncio
 
-    needs_keys = config(auth={"require_keys": True})
-    problems = startup_problems(needs_keys, deploying=True)
-    assert len(problems) == 1 and "SONGSERVE_API_KEYS" in problems[0]
-    assert startup_problems(needs_keys, deploying=False) == []  # an offline build serves nobody
-    with_keys = config(auth={"require_keys": True, "api_keys": ["k1"]})
-    assert startup_problems(with_keys, deploying=True) == []
+    from serve.startup import check_startup
+    from serve.store import open_job_store
+    from serve.store.tenancy import ApiKeyRecord, hash_api_key, new_owner_id
+
+    storage = {"data_dir": str(tmp_path)}
+    needs_keys = resolve_config({"storage": storage, "auth": {"require_keys": True}})
+    with pytest.raises(ValueError) as refused:
+        check_startup(needs_keys, deploying=True)
+    assert "songserve keys create" in str(refused.value)
+    assert "SONGSERVE_API_KEYS" in str(refused.value)
+    check_startup(needs_keys, deploying=False)  # an offline build serves nobody
+    with_keys = resolve_config(
+        {"storage": storage, "auth": {"require_keys": True, "api_keys": ["k1"]}}
+    )
+    check_startup(with_keys, deploying=True)
+
+    async def add_managed_key() -> None:
+        jobs = open_job_store(needs_keys.storage)
+        record = ApiKeyRecord("web", new_owner_id(), hash_api_key("k"), "k", 0.0)
+        await jobs.add_api_key(record)
+        await jobs.close()
+
+    asyncio.run(add_managed_key())
+    check_startup(needs_keys, deploying=True)  # a managed key in the job store is a key
