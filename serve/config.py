@@ -230,6 +230,18 @@ class ApiConfig(_Strict):
         description="Absolute URL clients reach the API at, for links; relative links if unset.",
     )
     sse_keepalive_s: float = Field(15.0, gt=0, description="Comment sent on an idle SSE stream.")
+    max_event_streams: int = Field(
+        192,
+        ge=1,
+        description="SSE streams one ingress replica holds open at once; more get 503 with "
+        "Retry-After. Each holds one of deployments.api.max_ongoing_requests for the whole song, "
+        "so that must leave room for other calls (at least 32 more).",
+    )
+    max_event_streams_per_owner: int = Field(
+        16,
+        ge=1,
+        description="SSE streams one caller may hold open on one ingress replica; more get 429.",
+    )
     overload_retry_after_s: int = Field(
         5, ge=1, description="Retry-After seconds sent with 429/503 when overloaded."
     )
@@ -996,6 +1008,24 @@ class AppConfig(_Strict):
                 "or turn tags.llm_rewrite off"
             )
         return self
+
+    @model_validator(mode="after")
+    def _streams_leave_room_for_calls(self) -> AppConfig:
+        # Each open SSE stream holds one of the ingress's ongoing requests for a whole song.
+        room = self.deployments.api.max_ongoing_requests - self.api.max_event_streams
+        if room < EVENT_STREAM_HEADROOM:
+            raise ValueError(
+                f"deployments.api.max_ongoing_requests "
+                f"({self.deployments.api.max_ongoing_requests}) must exceed api.max_event_streams "
+                f"({self.api.max_event_streams}) by at least {EVENT_STREAM_HEADROOM}, or open "
+                "event streams can take every slot and starve other calls: raise the first or "
+                "lower the second"
+            )
+        return self
+
+
+# Ongoing requests an ingress replica keeps for calls other than SSE streams.
+EVENT_STREAM_HEADROOM = 32
 
 
 # --------------------------------------------------------------------------------------------------

@@ -45,28 +45,57 @@ def format_sse(seq: int, event_type: str, data: dict[str, Any]) -> str:
 
 
 class EventStreams:
+    """The streams of one ingress replica. Each holds one of the replica's ongoing requests for
+    a whole song, so they have a budget of their own (`api.max_event_streams`, and
+    `api.max_event_streams_per_owner` per caller) that leaves room for every other call."""
+
     def __init__(self, services: ApiServices) -> None:
         self._services = services
         self._subscribers = 0
+        self._by_owner: dict[str, int] = {}
 
     async def open(self, song_id: str, owner: str, after: int) -> AsyncIterator[str]:
         """The frames of `song_id`'s stream; 404 before the stream starts when it is not the
-        caller's."""
+        caller's, 429 or 503 when the streams' budget is spent."""
+        api = self._services.config.api
+        retry_after = {"Retry-After": str(api.overload_retry_after_s)}
+        if self._by_owner.get(owner, 0) >= api.max_event_streams_per_owner:
+            raise ApiError(
+                429,
+                "too_many_streams",
+                f"you have {api.max_event_streams_per_owner} event streams open here "
+                "(api.max_event_streams_per_owner); close one, or read the song with GET",
+                None,
+                retry_after,
+            )
+        if self._subscribers >= api.max_event_streams:
+            raise ApiError(
+                503,
+                "too_many_streams",
+                "this server holds as many event streams as it may (api.max_event_streams); "
+                "retry later, or poll GET /v1/songs/{id}",
+                None,
+                retry_after,
+            )
         job = await self._services.songs.owned_job(song_id, owner)
         queue_of = job.request if job.status == "queued" else None
-        return self._subscribed(self._frames(song_id, owner, after, queue_of))
+        return self._subscribed(owner, self._frames(song_id, owner, after, queue_of))
 
-    async def _subscribed(self, frames: AsyncIterator[str]) -> AsyncIterator[str]:
-        """`frames`, counted in `songserve_sse_subscribers` while the client listens."""
+    async def _subscribed(self, owner: str, frames: AsyncIterator[str]) -> AsyncIterator[str]:
+        """`frames`, counted (in `songserve_sse_subscribers` too) while the client listens."""
         from serve.metrics import song_metrics
 
         self._subscribers += 1
+        self._by_owner[owner] = self._by_owner.get(owner, 0) + 1
         song_metrics().sse_subscribers.set(self._subscribers)
         try:
             async for frame in frames:
                 yield frame
         finally:
             self._subscribers -= 1
+            self._by_owner[owner] -= 1
+            if not self._by_owner[owner]:
+                del self._by_owner[owner]
             song_metrics().sse_subscribers.set(self._subscribers)
 
     async def _frames(

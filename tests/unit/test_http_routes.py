@@ -20,6 +20,7 @@ from fastapi.testclient import TestClient
 from serve.config import AppConfig, resolve_config
 from serve.http.app import create_app
 from serve.http.auth import AUTH_DEPENDENCIES, LOCAL_OWNER, PUBLIC_ROUTES
+from serve.http.errors import ApiError
 from serve.http.guard import MAX_JSON_BYTES
 from serve.services import ApiServices
 from serve.store import variation_key
@@ -381,3 +382,56 @@ def test_a_disconnected_event_stream_leaves_no_unretrieved_future(
                 next(stream.iter_lines())  # the `retry:` line, then hang up
         gc.collect()
     assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
+
+
+# -- event streams have a budget of their own ------------------------------------------------------
+
+
+def test_event_streams_are_capped_per_caller_and_per_replica(tmp_path: Path) -> None:
+    from tests.http_graph import api_services
+
+    config = resolve_config(
+        {
+            "storage": {"data_dir": str(tmp_path)},
+            "api": {"max_event_streams": 3, "max_event_streams_per_owner": 2},
+            "deployments": {"api": {"max_ongoing_requests": 40}},
+        }
+    )
+    services = api_services(config)
+
+    async def scenario() -> None:
+        async def queued_song(owner: str) -> str:
+            job, _ = await services.jobs.create_job(
+                owner=owner, request={"prompt": "p"}, seed=1, variations=1
+            )
+            return job.id
+
+        async def listen(owner: str) -> Any:
+            stream = await services.events.open(await queued_song(owner), owner, 0)
+            await anext(stream)  # the client is listening: the stream is counted
+            return stream
+
+        alice = [await listen("alice"), await listen("alice")]
+        with pytest.raises(ApiError) as per_owner:
+            await listen("alice")
+        assert per_owner.value.status == 429 and per_owner.value.code == "too_many_streams"
+        bob = await listen("bob")
+        with pytest.raises(ApiError) as per_replica:
+            await listen("carol")
+        assert per_replica.value.status == 503 and "Retry-After" in per_replica.value.headers
+        await alice[0].aclose()  # a client hangs up: its place is free again
+        await listen("alice")
+        for stream in (alice[1], bob):
+            await stream.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_streams_must_leave_the_ingress_room_for_other_calls() -> None:
+    with pytest.raises(ValueError, match="max_event_streams"):
+        resolve_config(
+            {
+                "api": {"max_event_streams": 240},
+                "deployments": {"api": {"max_ongoing_requests": 256}},
+            }
+        )
