@@ -42,6 +42,7 @@ from serve.store import (
     open_object_store,
 )
 from serve.workflow import Backoff, StageFailed, patient_store, retry_stage
+from serve.workflow.retention import RetentionSweeper
 
 from .failures import describe_failure
 from .post_processor import Provenance
@@ -104,6 +105,9 @@ class Conductor:
         self._claim_loop = asyncio.get_running_loop().create_task(self._claim_forever())
         self._metrics = song_metrics()
         self._jobs_gauge = asyncio.get_running_loop().create_task(self._count_jobs_forever())
+        # Finished songs past jobs.retention_days go, files and records (serve/workflow).
+        sweeper = RetentionSweeper(config.jobs, self._store, self._objects)
+        self._retention = asyncio.get_running_loop().create_task(sweeper.run_forever())
         # Backlog autoscaling (serve/autoscaling.py): what `record_autoscaling_stats` reports.
         self._backlog = BacklogReporter(config.models, self._store, lambda: router.pools.remote())
 
@@ -119,6 +123,7 @@ class Conductor:
         Only renders in flight are redone."""
         self._claim_loop.cancel()
         self._jobs_gauge.cancel()
+        self._retention.cancel()
         jobs, stems = dict(self._active), dict(self._active_stems)
         tokens = dict(self._tokens)
         for task in [*jobs.values(), *stems.values()]:

@@ -487,6 +487,18 @@ class JobsConfig(_Strict):
     max_queued_jobs: int = Field(
         1000, ge=1, description="Queued jobs beyond which new songs get 429 + Retry-After."
     )
+    retention_days: float | None = Field(
+        None,
+        gt=0,
+        description="Finished songs (and all their files) are deleted this many days after they "
+        "finished; unset: kept until deleted with DELETE /v1/songs/{id}.",
+    )
+    retention_sweep_interval_s: float = Field(
+        600.0, gt=0, description="How often each conductor replica looks for expired songs."
+    )
+    retention_batch: int = Field(
+        100, ge=1, le=10_000, description="Songs one sweep deletes at most (then it waits)."
+    )
     max_queued_per_owner: int | None = Field(
         None,
         ge=1,

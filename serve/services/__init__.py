@@ -80,7 +80,7 @@ def build_services(config: AppConfig, graph: Graph) -> ApiServices:
     registry = LoraRegistry(objects)
     quotas = Quotas(config, jobs)
     queue = QueueEstimator(config, jobs, graph)
-    songs = SongService(config, jobs, registry, graph, views, queue, quotas)
+    songs = SongService(config, jobs, objects, registry, graph, views, queue, quotas)
     media = MediaService(jobs, objects, songs, LazyDelivery(config, jobs, graph), views)
     return ApiServices(
         config=config,

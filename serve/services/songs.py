@@ -11,13 +11,14 @@ from serve.config import LORA_MODELS
 from serve.http.errors import ApiError
 from serve.schemas import QueueOut, SongAccepted, SongLinks, SongList, SongOut, SongRequest
 from serve.store.tenancy import AdmissionRefused
+from serve.workflow.retention import delete_song
 
 if TYPE_CHECKING:
     from serve.config import AppConfig
     from serve.http.auth import Caller
     from serve.loras import LoraRegistry
     from serve.queue_estimate import QueueEstimator
-    from serve.store import JobRecord, JobStore
+    from serve.store import JobRecord, JobStore, ObjectStore
 
     from .graph import Graph
     from .quotas import Quotas
@@ -29,6 +30,7 @@ class SongService:
         self,
         config: AppConfig,
         jobs: JobStore,
+        objects: ObjectStore,
         loras: LoraRegistry,
         graph: Graph,
         views: Views,
@@ -38,6 +40,7 @@ class SongService:
         self._quotas = quotas
         self._config = config
         self._jobs = jobs
+        self._objects = objects
         self._loras = loras
         self._graph = graph
         self._views = views
@@ -99,6 +102,22 @@ class SongService:
         job = await self.owned_job(song_id, owner)
         queue = await self._queue.queue_out(job.id, job.request) if job.status == "queued" else None
         return self._views.song(job, queue)
+
+    async def delete(self, song_id: str, owner: str) -> None:
+        """Delete a finished song: every file of it, then its records. 409 while it (or a stems
+        job of it) is still queued or running."""
+        job = await self.owned_job(song_id, owner)
+        stems_active = any(stems.is_active for stems in await self._jobs.list_stems(job.id))
+        if not job.is_terminal or stems_active:
+            what = "its stems are" if job.is_terminal else f"it is {job.status}"
+            raise ApiError(
+                409,
+                "not_finished",
+                f"song {job.id} cannot be deleted while {what} being made; delete it once its "
+                "event stream has ended",
+                "id",
+            )
+        await delete_song(self._jobs, self._objects, job.id)
 
     async def queue_out(self, job_id: str, request: dict[str, Any]) -> QueueOut | None:
         """A queued song's place in line and expected start; None once it left the queue."""

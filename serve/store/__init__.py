@@ -20,6 +20,7 @@ from .objects import (
     master_info_key,
     master_key,
     raw_render_key,
+    song_prefix,
     variation_audio_key,
     variation_key,
 )
@@ -72,6 +73,7 @@ __all__ = [
     "open_job_store",
     "open_object_store",
     "raw_render_key",
+    "song_prefix",
     "variation_audio_key",
     "variation_key",
 ]

@@ -12,9 +12,14 @@ from dataclasses import dataclass
 from typing import Protocol
 
 
+def song_prefix(job_id: str) -> str:
+    """Every object of a song lives under this prefix (deleting the song deletes it)."""
+    return f"songs/{job_id}/"
+
+
 def variation_key(job_id: str, index: int, name: str) -> str:
     """The key of one artefact of a variation, e.g. `songs/<job>/v0/audio.m4a`."""
-    return f"songs/{job_id}/v{index}/{name}"
+    return f"{song_prefix(job_id)}v{index}/{name}"
 
 
 RAW_RENDER_CONTENT_TYPE = "application/x-npy"

@@ -126,6 +126,8 @@ CREATE TABLE api_keys (
     quotas JSONB NOT NULL DEFAULT '{}'
 );
 CREATE UNIQUE INDEX api_keys_active_name ON api_keys (name) WHERE revoked_at IS NULL;
+CREATE INDEX jobs_finished ON jobs (updated_at)
+    WHERE status IN ('succeeded', 'failed', 'canceled');
 """,
     ),
 )

@@ -1,5 +1,6 @@
-"""The Postgres job store's tenancy: managed API keys, and what an owner has in the store (for
-admission and `GET /v1/usage`). Mixed into `PostgresJobStore`, whose pool and cursors it uses.
+"""The Postgres job store's tenancy: managed API keys, what an owner has in the store (for
+admission and `GET /v1/usage`), and deleting songs (on request, or past `jobs.retention_days`).
+Mixed into `PostgresJobStore`, whose pool and cursors it uses.
 
 Admission runs inside the creating transaction under one transaction-scoped advisory lock, so the
 counts it reads cannot change before the job is inserted, whichever replica inserts it."""
@@ -163,3 +164,20 @@ class PostgresTenancy:
             )
         assert row is not None
         return str(row["value"])
+
+    async def delete_job(self, job_id: str) -> bool:
+        """Delete a job and everything recorded of it (variations, stems, events, deliveries)."""
+        async with self._cursor() as cur:
+            row = await self._one(cur, "DELETE FROM jobs WHERE id = %s RETURNING id", (job_id,))
+        return row is not None
+
+    async def jobs_finished_before(self, before: float, limit: int) -> list[str]:
+        """Ids of finished jobs last updated before `before`, oldest first, at most `limit`."""
+        async with self._cursor() as cur:
+            rows = await self._all(
+                cur,
+                "SELECT id FROM jobs WHERE status IN ('succeeded', 'failed', 'canceled')"
+                " AND updated_at < %s ORDER BY updated_at LIMIT %s",
+                (before, limit),
+            )
+        return [row["id"] for row in rows]

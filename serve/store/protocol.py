@@ -271,3 +271,13 @@ class JobStore(Protocol):
     async def shared_secret(self, name: str) -> str:
         """A random secret stored under `name`, the same for every replica (made on first use)."""
         ...
+
+    # -- deletion and retention -----------------------------------------------------------------
+
+    async def delete_job(self, job_id: str) -> bool:
+        """Delete a job and everything recorded of it; False when there was none."""
+        ...
+
+    async def jobs_finished_before(self, before: float, limit: int) -> list[str]:
+        """Ids of finished jobs last updated before `before`, oldest first, at most `limit`."""
+        ...

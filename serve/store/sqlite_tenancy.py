@@ -1,6 +1,6 @@
-"""The SQLite job store's tenancy: managed API keys, and what an owner has in the store (for
-admission and `GET /v1/usage`). Mixed into `SQLiteJobStore`, whose one thread and connection it
-uses."""
+"""The SQLite job store's tenancy: managed API keys, what an owner has in the store (for
+admission and `GET /v1/usage`), and deleting songs (on request, or past `jobs.retention_days`).
+Mixed into `SQLiteJobStore`, whose one thread and connection it uses."""
 
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ CREATE TABLE IF NOT EXISTS api_keys (
 CREATE UNIQUE INDEX IF NOT EXISTS api_keys_active_name ON api_keys (name)
     WHERE revoked_at IS NULL;
 CREATE INDEX IF NOT EXISTS jobs_owner_status ON jobs (owner, status);
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (updated_at)
+    WHERE status IN ('succeeded', 'failed', 'canceled');
 """
 
 
@@ -174,3 +176,26 @@ class SQLiteTenancy:
 
         secret: str = await self._run(self._transaction, get_or_make)
         return secret
+
+    async def delete_job(self, job_id: str) -> bool:
+        """Delete a job and everything recorded of it (variations, stems, events, deliveries)."""
+
+        def delete(db: sqlite3.Connection) -> bool:
+            return db.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount > 0
+
+        deleted: bool = await self._run(self._transaction, delete)
+        return deleted
+
+    async def jobs_finished_before(self, before: float, limit: int) -> list[str]:
+        """Ids of finished jobs last updated before `before`, oldest first, at most `limit`."""
+
+        def select() -> list[str]:
+            rows = self._db.execute(
+                "SELECT id FROM jobs WHERE status IN ('succeeded', 'failed', 'canceled')"
+                " AND updated_at < ? ORDER BY updated_at LIMIT ?",
+                (before, limit),
+            )
+            return [row["id"] for row in rows]
+
+        ids: list[str] = await self._run(select)
+        return ids

@@ -1,9 +1,9 @@
-"""Songs: create, list, read, and their event stream."""
+"""Songs: create, list, read, delete, their event stream, and the caller's usage."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from serve.schemas import SongAccepted, SongList, SongOut, SongRequest, UsageOut
 
@@ -46,6 +46,14 @@ async def list_songs(
 @router.get("/v1/songs/{song_id}", response_model=SongOut)
 async def get_song(song_id: SongId, services: Services, owner: Owner) -> SongOut:
     return await services.songs.get(song_id, owner)
+
+
+@router.delete("/v1/songs/{song_id}", status_code=204)
+async def delete_song(song_id: SongId, services: Services, owner: Owner) -> Response:
+    """Delete a finished song and every file of it (audio, HLS, peaks, stems, the master).
+    409 while it is still being made."""
+    await services.songs.delete(song_id, owner)
+    return Response(status_code=204)
 
 
 @router.get("/v1/songs/{song_id}/events")
