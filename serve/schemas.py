@@ -63,6 +63,13 @@ class SongRequest(_Request):
         None, max_length=5000, description="Custom mode: your lyrics with [verse]/[chorus] tags."
     )
     style: Printable | None = Field(None, max_length=1000, description="Free-text style.")
+    negative_style: Printable | None = Field(
+        None,
+        max_length=1000,
+        description="Styles to steer away from. Recorded with the song; no model served today "
+        "takes a negative prompt, so none acts on it yet.",
+    )
+    title: Printable | None = Field(None, max_length=200, description="The song's title.")
     instrumental: bool = Field(False, description="No vocals; not combinable with lyrics.")
     duration_s: float = Field(30.0, ge=5, le=600, description="Song length in seconds.")
     variations: int = Field(2, ge=1, le=MAX_VARIATIONS, description="Takes generated in parallel.")
@@ -90,6 +97,8 @@ class SongRequestOut(BaseModel):
     prompt: str | None = None
     lyrics: str | None = None
     style: str | None = None
+    negative_style: str | None = None
+    title: str | None = None
     instrumental: bool = False
     duration_s: float = 30.0
     variations: int = 2
@@ -371,3 +380,65 @@ class UsageOut(BaseModel):
     audio_seconds_today: UsageItem = Field(
         ..., description="Seconds of audio asked for today (duration × variations)."
     )
+
+
+# -- the Suno-compatible surface (/api/*; serve.services.suno has the mapping) ---------------------
+
+
+class _SunoRequest(BaseModel):
+    # Suno clients send loose JSON (extra fields such as `continue_clip_id` are ignored).
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+
+class SunoGenerate(_SunoRequest):
+    """`POST /api/generate`: description mode."""
+
+    prompt: str = Field(..., min_length=1, max_length=500, description="What the song is about.")
+    make_instrumental: bool = False
+    model: str | None = Field(None, max_length=64, description="chirp-… or a model name.")
+    wait_audio: bool = Field(False, description="Answer once the clips are complete.")
+
+
+class SunoCustomGenerate(_SunoRequest):
+    """`POST /api/custom_generate`: your lyrics and style."""
+
+    prompt: str = Field("", max_length=5000, description="The lyrics, with [Verse] tags.")
+    tags: str = Field("", max_length=1000, description="The style.")
+    negative_tags: str = Field("", max_length=1000, description="Styles to avoid (recorded).")
+    title: str = Field("", max_length=200)
+    make_instrumental: bool = False
+    model: str | None = Field(None, max_length=64)
+    wait_audio: bool = False
+
+
+class SunoLyricsRequest(_SunoRequest):
+    prompt: str = Field(..., min_length=1, max_length=500)
+
+
+class SunoClip(BaseModel):
+    id: str = Field(..., description="<song id>.<variation index>")
+    title: str
+    status: Literal["submitted", "queued", "streaming", "complete", "error"]
+    audio_url: str | None = Field(None, description="The mp3, once the clip is complete.")
+    lyric: str
+    tags: str
+    negative_tags: str
+    duration: float | None
+    model_name: str
+    created_at: str
+    error_message: str | None = None
+
+
+class SunoLyrics(BaseModel):
+    text: str
+    title: str
+    status: Literal["complete"]
+
+
+class SunoLimit(BaseModel):
+    credits_left: int | None = Field(
+        None, description="10 per song left of auth.quotas.songs_per_day (null: no limit)."
+    )
+    period: Literal["day"]
+    monthly_limit: int | None = None
+    monthly_usage: int = Field(..., description="10 per song made today.")

@@ -16,7 +16,7 @@ from serve.services import ApiServices
 from .auth import require_media_owner, require_owner
 from .errors import install_error_handlers
 from .guard import RequestGuard
-from .routes import loras, media, songs, stems, system, tools
+from .routes import loras, media, songs, stems, suno, system, tools
 
 
 def create_app(services_of: Callable[[], ApiServices]) -> FastAPI:
@@ -35,4 +35,5 @@ def create_app(services_of: Callable[[], ApiServices]) -> FastAPI:
     app.include_router(stems.router, dependencies=caller)
     app.include_router(tools.router, dependencies=caller)
     app.include_router(loras.router, dependencies=caller)
+    app.include_router(suno.router, dependencies=caller)
     return app

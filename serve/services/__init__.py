@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .quotas import Quotas
     from .songs import SongService
     from .stems import StemsService
+    from .suno import SunoService
     from .tools import ToolService
     from .views import Views
 
@@ -38,6 +39,7 @@ class ApiServices:
     loras: LoraService
     tools: ToolService
     quotas: Quotas
+    suno: SunoService
 
     @property
     def retry_after_s(self) -> int:
@@ -62,6 +64,7 @@ def build_services(config: AppConfig, graph: Graph) -> ApiServices:
     from .quotas import Quotas
     from .songs import SongService
     from .stems import StemsService
+    from .suno import SunoService
     from .tools import ToolService
     from .views import Views
 
@@ -81,6 +84,8 @@ def build_services(config: AppConfig, graph: Graph) -> ApiServices:
     quotas = Quotas(config, jobs)
     queue = QueueEstimator(config, jobs, graph)
     songs = SongService(config, jobs, objects, registry, graph, views, queue, quotas)
+    tools = ToolService(config, jobs, graph)
+    suno = SunoService(jobs, songs, tools, quotas, views, config.models.served_models)
     media = MediaService(jobs, objects, songs, LazyDelivery(config, jobs, graph), views)
     return ApiServices(
         config=config,
@@ -93,5 +98,6 @@ def build_services(config: AppConfig, graph: Graph) -> ApiServices:
         stems=StemsService(config, jobs, songs, media, graph, views),
         loras=LoraService(config, registry),
         quotas=quotas,
-        tools=ToolService(config, jobs, graph),
+        tools=tools,
+        suno=suno,
     )

@@ -126,9 +126,8 @@ class SongService:
     async def _checked(self, body: SongRequest) -> SongRequest:
         """Rules pydantic cannot name a field for, and what depends on this server (models,
         registered LoRAs); returns the cleaned request."""
-        body = body.model_copy(
-            update={name: getattr(body, name) or None for name in ("prompt", "lyrics", "style")}
-        )
+        texts = ("prompt", "lyrics", "style", "negative_style", "title")
+        body = body.model_copy(update={name: getattr(body, name) or None for name in texts})
         if not (body.prompt or body.lyrics or body.style):
             raise ApiError(
                 422, "invalid_request", "give at least one of prompt, lyrics or style", "prompt"

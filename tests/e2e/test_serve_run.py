@@ -245,7 +245,39 @@ def test_bodies_that_are_not_json_objects(client: httpx.Client) -> None:
     empty = client.post("/v1/songs", content=b"", headers={"Content-Type": "application/json"})
     assert empty.status_code == 422 and empty.json()["error"]["field"] == "body"
     broken = client.post("/v1/songs", content=b"{", headers={"Content-Type": "application/json"})
-    assert broken.status_code == 422 and broken.json()["error"]["field"] == "body"
+    assert broken.status_code == 400 and broken.json()["error"]["field"] == "body"
+    assert broken.json()["error"]["code"] == "invalid_body"
+
+
+def test_the_suno_compatible_surface_makes_two_playable_clips(client: httpx.Client) -> None:
+    clips = client.post(
+        "/api/custom_generate",
+        json={
+            "prompt": "[Verse]\nsalt on the rail\n[Chorus]\nhome, home",
+            "tags": "sea shanty, accordion",
+            "negative_tags": "metal",
+            "title": "Harbour",
+            "model": "chirp-v3-5",
+            "wait_audio": True,
+        },
+        timeout=180,
+    )
+    assert clips.status_code == 200, clips.text
+    assert [clip["status"] for clip in clips.json()] == ["complete", "complete"]
+    for clip in clips.json():
+        assert clip["title"] == "Harbour" and clip["tags"] == "sea shanty, accordion"
+        assert clip["negative_tags"] == "metal" and clip["duration"] > 0
+        mp3 = client.get(clip["audio_url"])
+        assert mp3.status_code == 200 and mp3.headers["content-type"] == "audio/mpeg"
+        assert mp3.content[:3] == b"ID3" or mp3.content[0] == 0xFF
+    ids = ",".join(clip["id"] for clip in clips.json())
+    again = client.get("/api/get", params={"ids": ids}).json()
+    assert [clip["id"] for clip in again] == ids.split(",")
+    queued = client.post("/api/generate", json={"prompt": "a lullaby for a cat"}).json()
+    assert len(queued) == 2 and {c["status"] for c in queued} <= {"queued", "streaming"}
+    lyrics = client.post("/api/generate_lyrics", json={"prompt": "a rainy city"}).json()
+    assert lyrics["status"] == "complete" and "[" in lyrics["text"]
+    assert client.get("/api/get_limit").json()["period"] == "day"
 
 
 def test_oversized_bodies_are_refused_unread(client: httpx.Client) -> None:
