@@ -230,6 +230,12 @@ class ApiConfig(_Strict):
         description="Absolute URL clients reach the API at, for links; relative links if unset.",
     )
     sse_keepalive_s: float = Field(15.0, gt=0, description="Comment sent on an idle SSE stream.")
+    suno_wait_audio_s: float = Field(
+        120.0,
+        gt=0,
+        le=600,
+        description="How long a Suno-compatible call with wait_audio: true waits for its clips.",
+    )
     max_event_streams: int = Field(
         192,
         ge=1,

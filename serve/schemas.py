@@ -442,3 +442,33 @@ class SunoLimit(BaseModel):
     period: Literal["day"]
     monthly_limit: int | None = None
     monthly_usage: int = Field(..., description="10 per song made today.")
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(..., description="What went wrong, for programs: e.g. invalid_request.")
+    message: str = Field(..., description="What went wrong and what to do, for people.")
+    field: str | None = Field(..., description="The request field, header or parameter at fault.")
+
+
+class ErrorOut(BaseModel):
+    """Every error the API answers has this one shape."""
+
+    error: ErrorDetail
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for error statuses, all in the one error shape."""
+    reasons = {
+        400: "The body does not parse (`invalid_body`).",
+        401: "No key, or an unknown one (`Authorization: Bearer <key>`).",
+        403: "A media link that expired or was altered.",
+        404: "No such song, variation or file (or not yours).",
+        409: "Not possible in the song's state.",
+        413: "The body is over its limit.",
+        415: "Not an audio format the API reads.",
+        416: "The byte range lies outside the file.",
+        422: "A field, parameter or header is invalid; `error.field` names it.",
+        429: "Over a quota or limit; see Retry-After and RateLimit-* headers.",
+        503: "Overloaded or a store is unavailable for a moment; see Retry-After.",
+    }
+    return {status: {"model": ErrorOut, "description": reasons[status]} for status in statuses}

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from fastapi import Depends, FastAPI
 
+from serve.schemas import error_responses
 from serve.services import ApiServices
 
 from .auth import require_media_owner, require_owner
@@ -29,11 +30,17 @@ def create_app(services_of: Callable[[], ApiServices]) -> FastAPI:
     install_error_handlers(app, lambda: services_of().retry_after_s)
     app.add_middleware(RequestGuard, services_of=services_of)
     caller = [Depends(require_owner)]
-    app.include_router(system.router)
-    app.include_router(songs.router, dependencies=caller)
-    app.include_router(media.router, dependencies=[Depends(require_media_owner)])
-    app.include_router(stems.router, dependencies=caller)
-    app.include_router(tools.router, dependencies=caller)
-    app.include_router(loras.router, dependencies=caller)
-    app.include_router(suno.router, dependencies=caller)
+    media_caller = [Depends(require_media_owner)]
+    # (router, default dependencies, the error statuses its routes answer with)
+    routers = [
+        (system.router, [], (503,)),
+        (songs.router, caller, (400, 401, 404, 409, 413, 422, 429, 503)),
+        (media.router, media_caller, (401, 403, 404, 416, 422, 503)),
+        (stems.router, caller, (400, 401, 404, 409, 413, 422, 503)),
+        (tools.router, caller, (400, 401, 409, 413, 415, 422, 503)),
+        (loras.router, caller, (400, 401, 404, 409, 413, 422, 503)),
+        (suno.router, caller, (400, 401, 404, 413, 422, 429, 503)),
+    ]
+    for router, dependencies, statuses in routers:
+        app.include_router(router, dependencies=dependencies, responses=error_responses(*statuses))
     return app

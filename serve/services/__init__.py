@@ -85,7 +85,15 @@ def build_services(config: AppConfig, graph: Graph) -> ApiServices:
     queue = QueueEstimator(config, jobs, graph)
     songs = SongService(config, jobs, objects, registry, graph, views, queue, quotas)
     tools = ToolService(config, jobs, graph)
-    suno = SunoService(jobs, songs, tools, quotas, views, config.models.served_models)
+    suno = SunoService(
+        jobs,
+        songs,
+        tools,
+        quotas,
+        views,
+        config.models.served_models,
+        config.api.suno_wait_audio_s,
+    )
     media = MediaService(jobs, objects, songs, LazyDelivery(config, jobs, graph), views)
     return ApiServices(
         config=config,

@@ -11,7 +11,8 @@ tenancy apply: every call goes through `SongService` and `Quotas` as the caller.
 - `tags` → `style`, `negative_tags` → `negative_style` (recorded; no served model takes a
   negative prompt yet), custom-mode `prompt` → `lyrics`, `title` → `title`, `make_instrumental`
   → `instrumental`, a Suno model name (`chirp-*`) → `auto`.
-- `wait_audio: true` answers once every clip is complete or failed (at most `WAIT_AUDIO_S`).
+- `wait_audio: true` answers once every clip is complete or failed (at most
+  `api.suno_wait_audio_s`).
 - `get_limit` reports the daily song quota as credits, 10 per song (Suno's price of two clips).
 """
 
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
 
 CLIPS_PER_GENERATION = 2
 CREDITS_PER_SONG = 10
-WAIT_AUDIO_S = 120.0
 _SUNO_MODELS = ("chirp-",)  # chirp-v3-0, chirp-v3-5, chirp-v4, chirp-auk …
 _STATUS = {"queued": "queued", "running": "streaming", "succeeded": "complete", "failed": "error"}
 
@@ -61,7 +61,9 @@ class SunoService:
         quotas: Quotas,
         views: Views,
         served_models: list[str],
+        wait_audio_s: float,
     ) -> None:
+        self._wait_audio_s = wait_audio_s
         self._jobs = jobs
         self._songs = songs
         self._tools = tools
@@ -141,9 +143,9 @@ class SunoService:
         )
 
     async def _finished(self, job: JobRecord) -> JobRecord:
-        """`job` once it is finished (or as it is after WAIT_AUDIO_S)."""
+        """`job` once it is finished (or as it is after `api.suno_wait_audio_s`)."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + WAIT_AUDIO_S
+        deadline = loop.time() + self._wait_audio_s
         after = 0
         while not job.is_terminal and (remaining := deadline - loop.time()) > 0:
             events = await self._jobs.wait_for_events(job.id, after, min(remaining, 5.0))
