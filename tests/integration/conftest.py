@@ -107,6 +107,31 @@ class FreshMetrics:
         """The sum of the fresh samples of `name` with these labels (0 when none)."""
         return sum(value for _, value in self.samples(name, **labels))
 
+    def read(self) -> MetricsReading:
+        """Every fresh sample of Serve's and songserve's series, read once: late in a run one
+        read of the export takes seconds, so checks of many series share one."""
+        return MetricsReading(
+            [
+                (name, tags, value)
+                for name, tags, value in exported_samples()
+                if tags.get("replica") not in self.earlier_replicas
+            ]
+        )
+
+
+@dataclass(frozen=True)
+class MetricsReading:
+    """One read of the export (see FreshMetrics.read)."""
+
+    exported: list[tuple[str, dict[str, str], float]]
+
+    def total(self, name: str, **labels: str) -> float:
+        return sum(
+            value
+            for sample, tags, value in self.exported
+            if sample == name and labels.items() <= tags.items()
+        )
+
 
 # Replicas of a deleted or redeployed test app stop at once instead of after Serve's 2 s look.
 QUICK_STOP = {"graceful_shutdown_wait_loop_s": 0.1}
