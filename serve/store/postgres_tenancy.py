@@ -28,28 +28,6 @@ _USAGE = (
 )
 
 
-def _usage(row: dict[str, Any]) -> OwnerUsage:
-    return OwnerUsage(
-        active=int(row["active"]),
-        queued=int(row["queued"]),
-        songs_today=int(row["songs"]),
-        audio_seconds_today=float(row["audio_s"]),
-    )
-
-
-def _key(row: dict[str, Any]) -> ApiKeyRecord:
-    return ApiKeyRecord(
-        name=row["name"],
-        owner=row["owner"],
-        key_hash=row["key_hash"],
-        prefix=row["prefix"],
-        created_at=row["created_at"],
-        last_used_at=row["last_used_at"],
-        revoked_at=row["revoked_at"],
-        quotas=row["quotas"],
-    )
-
-
 class PostgresTenancy:
     """Needs the host store's `_cursor`, `_one` and `_all`."""
 
@@ -81,13 +59,13 @@ class PostgresTenancy:
         day = admission.day_start
         usage = await self._one(cur, _USAGE, (day, day, owner, day))
         assert total is not None and usage is not None
-        check_admission(admission, int(total["n"]), _usage(usage), audio_s)
+        check_admission(admission, int(total["n"]), OwnerUsage.from_row(usage), audio_s)
 
     async def owner_usage(self, owner: str, day_start: float) -> OwnerUsage:
         async with self._cursor() as cur:
             row = await self._one(cur, _USAGE, (day_start, day_start, owner, day_start))
         assert row is not None
-        return _usage(row)
+        return OwnerUsage.from_row(row)
 
     async def add_api_key(self, key: ApiKeyRecord) -> None:
         async with self._cursor() as cur:
@@ -111,7 +89,7 @@ class PostgresTenancy:
     async def list_api_keys(self) -> list[ApiKeyRecord]:
         async with self._cursor() as cur:
             rows = await self._all(cur, "SELECT * FROM api_keys ORDER BY created_at, name")
-        return [_key(row) for row in rows]
+        return [ApiKeyRecord.from_row(row) for row in rows]
 
     async def revoke_api_key(self, name: str) -> bool:
         async with self._cursor() as cur:
@@ -130,7 +108,7 @@ class PostgresTenancy:
                 "SELECT * FROM api_keys WHERE key_hash = %s AND revoked_at IS NULL",
                 (key_hash,),
             )
-        return None if row is None else _key(row)
+        return None if row is None else ApiKeyRecord.from_row(row)
 
     async def count_api_keys(self) -> int:
         async with self._cursor() as cur:

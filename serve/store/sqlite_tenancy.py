@@ -48,12 +48,7 @@ def owner_usage(db: sqlite3.Connection, owner: str, day_start: float) -> OwnerUs
         " FROM jobs WHERE owner = ? AND (status IN ('queued', 'running') OR created_at >= ?)",
         (day_start, day_start, owner, day_start),
     ).fetchone()
-    return OwnerUsage(
-        active=int(row["active"]),
-        queued=int(row["queued"]),
-        songs_today=int(row["songs"]),
-        audio_seconds_today=float(row["audio_s"]),
-    )
+    return OwnerUsage.from_row(row)
 
 
 def admit(db: sqlite3.Connection, admission: Admission, owner: str, audio_s: float) -> None:
@@ -61,19 +56,6 @@ def admit(db: sqlite3.Connection, admission: Admission, owner: str, audio_s: flo
     when it would pass a limit."""
     queued = int(db.execute("SELECT COUNT(*) FROM jobs WHERE status = 'queued'").fetchone()[0])
     check_admission(admission, queued, owner_usage(db, owner, admission.day_start), audio_s)
-
-
-def _key(row: sqlite3.Row) -> ApiKeyRecord:
-    return ApiKeyRecord(
-        name=row["name"],
-        owner=row["owner"],
-        key_hash=row["key_hash"],
-        prefix=row["prefix"],
-        created_at=row["created_at"],
-        last_used_at=row["last_used_at"],
-        revoked_at=row["revoked_at"],
-        quotas=json.loads(row["quotas"]),
-    )
 
 
 class SQLiteTenancy:
@@ -115,7 +97,7 @@ class SQLiteTenancy:
     async def list_api_keys(self) -> list[ApiKeyRecord]:
         def select() -> list[ApiKeyRecord]:
             rows = self._db.execute("SELECT * FROM api_keys ORDER BY created_at, name")
-            return [_key(row) for row in rows]
+            return [ApiKeyRecord.from_row(row) for row in rows]
 
         keys: list[ApiKeyRecord] = await self._run(select)
         return keys
@@ -136,7 +118,7 @@ class SQLiteTenancy:
             row = self._db.execute(
                 "SELECT * FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL", (key_hash,)
             ).fetchone()
-            return None if row is None else _key(row)
+            return None if row is None else ApiKeyRecord.from_row(row)
 
         found: ApiKeyRecord | None = await self._run(find)
         return found

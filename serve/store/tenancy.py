@@ -8,6 +8,7 @@ the limits allow (SQLite: `BEGIN IMMEDIATE`; Postgres: a transaction-scoped advi
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,16 @@ class OwnerUsage:
     queued: int
     songs_today: int
     audio_seconds_today: float
+
+    @classmethod
+    def from_row(cls, row: Any) -> OwnerUsage:
+        """From the usage query's row of either backend (read by column name)."""
+        return cls(
+            active=int(row["active"]),
+            queued=int(row["queued"]),
+            songs_today=int(row["songs"]),
+            audio_seconds_today=float(row["audio_s"]),
+        )
 
 
 class AdmissionRefused(Exception):
@@ -83,6 +94,21 @@ class ApiKeyRecord:
     @property
     def active(self) -> bool:
         return self.revoked_at is None
+
+    @classmethod
+    def from_row(cls, row: Any) -> ApiKeyRecord:
+        """From an `api_keys` row of either backend (quotas: JSON text or a decoded JSONB)."""
+        quotas = row["quotas"]
+        return cls(
+            name=row["name"],
+            owner=row["owner"],
+            key_hash=row["key_hash"],
+            prefix=row["prefix"],
+            created_at=row["created_at"],
+            last_used_at=row["last_used_at"],
+            revoked_at=row["revoked_at"],
+            quotas=json.loads(quotas) if isinstance(quotas, str) else dict(quotas),
+        )
 
 
 KEY_PREFIX = "ss_"
