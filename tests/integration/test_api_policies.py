@@ -112,3 +112,34 @@ def wait_for_status(app: Deployed, song_id: str, status: str, timeout_s: float =
             return True
         time.sleep(0.02)
     return False
+
+
+def test_a_keys_quota_holds_across_two_api_replicas(deploy: DeployFn) -> None:
+    """A managed key added to the job store of a running app works on both ingress replicas
+    within seconds, and its daily song quota holds across them (admission is decided in the
+    job store, not in a replica)."""
+    from serve.http.auth import KEY_CACHE_S
+    from serve.store.tenancy import ApiKeyRecord, hash_api_key, new_api_key, new_owner_id
+
+    from .conftest import QUICK_STOP
+
+    app = deploy(
+        auth={"quotas": {"songs_per_day": 3}},
+        deployments={"api": {"num_replicas": 2, **QUICK_STOP}},
+    )
+    key = new_api_key()
+    record = ApiKeyRecord("two-replicas", new_owner_id(), hash_api_key(key), key[:8], time.time())
+    app._read(lambda store: store.add_api_key(record))
+    time.sleep(KEY_CACHE_S + 0.5)
+    headers = {"Authorization": f"Bearer {key}"}
+    body = {"style": "ambient", "instrumental": True, "duration_s": 5, "variations": 1}
+    answers = [app.client.post("/v1/songs", json=body, headers=headers) for _ in range(6)]
+    assert [a.status_code for a in answers] == [202, 202, 202, 429, 429, 429]
+    refused = answers[-1]
+    assert refused.json()["error"]["code"] == "songs_per_day"
+    assert refused.headers["ratelimit-limit"] == "3" and int(refused.headers["retry-after"]) > 0
+    usage = app.client.get("/v1/usage", headers=headers).json()
+    assert usage["key"] == "two-replicas" and usage["songs_today"]["used"] == 3
+    with httpx.Client(base_url=app.client.base_url, headers=headers, timeout=60) as keyed:
+        for answer in answers[:3]:
+            assert wait_for_song(keyed, answer.json()["id"])["status"] == "succeeded"
