@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.exceptions import HTTPException
 
+from serve.store import StoreUnavailable
+
 from .auth import CALLER_STATE, is_public
 from .errors import ApiError, error_response
 
@@ -81,6 +83,12 @@ class RequestGuard:
             length = headers.get("content-length", "")
             if length.isascii() and length.isdigit() and int(length) > limit:
                 raise _too_large(limit)
+        except StoreUnavailable:  # keys are looked up in the job store: a restart, an outage
+            retry_after = {"Retry-After": str(services.retry_after_s)}
+            message = "the job store is unavailable for a moment; retry later"
+            response = error_response(503, "store_unavailable", message, None, retry_after)
+            await response(scope, receive, send)
+            return
         except ApiError as error:
             response = error_response(
                 error.status, error.code, error.message, error.field, error.headers

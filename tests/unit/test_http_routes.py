@@ -435,3 +435,18 @@ def test_streams_must_leave_the_ingress_room_for_other_calls() -> None:
                 "deployments": {"api": {"max_ongoing_requests": 256}},
             }
         )
+
+
+def test_a_job_store_outage_while_checking_a_key_is_a_503(tmp_path: Path) -> None:
+    from serve.store import StoreUnavailable
+
+    client, services = api_client(_config(tmp_path, ["sesame"]), client=REMOTE_CLIENT)
+
+    async def down(*_: object) -> int:
+        raise StoreUnavailable("the database restarts")
+
+    services.jobs.count_api_keys = down  # type: ignore[method-assign]
+    services.jobs.find_api_key = down  # type: ignore[method-assign]
+    answer = client.get("/v1/songs", headers={"Authorization": "Bearer not-an-env-key"})
+    assert answer.status_code == 503 and answer.headers["Retry-After"] == "5"
+    assert answer.json()["error"]["code"] == "store_unavailable"
