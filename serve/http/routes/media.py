@@ -7,6 +7,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from serve.services import ApiServices
+
 from ..auth import MediaOwner
 from ..deps import Services
 from ..media import IMMUTABLE, object_response
@@ -29,14 +31,7 @@ async def variation_audio(
     owner: MediaOwner,
 ) -> Response:
     key, filename = await services.media.audio_key(song_id, index, fmt, owner)
-    return await object_response(
-        services.objects,
-        services.config,
-        key,
-        filename,
-        request.headers.get("range"),
-        request.method == "HEAD",
-    )
+    return await _stored_file(services, request, key, filename)
 
 
 @router.get("/v1/songs/{song_id}/variations/{index}/hls/{name}")
@@ -73,11 +68,12 @@ async def stem_audio(
     owner: MediaOwner,
 ) -> Response:
     key, filename = await services.stems.file_key(song_id, index, name, fmt, owner)
+    return await _stored_file(services, request, key, filename)
+
+
+async def _stored_file(services: ApiServices, request: Request, key: str, name: str) -> Response:
+    """A stored file as the request asks for it: whole or a byte range, or only its headers."""
+    range_header, head_only = request.headers.get("range"), request.method == "HEAD"
     return await object_response(
-        services.objects,
-        services.config,
-        key,
-        filename,
-        request.headers.get("range"),
-        request.method == "HEAD",
+        services.objects, services.config, key, name, range_header, head_only
     )
