@@ -40,7 +40,8 @@ class LoraService:
         return self._validator
 
     async def register(self, lora_id: str, weights: bytes) -> LoraInfo:
-        validate = self._validate()
+        # The first call imports torch and reads the base checkpoint: not on the event loop.
+        validate = await asyncio.to_thread(self._validate)
         limit = self._config.loras.max_upload_bytes
         if len(weights) > limit:
             raise ApiError(
@@ -70,7 +71,7 @@ class LoraService:
                 continue
             try:
                 weights = await asyncio.to_thread(Path(lora.path).read_bytes)
-                validate = self._validate()
+                validate = await asyncio.to_thread(self._validate)
                 await self._registry.register(lora.id, weights, model="ace-step", validate=validate)
                 logger.info("registered LoRA %s from %s", lora.id, lora.path)
             except Exception as error:  # noqa: BLE001 - one bad file must not stop the others
