@@ -41,6 +41,7 @@ base state afterwards, even when the render fails.
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import json
 import math
@@ -281,6 +282,12 @@ def lora_target_modules(checkpoint: Path) -> dict[str, tuple[int, int]]:
     with torch.device("meta"):
         transformer = AceStepTransformer1DModel.from_config(config)
     return _linear_targets(transformer)
+
+
+def _adapter_name(lora_id: str) -> str:
+    """The PEFT adapter name of a LoRA: LoRA refs hold `/` and ids may hold `.`, which PEFT
+    refuses in a module name; a digest is safe and as unique."""
+    return "lora_" + hashlib.sha256(lora_id.encode()).hexdigest()[:24]
 
 
 def _linear_targets(transformer: Any) -> dict[str, tuple[int, int]]:
@@ -664,7 +671,7 @@ class AceStepSongModel:
                 self._delete_adapter(lora_id)
             try:
                 self._pipeline.load_lora_weights(
-                    str(path.parent), weight_name=path.name, adapter_name=lora_id
+                    str(path.parent), weight_name=path.name, adapter_name=_adapter_name(lora_id)
                 )
             except Exception:
                 self._remove_untracked_adapters()
@@ -692,19 +699,21 @@ class AceStepSongModel:
         return _linear_targets(self._pipeline.transformer)
 
     def _unknown_lora_message(self, lora_id: str) -> str:
-        loaded = ", ".join(self._loras) or "none"
-        return f"LoRA {lora_id!r} is not loaded on this replica (loaded: {loaded})"
+        # Not the loaded ones: they are refs of other owners' LoRAs, and this message can reach
+        # a song's error.
+        return f"LoRA {lora_id!r} is not loaded on this replica ({len(self._loras)} are)"
 
     def _adapter_names(self) -> list[str]:
         return list(self._pipeline.get_list_adapters().get("transformer", []))
 
     def _delete_adapter(self, lora_id: str) -> None:
-        self._pipeline.delete_adapters([lora_id])
+        self._pipeline.delete_adapters([_adapter_name(lora_id)])
         self._loras.pop(lora_id, None)
 
     def _remove_untracked_adapters(self) -> None:
         # A load that failed half-way must not leave its adapter in the transformer.
-        stray = [name for name in self._adapter_names() if name not in self._loras]
+        tracked = {_adapter_name(lora_id) for lora_id in self._loras}
+        stray = [name for name in self._adapter_names() if name not in tracked]
         if stray:
             self._pipeline.delete_adapters(stray)
 
@@ -714,7 +723,7 @@ class AceStepSongModel:
             return
         # disable_lora() sets a flag set_adapters() does not clear: enable first.
         self._pipeline.enable_lora()
-        self._pipeline.set_adapters([key.lora_id], [key.lora_scale])
+        self._pipeline.set_adapters([_adapter_name(key.lora_id)], [key.lora_scale])
 
     def _restore_base(self) -> None:
         if self._adapter_names():

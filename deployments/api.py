@@ -58,6 +58,9 @@ class HandleGraph:
     async def wake_conductor(self) -> None:
         self._conductor.wake.remote()  # fire and forget: polling picks the job up anyway
 
+    async def stop_job(self, job_id: str) -> None:
+        self._conductor.stop.remote(job_id)  # fire and forget: the lease renewal catches it too
+
     async def check_health(self) -> None:
         await asyncio.gather(
             self._conductor.check_health.remote(),

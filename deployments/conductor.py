@@ -45,6 +45,7 @@ from serve.workflow import Backoff, StageFailed, patient_store, retry_stage
 from serve.workflow.retention import RetentionSweeper
 
 from .failures import describe_failure
+from .handles import cancelled_unless_finished
 from .post_processor import Provenance
 from .song_models import RenderedSong, RenderProgress, RenderRequest
 from .song_router import RenderingOn
@@ -99,6 +100,7 @@ class Conductor:
         self._active: dict[str, asyncio.Task[None]] = {}
         self._active_stems: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._tokens: dict[Any, str] = {}  # claim token by job id / (job id, variation)
+        self._stopping: set[str] = set()  # jobs `stop` cancelled (canceled in the store)
         self._wake = asyncio.Event()
         # Serve runs constructors on the replica's event loop: start claiming right away so jobs
         # left unfinished by a previous run resume without waiting for a request.
@@ -108,6 +110,19 @@ class Conductor:
         # Finished songs past jobs.retention_days go, files and records (serve/workflow).
         sweeper = RetentionSweeper(config.jobs, self._store, self._objects)
         self._retention = asyncio.get_running_loop().create_task(sweeper.run_forever())
+        # Songs with a callback_url get their signed POST (serve/workflow/webhooks.py).
+        self._webhooks: asyncio.Task[None] | None = None
+        if config.webhooks.enabled:
+            from serve.services import song_describer
+            from serve.workflow.webhooks import WebhookDispatcher
+
+            dispatcher = WebhookDispatcher(
+                config.webhooks,
+                self._store,
+                song_describer(config, self._store),
+                metrics=self._metrics.webhook_deliveries,
+            )
+            self._webhooks = asyncio.get_running_loop().create_task(dispatcher.run_forever())
         # Backlog autoscaling (serve/autoscaling.py): what `record_autoscaling_stats` reports.
         self._backlog = BacklogReporter(config.models, self._store, lambda: router.pools.remote())
 
@@ -117,6 +132,15 @@ class Conductor:
         """A job was queued: look for work now instead of at the next poll."""
         self._wake.set()
 
+    async def stop(self, job_id: str) -> None:
+        """`job_id` was canceled in the store: stop driving it now, if this replica drives it.
+        (Every write of its claim is refused anyway, and its next lease renewal ends the drive:
+        this only saves those seconds of rendering.)"""
+        task = self._active.get(job_id)
+        if task is not None:
+            self._stopping.add(job_id)
+            task.cancel()
+
     async def __del__(self) -> None:
         """Serve awaits this on graceful shutdown (scale-down, redeploy): stop claiming and hand
         unfinished jobs back so another replica resumes them now, not after their leases expire.
@@ -124,6 +148,8 @@ class Conductor:
         self._claim_loop.cancel()
         self._jobs_gauge.cancel()
         self._retention.cancel()
+        if self._webhooks is not None:
+            self._webhooks.cancel()  # a delivery cut short is made again once its lease ends
         jobs, stems = dict(self._active), dict(self._active_stems)
         tokens = dict(self._tokens)
         for task in [*jobs.values(), *stems.values()]:
@@ -250,10 +276,16 @@ class Conductor:
         heartbeat = asyncio.create_task(self._heartbeat(job.id, token, asyncio.current_task()))
         try:
             await asyncio.wait_for(self._run_job(job), timeout=self._jobs_config.job_timeout_s)
-        except LeaseLost:
-            logger.warning("lost the lease on %s; another conductor owns it now", job.id)
-        except asyncio.CancelledError:
-            logger.warning("stopped driving %s", job.id)
+        except (LeaseLost, asyncio.CancelledError) as stopped:
+            # The lease ends when another claim took the job over, and when the job was
+            # canceled (the store ended it): the job's own record says which.
+            if await self._was_canceled(job):
+                logger.info("stopped driving %s: it was canceled", job.id)
+                self._count_outcome(job, "canceled", "canceled")
+            elif isinstance(stopped, LeaseLost):
+                logger.warning("lost the lease on %s; another conductor owns it now", job.id)
+            else:
+                logger.warning("stopped driving %s", job.id)
         except TimeoutError:
             await self._fail(
                 job,
@@ -266,6 +298,17 @@ class Conductor:
             await self._fail(job, "internal_error", describe_failure(error))
         finally:
             heartbeat.cancel()
+            self._stopping.discard(job.id)
+
+    async def _was_canceled(self, job: JobRecord) -> bool:
+        """Whether a drive that ended early ended because the job was canceled."""
+        if job.id in self._stopping:
+            return True
+        try:
+            current = await self._store.get_job(job.id)
+        except Exception:  # noqa: BLE001 - the store is down: say nothing about the outcome
+            return False
+        return current is not None and current.status == "canceled"
 
     async def _heartbeat(self, job_id: str, token: str, driver: asyncio.Task[Any] | None) -> None:
         config = self._jobs_config
@@ -611,23 +654,27 @@ class Conductor:
         rendered: RenderedSong | None = None
         last_progress_at = 0.0
         started = time.perf_counter()
-        async for item in self._router.generate.remote(render_request, job.request["model"]):
-            if isinstance(item, RenderProgress):
-                fractions[index] = _RENDER_SHARE_OF_VARIATION * item.step / max(item.steps, 1)
-                now = time.monotonic()
-                if (
-                    now - last_progress_at >= self._jobs_config.progress_interval_s
-                    or item.step == item.steps
-                ):
-                    last_progress_at = now
-                    await self._progress(job, "generating", index, item.step, item.steps, fractions)
-            elif isinstance(item, RenderedSong):
-                rendered = item
-            elif isinstance(item, RenderingOn):
-                # What the store counts renders in flight per pool by, cluster-wide.
-                await self._store.update_variation(
-                    job.id, index, _token(job), render={"pool": item.pool}
-                )
+        stream = self._router.generate.remote(render_request, job.request["model"])
+        async with cancelled_unless_finished(stream):
+            async for item in stream:
+                if isinstance(item, RenderProgress):
+                    fractions[index] = _RENDER_SHARE_OF_VARIATION * item.step / max(item.steps, 1)
+                    now = time.monotonic()
+                    if (
+                        now - last_progress_at >= self._jobs_config.progress_interval_s
+                        or item.step == item.steps
+                    ):
+                        last_progress_at = now
+                        await self._progress(
+                            job, "generating", index, item.step, item.steps, fractions
+                        )
+                elif isinstance(item, RenderedSong):
+                    rendered = item
+                elif isinstance(item, RenderingOn):
+                    # What the store counts renders in flight per pool by, cluster-wide.
+                    await self._store.update_variation(
+                        job.id, index, _token(job), render={"pool": item.pool}
+                    )
         if rendered is None:
             raise RuntimeError("the decoder finished without a song")
         observe_stage("render", time.perf_counter() - started)
@@ -654,9 +701,7 @@ class Conductor:
             job_id=job.id,
             index=index,
             target_lufs=float(request["loudness_lufs"]),
-            provenance=_provenance(
-                job.id, index, render_request.seed, render_request.lora_id, request
-            ),
+            provenance=_provenance(job.id, index, render_request.seed, request),
         )
         observe_stage("postprocess", time.perf_counter() - started)
         for name, seconds in processed.timings_s.items():
@@ -730,14 +775,14 @@ class Conductor:
         await self._store.append_event(job.id, "variation", asdict(record), token=_token(job))
 
 
-def _provenance(
-    job_id: str, index: int, seed: int, lora_id: str | None, request: dict[str, Any]
-) -> Provenance:
+def _provenance(job_id: str, index: int, seed: int, request: dict[str, Any]) -> Provenance:
     """What a variation's (or its stems') content credentials say about its making. The user's
-    text is only hashed: the prompt in description mode, else the lyrics, else the style."""
+    text is only hashed: the prompt in description mode, else the lyrics, else the style. The
+    LoRA is named by the id the user gave, not its ref (which names the owner)."""
     from pipeline.provenance import prompt_sha256
 
     text = request.get("prompt") or request.get("lyrics") or request.get("style") or ""
+    lora_id = (request.get("lora") or {}).get("id")
     return Provenance(
         title=f"songserve {job_id} variation {index}",
         seed=seed,
@@ -782,7 +827,9 @@ def _render_request(
         sections=sections,
         instrumental=bool(request["instrumental"]),
         language=request["language"],
-        lora_id=lora.get("id"),
+        # The ref the song was accepted with (serve.loras); songs accepted before LoRAs had
+        # scopes stored only the id, which names an old-layout (shared) LoRA.
+        lora_id=lora.get("ref") or lora.get("id"),
         lora_scale=float(lora.get("scale", 1.0)),
     )
 
@@ -802,6 +849,6 @@ def _stems_task(job: JobRecord, index: int) -> StemsTask:
         sample_rate=int(variation.sample_rate or 0),
         loudness_lufs=float(job.request["loudness_lufs"]),
         objects=variation.objects,
-        provenance=_provenance(job.id, index, render.seed, render.lora_id, job.request),
+        provenance=_provenance(job.id, index, render.seed, job.request),
         fingerprint=variation.render.get("fingerprint"),
     )

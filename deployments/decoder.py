@@ -18,12 +18,14 @@ adds `serve_actual_batch_size` for the requests each `serve.batch` call gathered
 - `songserve_decoder_songs_per_model_call` — how many songs each model call rendered together,
   after the model split the batch by what it cannot mix (durations, LoRAs, padding buckets);
 - `songserve_decoder_songs` — songs rendered, tagged `lora` = "base" or "adapter";
-- `songserve_decoder_lora_loads` — adapters loaded into this replica (multiplex cache misses).
+- `songserve_decoder_lora_loads` — adapters loaded into this replica (multiplex cache misses);
+- `songserve_decoder_renders_stopped` — model calls stopped because no caller waited any more.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import time
@@ -34,13 +36,15 @@ from typing import TYPE_CHECKING, Any
 from serve.loras import LoraCache
 from serve.store import RAW_RENDER_CONTENT_TYPE, open_object_store, raw_render_key
 
-from .progress import Finished, with_progress
+from .progress import Finished, WorkStopped, with_progress
 from .song_models import RenderedSong, RenderProgress, RenderRequest, load_song_model
 
 if TYPE_CHECKING:
     from serve.config import DecoderPoolConfig, StorageConfig
 
     from .song_models import SongModel
+
+logger = logging.getLogger("ray.serve")
 
 
 class LoadedLora:
@@ -76,6 +80,11 @@ class _DecoderMetrics:
             description="Songs rendered, by whether a LoRA adapter was used.",
             tag_keys=("lora",),
         )
+        self.renders_stopped = Counter(
+            "songserve_decoder_renders_stopped",
+            description="Model calls stopped part-way because every song in them was "
+            "abandoned (canceled, or its job taken over).",
+        )
         self.lora_loads = Counter(
             "songserve_decoder_lora_loads",
             description="LoRA adapters loaded into a replica (multiplex cache misses).",
@@ -96,7 +105,12 @@ class SongDecoder:
         # Every call into the model (renders, adapter loads and unloads) runs on this one thread,
         # in order: an adapter can never change under a render, and the event loop never blocks.
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix=f"{pool.name}-model")
-        self._counters = {"batches": 0, "requests": 0, "lora_loads": 0}
+        self._counters = {"batches": 0, "requests": 0, "lora_loads": 0, "renders_stopped": 0}
+        # id() of each request whose caller still waits for it. Serve cancels the request of a
+        # caller that went away (a canceled song); the model, on its own thread, is stopped at
+        # its next step once no request of its batch is waited for. (The batch holds the request
+        # objects, so their ids cannot be reused while it runs.)
+        self._waited_for: set[int] = set()
         self._metrics = _DecoderMetrics()
 
         # serve.batch and serve.multiplexed keep per-wrapper state, so they wrap closures made
@@ -129,9 +143,13 @@ class SongDecoder:
 
     async def render(self, request: RenderRequest) -> AsyncIterator[RenderProgress | RenderedSong]:
         """Render one variation (batched with concurrent requests), streaming progress then the
-        song."""
-        async for item in self._batched_render(request):
-            yield item
+        song. A caller that goes away stops the render when no one else in its batch waits."""
+        self._waited_for.add(id(request))
+        try:
+            async for item in self._batched_render(request):
+                yield item
+        finally:
+            self._waited_for.discard(id(request))
 
     async def _render_batch(
         self, requests: list[RenderRequest]
@@ -155,14 +173,26 @@ class SongDecoder:
             for index in call:
                 call_size[index] = len(call)
         audios: list[Any] = []
+        waited_for = self._waited_for
         rendering = with_progress(
-            lambda on_progress: self._model.render(requests, on_progress), self._model_thread
+            lambda on_progress: self._model.render(requests, on_progress),
+            self._model_thread,
+            stop_when=lambda: not any(id(r) in waited_for for r in requests),
         )
-        async for item in rendering:
-            if isinstance(item, Finished):
-                audios = item.value
-            else:
-                yield [RenderProgress(*item)] * len(requests)
+        try:
+            async for item in rendering:
+                if isinstance(item, Finished):
+                    audios = item.value
+                else:
+                    yield [RenderProgress(*item)] * len(requests)
+        except WorkStopped:
+            self._counters["renders_stopped"] += 1
+            self._metrics.renders_stopped.inc()
+            logger.info(
+                "stopped rendering %s: no caller waits for it any more",
+                ", ".join(f"{r.job_id}/{r.variation}" for r in requests),
+            )
+            raise
         finished_at = time.time()
         # Stored before anything else can fail, so a failed master is redone from these bytes
         # instead of a new render; what is yielded is only the reference.
@@ -203,7 +233,8 @@ class SongDecoder:
         return LoadedLora(self._model, lora_id, self._model_thread)
 
     async def stats(self) -> dict[str, Any]:
-        """This replica's counters: model calls, requests rendered, LoRA loads (cache misses)."""
+        """This replica's counters: model calls, requests rendered, LoRA loads (cache misses),
+        model calls stopped part-way (abandoned)."""
         return {"replica": self._replica, **self._counters}
 
     async def check_health(self) -> None:

@@ -19,6 +19,11 @@ ProgressCallback = Callable[[int, int], None]
 """Called as (step, steps) from the worker thread."""
 
 
+class WorkStopped(RuntimeError):
+    """Raised into the work, at its next progress report, once `stop_when` says no one waits
+    for it any more."""
+
+
 @dataclass(frozen=True)
 class Finished(Generic[T]):
     """The last item `with_progress` yields: what the work returned."""
@@ -27,14 +32,23 @@ class Finished(Generic[T]):
 
 
 async def with_progress(
-    work: Callable[[ProgressCallback], T], executor: Executor | None = None
+    work: Callable[[ProgressCallback], T],
+    executor: Executor | None = None,
+    *,
+    stop_when: Callable[[], bool] | None = None,
 ) -> AsyncIterator[tuple[int, int] | Finished[T]]:
     """Run `work(on_progress)` on `executor` (the loop's default one when None); yield each
-    (step, steps) it reports, in order, then `Finished(result)`. Its exception propagates."""
+    (step, steps) it reports, in order, then `Finished(result)`. Its exception propagates.
+
+    A thread cannot be interrupted, so work stops at a progress report: when `stop_when()`
+    (asked from the worker thread at each report) is true, `on_progress` raises WorkStopped
+    into the work, which ends it there (a diffusers step callback, a sketch part)."""
     loop = asyncio.get_running_loop()
     reported: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
 
     def on_progress(step: int, steps: int) -> None:
+        if stop_when is not None and stop_when():
+            raise WorkStopped(f"stopped at step {step} of {steps}: no one waits for the result")
         loop.call_soon_threadsafe(reported.put_nowait, (step, steps))
 
     running = loop.run_in_executor(executor, work, on_progress)

@@ -26,7 +26,9 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class RenderRequest:
-    """One variation to render. `seed` is the variation's own seed (job seed + index)."""
+    """One variation to render. `seed` is the variation's own seed (job seed + index);
+    `lora_id` names a registered LoRA by its ref (`<scope>/<id>`, see serve.loras), unique
+    across owners: it is the multiplexed model id decoders load it by."""
 
     job_id: str
     variation: int

@@ -47,6 +47,7 @@ from serve.config import LORA_MODELS
 from serve.pool_load import PoolLoad, SpeedMeter, order_by_wait
 
 from .failures import describe_failure
+from .handles import cancelled_unless_finished
 from .song_models import RenderedSong, RenderProgress, RenderRequest
 
 if TYPE_CHECKING:
@@ -358,12 +359,13 @@ class SongRouter:
                 yield RenderingOn(pool_name)
                 stream = handle.render.remote(request)
                 try:
-                    async for item in stream:
-                        if isinstance(item, RenderedSong):
-                            self.measure(pool_name, item)
+                    async with cancelled_unless_finished(stream):
+                        async for item in stream:
+                            if isinstance(item, RenderedSong):
+                                self.measure(pool_name, item)
+                                yield item
+                                return
                             yield item
-                            return
-                        yield item
                     failures.append(f"{pool_name}: ended without a song")
                 except BackPressureError:
                     failures.append(f"{pool_name}: saturated")

@@ -118,17 +118,18 @@ async def _throughput(
 
 
 def _register_loras(checkpoint: Path, storage: StorageConfig, count: int) -> list[str]:
-    """`count` LoRAs: tiny-a and tiny-b, then seeded perturbations of tiny-a."""
+    """`count` shared LoRAs, seeded perturbations of tiny-a; returns their refs (what decoders
+    load LoRAs by)."""
     from safetensors.numpy import load_file, save_file
 
     from deployments.ace_step import lora_validator
-    from serve.loras import LoraRegistry
+    from serve.loras import LoraRef, LoraRegistry
     from serve.store import open_object_store
 
     registry = LoraRegistry(open_object_store(storage))
     validate = lora_validator(checkpoint, max_rank=64)
     base = load_file(checkpoint / "loras/tiny-a/pytorch_lora_weights.safetensors")
-    ids = []
+    refs = []
     for k in range(count):
         rng = np.random.default_rng(k)
         tensors = {
@@ -136,12 +137,10 @@ def _register_loras(checkpoint: Path, storage: StorageConfig, count: int) -> lis
         }
         path = Path(tempfile.mkdtemp()) / "w.safetensors"
         save_file(tensors, str(path))
-        lora_id = f"bench-{k}"
-        asyncio.run(
-            registry.register(lora_id, path.read_bytes(), model="ace-step", validate=validate)
-        )
-        ids.append(lora_id)
-    return ids
+        ref = LoraRef.shared(f"bench-{k}")
+        asyncio.run(registry.register(ref, path.read_bytes(), model="ace-step", validate=validate))
+        refs.append(str(ref))
+    return refs
 
 
 def main() -> int:

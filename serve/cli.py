@@ -147,13 +147,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
                     if data["stage"] == "generating":
                         label += f"  step {data['step']}/{data['steps']}"
                     bar.show(data["progress"], label)
-                elif event_type in ("done", "error"):
+                elif event_type in ("done", "error", "canceled"):
                     outcome.update(data, event=event_type)
                     bar.show(1.0 if event_type == "done" else bar_fraction(outcome), event_type)
                     break
         bar.done()
         if outcome.get("event") != "done":
-            raise CliError(f"song {song_id} failed: {outcome.get('message', 'no outcome')}")
+            what = "was canceled" if outcome.get("event") == "canceled" else "failed"
+            raise CliError(f"song {song_id} {what}: {outcome.get('message', 'no outcome')}")
         song = _check(client.get(f"/v1/songs/{song_id}"))
         finished = [v for v in song["variations"] if v["status"] == "succeeded"]
         for variation, path in zip(finished, _output_paths(out, len(finished)), strict=True):

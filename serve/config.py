@@ -319,6 +319,82 @@ class AuthConfig(_Strict):
     )
 
 
+class WebhooksConfig(_Strict):
+    """`callback_url` on song requests: a signed POST when a song succeeds or fails, delivered
+    at least once from the job store (serve/workflow/webhooks.py). Off until hosts are allowed."""
+
+    # The signing secret is a secret: errors name the field, never echo its value.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts callback_url may name: `hooks.example.com`, or `*.example.com` for "
+        "its subdomains. Empty: requests with a callback_url are refused.",
+    )
+    allow_private_addresses: bool = Field(
+        False,
+        description="Let callbacks reach loopback, private, link-local and other non-public "
+        "addresses (a receiver inside your network). Off: such hosts are refused, when the "
+        "request is accepted and again at each delivery.",
+    )
+    allow_http: bool = Field(False, description="Accept http:// callback URLs; off: https:// only.")
+    signing_secret: SecretStr | None = Field(
+        None,
+        description="HMAC-SHA256 key of deliveries (Standard Webhooks: `whsec_` + base64, or any "
+        "string) (env SONGSERVE_WEBHOOKS__SIGNING_SECRET); refused in a config file.",
+    )
+    signing_secret_file: str | None = Field(
+        None, description="A file holding the signing secret (read when the app is built)."
+    )
+    max_attempts: int = Field(
+        8, ge=1, le=50, description="Deliveries tried before a webhook is given up as failed."
+    )
+    backoff_s: float = Field(
+        5.0, gt=0, description="Wait before the first retry; doubled on each (with jitter)."
+    )
+    backoff_max_s: float = Field(1800.0, gt=0, description="Longest wait between retries.")
+    timeout_s: float = Field(
+        10.0, gt=0, le=120, description="How long a receiver has to answer one delivery."
+    )
+    lease_s: float = Field(
+        60.0,
+        gt=0,
+        description="How long a delivery in flight is held by one conductor replica; after it, "
+        "another delivers it again (a replica that died mid-delivery).",
+    )
+    poll_interval_s: float = Field(
+        1.0, gt=0, description="How often each conductor replica looks for deliveries due."
+    )
+    max_concurrent: int = Field(
+        8, ge=1, le=256, description="Deliveries one conductor replica makes at once."
+    )
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_patterns(cls, hosts: list[str]) -> list[str]:
+        for host in hosts:
+            bare = host.removeprefix("*.")
+            if not bare or "*" in bare or "/" in bare or ":" in bare:
+                raise ValueError(
+                    f"{host!r} is not a host pattern: give a host name (hooks.example.com) or "
+                    "*.example.com, without scheme, port or path"
+                )
+        return [host.lower().rstrip(".") for host in hosts]
+
+    @model_validator(mode="after")
+    def _lease_outlasts_a_delivery(self) -> WebhooksConfig:
+        if self.lease_s <= self.timeout_s:
+            raise ValueError(
+                f"webhooks.lease_s ({self.lease_s:g}) must exceed webhooks.timeout_s "
+                f"({self.timeout_s:g}), or a slow receiver gets each delivery twice"
+            )
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.allowed_hosts)
+
+
 class StorageConfig(_Strict):
     """Where jobs and audio live."""
 
@@ -681,7 +757,8 @@ LORA_MODELS = frozenset({"ace-step"})
 
 
 class PreloadedLora(_Strict):
-    """A LoRA registered from a local file when the API starts (if not registered yet)."""
+    """An operator LoRA registered from a local file when the API starts (if not registered
+    yet): shared by every owner, read-only to them."""
 
     id: str = Field(..., description="The id requests use in `lora.id`.")
     path: str = Field(..., description="A pytorch_lora_weights.safetensors file.")
@@ -694,8 +771,13 @@ class LorasConfig(_Strict):
         512 * 1024 * 1024, ge=1024, description="Largest accepted LoRA weights file."
     )
     max_rank: int = Field(64, ge=1, le=1024, description="Largest accepted LoRA rank.")
+    max_per_owner: int = Field(
+        50, ge=1, description="LoRAs one owner (API key) may keep; more uploads are a 409."
+    )
     preload: list[PreloadedLora] = Field(
-        default_factory=list, description="LoRAs registered at start-up, e.g. for a dev setup."
+        default_factory=list,
+        description="Operator LoRAs registered at start-up, shared by every owner and read-only "
+        "to them.",
     )
 
 
@@ -1014,6 +1096,9 @@ class AppConfig(_Strict):
         default_factory=PostProcessConfig, description="Mastering and encoding."
     )
     loras: LorasConfig = Field(default_factory=LorasConfig, description="The LoRA registry.")
+    webhooks: WebhooksConfig = Field(
+        default_factory=WebhooksConfig, description="Song callbacks (callback_url)."
+    )
     deployments: DeploymentsConfig = Field(
         default_factory=DeploymentsConfig, description="Options of the fixed deployments."
     )
@@ -1116,6 +1201,7 @@ SECRET_SETTINGS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("auth", "api_keys"), "SONGSERVE_API_KEYS (or auth.api_keys_file, or `songserve keys`)"),
     (("auth", "media_url_secret"), "SONGSERVE_AUTH__MEDIA_URL_SECRET"),
     (("lyrics", "api_key"), "SONGSERVE_LYRICS__API_KEY"),
+    (("webhooks", "signing_secret"), "SONGSERVE_WEBHOOKS__SIGNING_SECRET (or a file)"),
     (("storage", "s3_secret_access_key"), "AWS_SECRET_ACCESS_KEY"),
     (("postprocess", "c2pa", "key_pem"), "postprocess.c2pa.key_path (a file)"),
 )
@@ -1169,6 +1255,7 @@ def resolve_config(config: AppConfig | dict[str, Any] | None) -> AppConfig:
         ]
         auth = validated.auth.model_copy(update={"api_keys": keys, "api_keys_file": None})
         validated = validated.model_copy(update={"auth": auth})
+    validated = validated.model_copy(update={"webhooks": _resolve_webhooks(validated.webhooks)})
     storage = validated.storage.resolved()
     return validated.model_copy(
         update={
@@ -1185,6 +1272,27 @@ def resolve_config(config: AppConfig | dict[str, Any] | None) -> AppConfig:
             ),
         }
     )
+
+
+def _resolve_webhooks(config: WebhooksConfig) -> WebhooksConfig:
+    """The signing secret read from its file; refused when webhooks are on without one."""
+    secret = config.signing_secret
+    if config.signing_secret_file is not None:
+        path = config.signing_secret_file
+        try:
+            secret = SecretStr(Path(path).read_text().strip())
+        except OSError as error:
+            raise ValueError(
+                f"webhooks.signing_secret_file: cannot read {path} ({error.strerror}); give a "
+                "readable file holding the secret"
+            ) from None
+    if config.enabled and not (secret and secret.get_secret_value()):
+        raise ValueError(
+            "webhooks.allowed_hosts is set but there is no signing secret: set "
+            "SONGSERVE_WEBHOOKS__SIGNING_SECRET or webhooks.signing_secret_file (receivers "
+            "verify deliveries with it)"
+        )
+    return config.model_copy(update={"signing_secret": secret, "signing_secret_file": None})
 
 
 def _resolve_postprocess_paths(config: PostProcessConfig, data_dir: str) -> PostProcessConfig:

@@ -105,6 +105,12 @@ class SongMetrics:
             "songserve_sse_subscribers",
             description="Open song event streams (SSE) on an API replica.",
         )
+        self.webhook_deliveries: Counter = Counter(
+            "songserve_webhook_deliveries",
+            description="Webhook delivery attempts by outcome: delivered, pending (to be "
+            "retried), failed (given up), skipped (the song was canceled).",
+            tag_keys=_tag_keys("outcome"),
+        )
         self.bytes_written: Counter = Counter(
             "songserve_object_bytes_written",
             description="Bytes written to the object store, by kind of object (render, audio, "
@@ -126,10 +132,12 @@ METRIC_NAMES = (
     "songserve_lyrics_fallbacks",
     "songserve_sse_subscribers",
     "songserve_object_bytes_written",
+    "songserve_webhook_deliveries",
     # The decoder's own (deployments/decoder.py).
     "songserve_decoder_songs_per_model_call",
     "songserve_decoder_songs",
     "songserve_decoder_lora_loads",
+    "songserve_decoder_renders_stopped",
 )
 """Every songserve metric name, as created (Prometheus shows them with a `ray_` prefix)."""
 

@@ -80,12 +80,26 @@ class SongRequest(_Request):
     )
     language: Language = Field("en", description="ISO 639-1 vocal language.")
     loudness_lufs: float = Field(-14.0, ge=-30, le=-8, description="Integrated loudness target.")
+    callback_url: str | None = Field(
+        None,
+        min_length=1,
+        max_length=2048,
+        description="Where to POST `song.succeeded` or `song.failed` when the song ends, signed "
+        "as Standard Webhooks specifies (README: Webhooks). Its host must be in the server's "
+        "webhooks.allowed_hosts.",
+    )
 
 
 class StoredLora(BaseModel):
     model_config = ConfigDict(extra="ignore")
     id: str
     scale: float = 1.0
+    ref: str | None = Field(
+        None,
+        exclude=True,  # it names the owner: stored, never sent out
+        description="The LoRA `id` resolved to when the song was accepted (`<scope>/<id>`, see "
+        "serve.loras); None for songs accepted before LoRAs had scopes.",
+    )
 
 
 class SongRequestOut(BaseModel):
@@ -107,6 +121,7 @@ class SongRequestOut(BaseModel):
     seed: int | None = None
     language: str = "en"
     loudness_lufs: float = -14.0
+    callback_url: str | None = None
 
 
 class SongLinks(BaseModel):
@@ -122,7 +137,7 @@ class SongAccepted(BaseModel):
 
 class VariationOut(BaseModel):
     index: int
-    status: Literal["queued", "running", "succeeded", "failed"]
+    status: Literal["queued", "running", "succeeded", "failed", "canceled"]
     model: str | None
     model_version: str | None
     seed: int | None
@@ -187,6 +202,21 @@ class LyricsSourceOut(BaseModel):
     )
 
 
+class WebhookOut(BaseModel):
+    """Where a song's webhook stands (`callback_url` given)."""
+
+    url: str
+    status: Literal["pending", "delivered", "failed", "skipped"] = Field(
+        ...,
+        description="`pending` until the song ends and the receiver answers 2xx (`delivered`); "
+        "`failed` once every attempt was refused; `skipped` for a canceled song.",
+    )
+    attempts: int
+    last_error: str | None
+    last_status_code: int | None
+    delivered_at: str | None
+
+
 class SongOut(BaseModel):
     id: str
     status: SongStatus
@@ -205,6 +235,12 @@ class SongOut(BaseModel):
         description="While the song is queued: its place in line and expected start; "
         "absent otherwise.",
         exclude_if=lambda queue: queue is None,
+    )
+    webhook: WebhookOut | None = Field(
+        None,
+        description="The delivery of its webhook, when the request gave a callback_url "
+        "(GET /v1/songs/{id} only).",
+        exclude_if=lambda webhook: webhook is None,
     )
 
 
@@ -296,6 +332,12 @@ class LoraOut(BaseModel):
     size_bytes: int
     sha256: str
     created_at: float
+    scope: Literal["own", "shared"] = Field(
+        description="`own`: uploaded with your key; `shared`: the operator's (loras.preload)."
+    )
+    read_only: bool = Field(
+        description="Shared LoRAs cannot be replaced or deleted through the API."
+    )
 
 
 class LoraList(BaseModel):

@@ -25,6 +25,7 @@ class InProcessGraph:
         self._config = config
         self._instances: dict[str, Any] = {}
         self.wakes = 0
+        self.stopped: list[str] = []  # jobs the services asked the conductor to stop
 
     def _instance(self, name: str) -> Any:
         if name not in self._instances:
@@ -49,6 +50,9 @@ class InProcessGraph:
 
     async def wake_conductor(self) -> None:
         self.wakes += 1
+
+    async def stop_job(self, job_id: str) -> None:
+        self.stopped.append(job_id)
 
     async def check_health(self) -> None:
         await asyncio.gather(

@@ -38,7 +38,7 @@ def create_app(services_of: Callable[[], ApiServices]) -> FastAPI:
         (media.router, media_caller, (401, 403, 404, 416, 422, 503)),
         (stems.router, caller, (400, 401, 404, 409, 413, 422, 503)),
         (tools.router, caller, (400, 401, 409, 413, 415, 422, 503)),
-        (loras.router, caller, (400, 401, 404, 409, 413, 422, 503)),
+        (loras.router, caller, (400, 401, 403, 404, 409, 413, 422, 503)),
         (suno.router, caller, (400, 401, 404, 413, 422, 429, 503)),
     ]
     for router, dependencies, statuses in routers:

@@ -1,7 +1,7 @@
 """A song's Server-Sent Events: its logged events from the job store, replayed after
-`Last-Event-ID`, then followed live until the song is done (or failed) and no stems job of it is
-still under way. While the song is queued, a `queue` frame (no id: it is not in the log) tells its
-place whenever it changes."""
+`Last-Event-ID`, then followed live until the song ended (done, error or canceled) and no stems
+job of it is still under way. While the song is queued, a `queue` frame (no id: it is not in the
+log) tells its place whenever it changes."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ import json
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from serve.store import FINISHED_STEMS_STATUSES, StoreUnavailable
+from serve.store import FINISHED_STEMS_STATUSES, TERMINAL_EVENTS, StoreUnavailable
 
 from .errors import ApiError
 
 if TYPE_CHECKING:
     from serve.services import ApiServices
 
-_TERMINAL_EVENTS = frozenset({"done", "error"})  # of the song; stems may still follow
+_TERMINAL_EVENTS = frozenset(TERMINAL_EVENTS.values())  # of the song; stems may still follow
 # How often an SSE stream of a queued song looks at its place in line (other songs move it).
 _QUEUE_POLL_S = 1.0
 # Event ids are the log's sequence numbers: a store integer (64-bit signed).

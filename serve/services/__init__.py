@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from serve.config import AppConfig
     from serve.http.auth import Authenticator
     from serve.http.events import EventStreams
-    from serve.store import JobStore, ObjectStore
+    from serve.store import JobRecord, JobStore, ObjectStore
+    from serve.workflow.webhooks import SongDescriber
 
     from .graph import Graph
     from .loras import LoraService
@@ -52,8 +53,36 @@ class ApiServices:
         return EventStreams(self)
 
 
-def build_services(config: AppConfig, graph: Graph) -> ApiServices:
+def _authenticator(config: AppConfig, jobs: JobStore) -> Authenticator:
     from serve.http.auth import Authenticator
+
+    auth = config.auth
+    return Authenticator(
+        [key.get_secret_value() for key in auth.api_keys],
+        jobs,
+        media_url_secret=(
+            auth.media_url_secret.get_secret_value() if auth.media_url_secret else None
+        ),
+        media_url_ttl_s=auth.media_url_ttl_s,
+    )
+
+
+def song_describer(config: AppConfig, jobs: JobStore) -> SongDescriber:
+    """The song as `GET /v1/songs/{id}` shows it, for webhooks sent from outside the API (its
+    media links signed as the API signs them)."""
+    from .views import Views
+
+    authenticator = _authenticator(config, jobs)
+    views = Views(config, authenticator)
+
+    async def describe(job: JobRecord) -> dict[str, Any]:
+        await authenticator.refresh()  # managed keys: the media-link secret is in the store
+        return views.song(job).model_dump(mode="json")
+
+    return describe
+
+
+def build_services(config: AppConfig, graph: Graph) -> ApiServices:
     from serve.lazy_delivery import LazyDelivery
     from serve.loras import LoraRegistry
     from serve.queue_estimate import QueueEstimator
@@ -70,15 +99,7 @@ def build_services(config: AppConfig, graph: Graph) -> ApiServices:
 
     jobs = open_job_store(config.storage)
     objects = open_object_store(config.storage)
-    auth = config.auth
-    authenticator = Authenticator(
-        [key.get_secret_value() for key in auth.api_keys],
-        jobs,
-        media_url_secret=(
-            auth.media_url_secret.get_secret_value() if auth.media_url_secret else None
-        ),
-        media_url_ttl_s=auth.media_url_ttl_s,
-    )
+    authenticator = _authenticator(config, jobs)
     views = Views(config, authenticator)
     registry = LoraRegistry(objects)
     quotas = Quotas(config, jobs)

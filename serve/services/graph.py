@@ -26,6 +26,10 @@ class Graph(Protocol):
     async def wake_conductor(self) -> None:
         """A new song or stems job is in the store (polling finds it anyway: best effort)."""
 
+    async def stop_job(self, job_id: str) -> None:
+        """A running job was canceled in the store: stop driving it now (best effort; its
+        driver also notices at its next lease renewal)."""
+
     async def check_health(self) -> None:
         """Raises unless the conductor, tags and lyrics replicas answer."""
 

@@ -11,6 +11,7 @@ from serve.config import LORA_MODELS
 from serve.http.errors import ApiError
 from serve.schemas import QueueOut, SongAccepted, SongLinks, SongList, SongOut, SongRequest
 from serve.store.tenancy import AdmissionRefused
+from serve.webhooks import CallbackRefused, check_callback_addresses, check_callback_url
 from serve.workflow.retention import delete_song
 
 if TYPE_CHECKING:
@@ -59,6 +60,11 @@ class SongService:
         body = await self._checked(body)
         seed = body.seed if body.seed is not None else secrets.randbelow(2**31 - 4)
         stored_request = body.model_dump(mode="json") | {"seed": seed}
+        if body.lora is not None:
+            # Which LoRA the id names for this caller is fixed now: renders load exactly it.
+            stored_request["lora"]["ref"] = await self._lora_ref(
+                body.lora.id, body.model, caller.owner
+            )
         try:
             job, created = await self._jobs.create_job(
                 owner=caller.owner,
@@ -68,6 +74,7 @@ class SongService:
                 idempotency_key=idempotency_key,
                 audio_s=body.duration_s * body.variations,
                 admission=self._quotas.admission(caller),
+                callback_url=body.callback_url,
             )
         except AdmissionRefused as refused:
             raise self._quotas.refusal(refused) from None
@@ -101,7 +108,8 @@ class SongService:
     async def get(self, song_id: str, owner: str) -> SongOut:
         job = await self.owned_job(song_id, owner)
         queue = await self._queue.queue_out(job.id, job.request) if job.status == "queued" else None
-        return self._views.song(job, queue)
+        webhook = await self._jobs.get_webhook(job.id) if job.request.get("callback_url") else None
+        return self._views.song(job, queue, webhook)
 
     async def delete(self, song_id: str, owner: str) -> None:
         """Delete a finished song: every file of it, then its records. 409 while it (or a stems
@@ -119,13 +127,44 @@ class SongService:
             )
         await delete_song(self._jobs, self._objects, job.id)
 
+    async def cancel(self, song_id: str, owner: str) -> SongOut:
+        """Stop a queued or running song: it ends `canceled` at once (its quota and queue place
+        are free now), and whichever conductor drives it stops rendering within seconds. Again on
+        a canceled song is a no-op; a song that already finished is a 409."""
+        job = await self.owned_job(song_id, owner)
+        canceled = await self._jobs.cancel_job(job.id)
+        if canceled is None:  # deleted in between
+            raise ApiError(404, "not_found", f"no song with id {song_id!r}", "id")
+        if canceled.status != "canceled":
+            raise ApiError(
+                409,
+                "already_finished",
+                f"song {job.id} already {canceled.status}; there is nothing to cancel "
+                "(DELETE /v1/songs/{id} removes it)",
+                "id",
+            )
+        if job.status == "running":
+            # The replica driving it stops at once; any other notices at its next lease renewal.
+            await self._graph.stop_job(job.id)
+        return self._views.song(canceled)
+
+    async def _check_callback(self, url: str) -> None:
+        """A callback URL this server may call (serve/webhooks.py), checked before the song is
+        accepted: allowed host, and no address inside the network unless configured."""
+        config = self._config.webhooks
+        try:
+            host, port = check_callback_url(url, config)
+            await check_callback_addresses(host, port, config)
+        except CallbackRefused as refused:
+            raise ApiError(422, "invalid_callback_url", str(refused), "callback_url") from None
+
     async def queue_out(self, job_id: str, request: dict[str, Any]) -> QueueOut | None:
         """A queued song's place in line and expected start; None once it left the queue."""
         return await self._queue.queue_out(job_id, request)
 
     async def _checked(self, body: SongRequest) -> SongRequest:
-        """Rules pydantic cannot name a field for, and what depends on this server (models,
-        registered LoRAs); returns the cleaned request."""
+        """Rules pydantic cannot name a field for, and what depends on this server (models;
+        LoRAs are resolved by `_lora_ref`); returns the cleaned request."""
         texts = ("prompt", "lyrics", "style", "negative_style", "title")
         body = body.model_copy(update={name: getattr(body, name) or None for name in texts})
         if not (body.prompt or body.lyrics or body.style):
@@ -139,6 +178,8 @@ class SongService:
                 "lyrics cannot be combined with instrumental: true; drop one of them",
                 "lyrics",
             )
+        if body.callback_url is not None:
+            await self._check_callback(body.callback_url)
         if body.model not in self._models:
             raise ApiError(
                 422,
@@ -146,13 +187,11 @@ class SongService:
                 f"unknown model {body.model!r}; this server offers: {', '.join(self._models)}",
                 "model",
             )
-        if body.lora is not None:
-            await self._check_lora(body.lora.id, body.model)
         return body
 
-    async def _check_lora(self, lora_id: str, model: str) -> None:
-        """A LoRA request must name a registered LoRA and a model that takes LoRAs; checked
-        here, before any decoding."""
+    async def _lora_ref(self, lora_id: str, model: str, owner: str) -> str:
+        """The ref of the LoRA `lora_id` names for `owner` (their own, else a shared one); 422
+        unless there is one and `model` takes LoRAs. Checked here, before any decoding."""
         lora_models = [m for m in self._config.models.served_models if m in LORA_MODELS]
         if (model != "auto" and model not in LORA_MODELS) or not lora_models:
             raise ApiError(
@@ -162,12 +201,15 @@ class SongService:
                 + (f"; use one of: {', '.join(lora_models)}" if lora_models else ""),
                 "lora.id",
             )
-        if await self._loras.get(lora_id) is None:
-            known = [info.id for info in await self._loras.list()]
+        info = await self._loras.resolve(owner, lora_id)
+        if info is None:
+            # Only what this caller may use: another owner's LoRAs are as good as absent.
+            known = [lora.id for lora in await self._loras.usable_by(owner)]
             raise ApiError(
                 422,
                 "invalid_request",
-                f"unknown LoRA {lora_id!r}; registered: {', '.join(known) or 'none'} "
+                f"unknown LoRA {lora_id!r}; yours and shared: {', '.join(known) or 'none'} "
                 "(upload with POST /v1/loras)",
                 "lora.id",
             )
+        return str(info.ref)

@@ -5,7 +5,8 @@ tenancy apply: every call goes through `SongService` and `Quotas` as the caller.
 - A generation is one native song with two variations; each variation is a clip, whose id is
   `<song id>.<variation index>`.
 - Clip status: queued → `queued` (`submitted` before the store has it), running → `streaming`,
-  a finished variation → `complete`, a failed one → `error`.
+  a finished variation → `complete`, a failed or canceled one → `error` (`error_message`
+  "canceled" for a song canceled through `POST /v1/songs/{id}/cancel`).
 - `audio_url` is the variation's mp3 (made on its first request, as every lazy format), signed
   when the server takes keys.
 - `tags` → `style`, `negative_tags` → `negative_style` (recorded; no served model takes a
@@ -38,7 +39,13 @@ if TYPE_CHECKING:
 CLIPS_PER_GENERATION = 2
 CREDITS_PER_SONG = 10
 _SUNO_MODELS = ("chirp-",)  # chirp-v3-0, chirp-v3-5, chirp-v4, chirp-auk …
-_STATUS = {"queued": "queued", "running": "streaming", "succeeded": "complete", "failed": "error"}
+_STATUS = {
+    "queued": "queued",
+    "running": "streaming",
+    "succeeded": "complete",
+    "failed": "error",
+    "canceled": "error",  # Suno's clips have no canceled state
+}
 
 
 def clip_id(song_id: str, index: int) -> str:
@@ -159,6 +166,8 @@ class SunoService:
     def _clips(self, job: JobRecord) -> list[SunoClip]:
         request: dict[str, Any] = job.request
         error = (job.error or {}).get("message")
+        if job.status == "canceled":
+            error = "canceled"
         clips = []
         for variation in job.variations:
             status = _STATUS.get(variation.status, "submitted")

@@ -20,8 +20,9 @@ from serve.schemas import (
     StemsOut,
     TagsOut,
     VariationOut,
+    WebhookOut,
 )
-from serve.store import EventRecord, JobRecord, StemsRecord, VariationRecord
+from serve.store import EventRecord, JobRecord, StemsRecord, VariationRecord, WebhookRecord
 
 if TYPE_CHECKING:
     from serve.config import AppConfig
@@ -98,7 +99,9 @@ class Views:
             error=variation.error,
         )
 
-    def song(self, job: JobRecord, queue: QueueOut | None = None) -> SongOut:
+    def song(
+        self, job: JobRecord, queue: QueueOut | None = None, webhook: WebhookRecord | None = None
+    ) -> SongOut:
         return SongOut(
             id=job.id,
             status=job.status,  # type: ignore[arg-type]
@@ -113,6 +116,18 @@ class Views:
             error=job.error,  # type: ignore[arg-type]
             variations=[self.variation(job.id, job.owner, v) for v in job.variations],
             queue=queue,
+            webhook=None if webhook is None else self.webhook(webhook),
+        )
+
+    @staticmethod
+    def webhook(record: WebhookRecord) -> WebhookOut:
+        return WebhookOut(
+            url=record.url,
+            status=record.status,  # type: ignore[arg-type]
+            attempts=record.attempts,
+            last_error=record.last_error,
+            last_status_code=record.last_status_code,
+            delivered_at=iso(record.delivered_at) if record.delivered_at else None,
         )
 
     def stem_urls(

@@ -26,9 +26,11 @@ from .objects import (
 )
 from .protocol import JobStore
 from .records import (
+    ACTIVE_STATUSES,
     ACTIVE_STEMS_STATUSES,
     FINISHED_STEMS_STATUSES,
     JOB_STATUSES,
+    TERMINAL_EVENTS,
     TERMINAL_STATUSES,
     VARIATION_STATUSES,
     DeliveryRecord,
@@ -39,6 +41,7 @@ from .records import (
     StemsRecord,
     StoreUnavailable,
     VariationRecord,
+    WebhookRecord,
     new_job_id,
 )
 
@@ -46,12 +49,14 @@ if TYPE_CHECKING:
     from serve.config import StorageConfig
 
 __all__ = [
+    "ACTIVE_STATUSES",
     "ACTIVE_STEMS_STATUSES",
     "FINISHED_STEMS_STATUSES",
     "JOB_STATUSES",
     "MASTER_CONTENT_TYPE",
     "MASTER_INFO_CONTENT_TYPE",
     "RAW_RENDER_CONTENT_TYPE",
+    "TERMINAL_EVENTS",
     "TERMINAL_STATUSES",
     "VARIATION_STATUSES",
     "ChecksumMismatch",
@@ -66,6 +71,7 @@ __all__ = [
     "StemsRecord",
     "StoreUnavailable",
     "VariationRecord",
+    "WebhookRecord",
     "check_stores",
     "master_info_key",
     "master_key",

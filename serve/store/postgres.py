@@ -43,10 +43,13 @@ from .postgres_connect import (
 )
 from .postgres_listener import EVENTS_CHANNEL, WORK_CHANNEL, Listener
 from .postgres_tenancy import PostgresTenancy
+from .postgres_webhooks import PostgresWebhooks
 from .records import (
+    ACTIVE_STATUSES,
     JOBS,
     JSON_VARIATION_FIELDS,
     STEMS,
+    TERMINAL_EVENTS,
     VARIATION_FIELDS,
     DeliveryRecord,
     EventRecord,
@@ -178,7 +181,7 @@ def _stems(row: dict[str, Any]) -> StemsRecord:
 # -- the store -----------------------------------------------------------------------------------
 
 
-class PostgresJobStore(PostgresTenancy):
+class PostgresJobStore(PostgresTenancy, PostgresWebhooks):
     """`JobStore` on PostgreSQL, shared by every replica of a cluster.
 
     `database_url` is a libpq URL or conninfo string. `max_connections` bounds the pool;
@@ -433,6 +436,7 @@ class PostgresJobStore(PostgresTenancy):
         idempotency_key: str | None = None,
         audio_s: float = 0.0,
         admission: Admission | None = None,
+        callback_url: str | None = None,
     ) -> tuple[JobRecord, bool]:
         job_id = new_job_id()
         async with self._cursor(transaction=True) as cur:
@@ -470,11 +474,33 @@ class PostgresJobStore(PostgresTenancy):
                 "SELECT %s, k, 'queued', %s::bigint + k FROM generate_series(0, %s - 1) AS k",
                 (job_id, seed, variations),
             )
+            if callback_url is not None:
+                await self._insert_webhook(cur, job_id, callback_url)
             await self._append(cur, job_id, "stage", {"stage": "queued"})
             await self._notify_work(cur, _JOBS.work((job_id,)))
             row = await self._one(cur, f"{_SELECT_JOB} WHERE id = %s", (job_id,))
         assert row is not None
         return _job(row), True
+
+    async def cancel_job(self, job_id: str) -> JobRecord | None:
+        async with self._cursor(transaction=True) as cur:
+            canceled = await self._one(
+                cur,
+                f"UPDATE jobs SET status = 'canceled', stage = 'canceled', updated_at = {_NOW}, "
+                "lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL "
+                "WHERE id = %s AND status = ANY(%s) RETURNING id",
+                (job_id, list(ACTIVE_STATUSES)),
+            )
+            if canceled is not None:
+                await self._execute(
+                    cur,
+                    "UPDATE variations SET status = 'canceled' "
+                    "WHERE job_id = %s AND status = ANY(%s)",
+                    (job_id, list(ACTIVE_STATUSES)),
+                )
+                await self._append(cur, job_id, TERMINAL_EVENTS["canceled"], {"status": "canceled"})
+            row = await self._one(cur, f"{_SELECT_JOB} WHERE id = %s", (job_id,))
+        return None if row is None else _job(row)
 
     async def get_job(self, job_id: str) -> JobRecord | None:
         async with self._cursor() as cur:

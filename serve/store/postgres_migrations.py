@@ -130,5 +130,26 @@ CREATE INDEX jobs_finished ON jobs (updated_at)
     WHERE status IN ('succeeded', 'failed', 'canceled');
 """,
     ),
+    (
+        4,
+        """
+CREATE TABLE webhooks (
+    job_id TEXT PRIMARY KEY REFERENCES jobs (id) ON DELETE CASCADE,
+    id TEXT NOT NULL,
+    url TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at DOUBLE PRECISION NOT NULL,
+    lease_token TEXT,
+    lease_expires_at DOUBLE PRECISION,
+    last_error TEXT,
+    last_status_code INTEGER,
+    created_at DOUBLE PRECISION NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL,
+    delivered_at DOUBLE PRECISION
+);
+CREATE INDEX webhooks_due ON webhooks (status, next_attempt_at);
+""",
+    ),
 )
 """(version, SQL) in ascending order; each version is applied in one transaction."""

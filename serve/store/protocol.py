@@ -24,6 +24,7 @@ from .records import (
     PoolRenders,
     QueuePlace,
     StemsRecord,
+    WebhookRecord,
 )
 from .tenancy import Admission, ApiKeyRecord, OwnerUsage
 
@@ -43,11 +44,13 @@ class JobStore(Protocol):
         idempotency_key: str | None = None,
         audio_s: float = 0.0,
         admission: Admission | None = None,
+        callback_url: str | None = None,
     ) -> tuple[JobRecord, bool]:
         """Insert a queued job; with an idempotency key already used by `owner`, return that job.
         The bool says whether a job was created. `audio_s`: the audio it asks for (duration ×
         variations, counted against daily quotas). With `admission`, the job is admitted in
-        the same transaction as the counts it is checked against; AdmissionRefused otherwise."""
+        the same transaction as the counts it is checked against; AdmissionRefused otherwise.
+        With `callback_url`, its webhook is stored in the same transaction (due once it ends)."""
         ...
 
     async def owner_usage(self, owner: str, day_start: float) -> OwnerUsage:
@@ -99,6 +102,13 @@ class JobStore(Protocol):
 
     async def update_variation(self, job_id: str, index: int, token: str, **fields: Any) -> None:
         """Set variation fields under the job's lease; raises LeaseLost."""
+        ...
+
+    async def cancel_job(self, job_id: str) -> JobRecord | None:
+        """Cancel a queued or running job in one transaction: it and its unfinished variations
+        become `canceled`, its lease ends (the driving claim's next write raises LeaseLost) and
+        a `canceled` event ends its log. A finished job is returned as it is; None when there
+        is no such job."""
         ...
 
     # -- load (pool choice, queue estimates) ----------------------------------------------------
@@ -271,6 +281,29 @@ class JobStore(Protocol):
     async def shared_secret(self, name: str) -> str:
         """A random secret stored under `name`, the same for every replica (made on first use)."""
         ...
+
+    # -- webhooks (serve/workflow/webhooks.py) --------------------------------------------------
+
+    async def claim_webhook(self, *, lease_s: float) -> WebhookRecord | None:
+        """Lease the webhook due first (its song ended, its retry time came, no live lease)
+        with a fresh token, counting the attempt; None when none is due."""
+        ...
+
+    async def finish_webhook(
+        self,
+        job_id: str,
+        token: str,
+        *,
+        status: str,
+        retry_in_s: float | None = None,
+        error: str | None = None,
+        status_code: int | None = None,
+    ) -> bool:
+        """End a claim: `delivered`, `failed`, `skipped`, or `pending` again, due in
+        `retry_in_s`. False (nothing written) when `token` no longer holds the claim."""
+        ...
+
+    async def get_webhook(self, job_id: str) -> WebhookRecord | None: ...
 
     # -- deletion and retention -----------------------------------------------------------------
 

@@ -15,7 +15,10 @@ from typing import Any
 
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled"})
-VARIATION_STATUSES = ("queued", "running", "succeeded", "failed")
+VARIATION_STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
+ACTIVE_STATUSES = frozenset({"queued", "running"})  # of a job or a variation: still to finish
+# The event that ends a song's log, one per terminal status (stems events may still follow).
+TERMINAL_EVENTS = {"succeeded": "done", "failed": "error", "canceled": "canceled"}
 ACTIVE_STEMS_STATUSES = frozenset({"queued", "running"})
 FINISHED_STEMS_STATUSES = frozenset({"succeeded", "failed"})
 
@@ -234,6 +237,37 @@ def exhausted_error(noun: str, attempts: int) -> dict[str, Any]:
         "message": f"the {noun} was started {attempts} times without finishing "
         "(its workers kept dying or timing out); giving up",
     }
+
+
+WEBHOOK_STATUSES = ("pending", "delivered", "failed", "skipped")
+
+
+@dataclass(frozen=True)
+class WebhookRecord:
+    """The webhook of a song that asked for one (`callback_url`): due once the song ends, then
+    claimed by one delivering worker at a time under a lease. `pending` until `delivered`,
+    `failed` (attempts used up) or `skipped` (the song was canceled: no event to tell)."""
+
+    job_id: str
+    id: str  # `webhook-id`: the same on every attempt, so receivers can dedupe
+    url: str
+    status: str
+    attempts: int  # claims so far, the one in flight included
+    next_attempt_at: float
+    created_at: float
+    updated_at: float
+    lease_token: str | None = None
+    last_error: str | None = None
+    last_status_code: int | None = None
+    delivered_at: float | None = None
+
+    @classmethod
+    def from_row(cls, row: Any) -> WebhookRecord:
+        return cls(**{name: row[name] for name in cls.__dataclass_fields__})
+
+
+def new_webhook_id() -> str:
+    return f"msg_{secrets.token_hex(12)}"
 
 
 def new_job_id() -> str:

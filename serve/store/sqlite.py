@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from .records import (
+    ACTIVE_STATUSES,
     JOBS,
     JSON_VARIATION_FIELDS,
     STEMS,
+    TERMINAL_EVENTS,
     VARIATION_FIELDS,
     DeliveryRecord,
     EventRecord,
@@ -40,6 +42,7 @@ from .records import (
     new_lease_token,
 )
 from .sqlite_tenancy import SQLiteTenancy, admit, migrate_tenancy
+from .sqlite_webhooks import WEBHOOKS_SCHEMA, SQLiteWebhooks, insert_webhook
 from .tenancy import Admission
 
 _SCHEMA = """
@@ -256,7 +259,7 @@ def _loads(raw: str | None) -> Any:
     return None if raw is None else json.loads(raw)
 
 
-class SQLiteJobStore(SQLiteTenancy):
+class SQLiteJobStore(SQLiteTenancy, SQLiteWebhooks):
     """`JobStore` on one SQLite file, shared by every replica on the machine.
 
     Every call runs on one dedicated thread (sqlite3 connections are not shared across threads and
@@ -287,6 +290,7 @@ class SQLiteJobStore(SQLiteTenancy):
             if "lease_token" not in columns:
                 connection.execute(f"ALTER TABLE {table.name} ADD COLUMN lease_token TEXT")
         migrate_tenancy(connection)
+        connection.executescript(WEBHOOKS_SCHEMA)
         self._connection = connection
 
     @property
@@ -455,6 +459,7 @@ class SQLiteJobStore(SQLiteTenancy):
         idempotency_key: str | None,
         audio_s: float,
         admission: Admission | None,
+        callback_url: str | None,
     ) -> tuple[JobRecord, bool]:
         if idempotency_key is not None:
             row = db.execute(
@@ -476,6 +481,8 @@ class SQLiteJobStore(SQLiteTenancy):
             "INSERT INTO variations (job_id, idx, status, seed) VALUES (?, ?, 'queued', ?)",
             [(job_id, k, seed + k) for k in range(variations)],
         )
+        if callback_url is not None:
+            insert_webhook(db, job_id, callback_url, now)
         _append(db, job_id, "stage", {"stage": "queued"}, now)
         row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return self._job_from_row(db, row), True
@@ -490,6 +497,7 @@ class SQLiteJobStore(SQLiteTenancy):
         idempotency_key: str | None = None,
         audio_s: float = 0.0,
         admission: Admission | None = None,
+        callback_url: str | None = None,
     ) -> tuple[JobRecord, bool]:
         result: tuple[JobRecord, bool] = await self._run(
             self._transaction,
@@ -501,6 +509,7 @@ class SQLiteJobStore(SQLiteTenancy):
             idempotency_key,
             audio_s,
             admission,
+            callback_url,
         )
         return result
 
@@ -566,6 +575,25 @@ class SQLiteJobStore(SQLiteTenancy):
 
     async def update_variation(self, job_id: str, index: int, token: str, **fields: Any) -> None:
         await self._run(self._transaction, self._update_variation, job_id, index, token, fields)
+
+    def _cancel(self, db: sqlite3.Connection, job_id: str) -> JobRecord | None:
+        row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            return None
+        if row["status"] in ACTIVE_STATUSES:
+            _set_fields(db, _JOBS, (job_id,), {"status": "canceled", "stage": "canceled"})
+            db.execute(
+                "UPDATE variations SET status = 'canceled' "
+                "WHERE job_id = ? AND status IN ('queued', 'running')",
+                (job_id,),
+            )
+            _append(db, job_id, TERMINAL_EVENTS["canceled"], {"status": "canceled"}, time.time())
+            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return self._job_from_row(db, row)
+
+    async def cancel_job(self, job_id: str) -> JobRecord | None:
+        result: JobRecord | None = await self._run(self._transaction, self._cancel, job_id)
+        return result
 
     # -- load -------------------------------------------------------------------------------------
 

@@ -22,7 +22,8 @@ from .conftest import Deployed, metric_samples
 pytestmark = pytest.mark.integration
 
 DeployFn = Callable[..., Deployed]
-STEPS = 4
+# Enough denoising steps that a long song spends seconds in them (where a cancel can stop it).
+STEPS = 12
 
 
 @pytest.fixture(scope="module")
@@ -210,6 +211,41 @@ def test_progress_reports_denoising_steps(app: Deployed) -> None:
     assert events[-1][1] == "done"
 
 
+def _stopped_renders() -> float:
+    samples = metric_samples("ray_songserve_decoder_renders_stopped_total", deployment="DiT_CPU")
+    return sum(value for _, value in samples)
+
+
+def test_cancel_stops_a_running_render(app: Deployed) -> None:
+    """A canceled song stops its render on the decoder at the next denoising step: Serve cancels
+    the conductor's call, the router's call to the decoder, and the decoder stops the model."""
+    client = app.client
+    stopped_before = _stopped_renders()
+    # 600 s of audio: about a second per step on the tiny model here, then a minute of decoding.
+    body = {"style": "ambient", "instrumental": True, "duration_s": 600, "model": "ace-step"}
+    song_id = client.post("/v1/songs", json={**body, "variations": 1}).json()["id"]
+    with client.stream("GET", f"/v1/songs/{song_id}/events", timeout=120) as stream:
+        for line in stream.iter_lines():  # until the first denoising step is reported
+            if line.startswith("data:") and '"stage":"generating"' in line and '"step"' in line:
+                break
+    canceled = client.post(f"/v1/songs/{song_id}/cancel")
+    assert canceled.status_code == 200 and canceled.json()["status"] == "canceled"
+    events = read_events(client, song_id)
+    assert events[-1][1] == "canceled"
+
+    # The decoder counted the stopped render (exported every 0.5 s in this session)...
+    deadline = time.monotonic() + 30
+    while _stopped_renders() <= stopped_before:
+        assert time.monotonic() < deadline, "the decoder never stopped the abandoned render"
+        time.sleep(0.5)
+    # ...and its one replica is free: a short song renders now, not after the long one.
+    short = client.post("/v1/songs", json={**body, "duration_s": 5, "variations": 1}).json()
+    assert wait_for_song(client, short["id"], timeout_s=60)["status"] == "succeeded"
+    job = app.job(song_id)
+    assert job.status == "canceled" and job.variations[0].status == "canceled"
+    assert "raw" not in job.variations[0].render  # nothing was rendered to its end
+
+
 def test_auto_prefers_ace_step(app: Deployed) -> None:
     song_id = app.client.post(
         "/v1/songs", json={"style": "rock", "duration_s": 5, "variations": 1}
@@ -222,13 +258,18 @@ def test_lora_registry_api(app: Deployed, tiny_checkpoint: Path) -> None:
     listed = client.get("/v1/loras").json()["loras"]
     assert {lora["id"] for lora in listed} >= {"tiny-a", "tiny-b"}
     assert all(lora["model"] == "ace-step" and lora["rank"] > 0 for lora in listed)
+    preloaded = [lora for lora in listed if lora["id"] in {"tiny-a", "tiny-b"}]
+    assert all(lora["scope"] == "shared" and lora["read_only"] for lora in preloaded)
+    assert client.delete("/v1/loras/tiny-a").status_code == 403  # the operator's: read-only
 
     weights = (tiny_checkpoint / "loras/tiny-a/pytorch_lora_weights.safetensors").read_bytes()
     created = client.post(
         "/v1/loras", data={"id": "mine"}, files={"file": ("w.safetensors", weights)}
     )
     assert created.status_code == 201, created.text
-    assert created.json()["id"] == "mine"
+    assert created.json()["id"] == "mine" and created.json()["scope"] == "own"
+    again = client.post("/v1/loras", data={"id": "mine"}, files={"file": ("w", weights)})
+    assert again.status_code == 409 and again.json()["error"]["code"] == "lora_exists"
 
     not_safetensors = client.post(
         "/v1/loras", data={"id": "bad"}, files={"file": ("w.bin", b"\x80\x04pickle")}

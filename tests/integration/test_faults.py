@@ -10,6 +10,7 @@ line (docs/benchmarks.md): run with `-s` to see them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import time
@@ -21,7 +22,9 @@ from typing import Any
 import pytest
 
 from serve.local_services import LocalPostgres, LocalSeaweedFS
+from serve.webhooks import verify
 from tests.helpers import throwaway_postgres
+from tests.webhook_receiver import Delivery, Receiver, running_receiver
 
 from .conftest import Deployed, cluster_storage
 from .faults import (
@@ -52,6 +55,7 @@ JOBS = {
     "retry_backoff_max_s": 2.0,
 }
 SEED = 20261
+WEBHOOK_SECRET = "a webhook signing secret for the fault tests"
 # Serve notices a crashed replica at its next health check (every 10 s by default) and only then
 # starts another; checking every second keeps the run short. Two conductors: a crashed one's
 # jobs are taken over by the other once their leases expire, as on a real cluster.
@@ -83,9 +87,10 @@ REPLICAS = {
 }
 
 
-def _song(index: int) -> dict[str, Any]:
+def _song(index: int, callback_url: str | None = None) -> dict[str, Any]:
     """Song `index` of a run: a 5 s sketch with 1 or 2 variations and a fixed seed."""
     return {
+        **({"callback_url": callback_url} if callback_url else {}),
         "lyrics": f"[verse]\nsong number {index} keeps going\n[chorus]\nla la la",
         "style": "synth pop",
         "duration_s": 5,
@@ -116,16 +121,46 @@ def _attempt_figures(outcomes: dict[str, Outcome]) -> dict[str, Any]:
 # -- replica crashes -------------------------------------------------------------------------------
 
 
+def _webhook_answer(delivery: Delivery, earlier: int) -> int:
+    """A receiver that refuses the first delivery of about a third of the songs (a retry)."""
+    first_refused = int(hashlib.sha256(delivery.headers["webhook-id"].encode()).hexdigest(), 16)
+    return 500 if earlier == 0 and first_refused % 3 == 0 else 204
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with running_receiver(_webhook_answer) as running:
+        yield running
+
+
 def test_songs_survive_replicas_crashing(
-    postgres_url: str, s3_url: str, seaweedfs: LocalSeaweedFS, deploy: DeployFn, tmp_path: Path
+    postgres_url: str,
+    s3_url: str,
+    seaweedfs: LocalSeaweedFS,
+    deploy: DeployFn,
+    tmp_path: Path,
+    receiver: Receiver,
 ) -> None:
+    secret_file = tmp_path / "webhook-secret"
+    secret_file.write_text(WEBHOOK_SECRET)
     app = deploy(
         **cluster_storage(postgres_url, s3_url, seaweedfs.endpoint_url, tmp_path, tmp_path),
         **REPLICAS,
         jobs=JOBS,
+        webhooks={
+            "allowed_hosts": ["127.0.0.1"],
+            "allow_private_addresses": True,
+            "allow_http": True,
+            "signing_secret_file": str(secret_file),
+            "backoff_s": 0.2,
+            "backoff_max_s": 1.0,
+            "lease_s": 4.0,
+            "timeout_s": 2.0,
+            "poll_interval_s": 0.2,
+        },
     )
     rng = random.Random(SEED)
-    bodies = [_song(index) for index in range(20)]
+    bodies = [_song(index, receiver.url) for index in range(20)]
     started = time.monotonic()
     song_ids = []
     for body in bodies:
@@ -172,6 +207,40 @@ def test_songs_survive_replicas_crashing(
     )
     # Serve restarts crashed replicas and the conductor retries: crashes do not fail songs.
     assert figures["failed"] == 0, figures["failures"]
+
+    # Every song's webhook was delivered, conductor kills or not: at least once, signed, the
+    # same webhook-id on every attempt, a 500 retried.
+    deadline = time.monotonic() + 60
+    pending = set(song_ids)
+    while pending:
+        assert time.monotonic() < deadline, f"webhooks never delivered: {sorted(pending)}"
+        pending = {s for s in pending if _webhook_status(app, s) != "delivered"}
+        time.sleep(0.5)
+    by_id = receiver.by_id()
+    delivered = {ds[-1].payload["data"]["id"]: ds for ds in by_id.values()}
+    assert sorted(delivered) == sorted(song_ids)  # one webhook-id per song
+    for deliveries in by_id.values():
+        for delivery in deliveries:
+            verify(WEBHOOK_SECRET, delivery.headers, delivery.body)
+            assert delivery.payload["type"] == "song.succeeded"
+    retried = sum(_webhook_answer(ds[0], 0) == 500 for ds in by_id.values())
+    assert retried and all(
+        len(ds) >= 2 for ds in by_id.values() if _webhook_answer(ds[0], 0) == 500
+    )
+    _figures(
+        "webhooks_under_replica_kills",
+        songs=len(song_ids),
+        deliveries=sum(len(ds) for ds in by_id.values()),
+        refused_first=retried,
+        delivered_more_than_needed=sum(
+            len(ds) - (2 if _webhook_answer(ds[0], 0) == 500 else 1) for ds in by_id.values()
+        ),
+    )
+
+
+def _webhook_status(app: Deployed, song_id: str) -> str | None:
+    webhook = app.client.get(f"/v1/songs/{song_id}").json().get("webhook")
+    return None if webhook is None else webhook["status"]
 
 
 # -- a database outage -----------------------------------------------------------------------------

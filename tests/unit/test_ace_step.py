@@ -3,6 +3,7 @@ determinism, progress, LoRA switching and LoRA file validation. No Ray."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import struct
@@ -348,9 +349,50 @@ def test_failed_lora_render_restores_base(
     assert np.array_equal(render_one(lora_model, request(5)), render_one(model, request(5)))
 
 
+def test_an_abandoned_render_stops_at_the_next_denoising_step(
+    model: AceStepSongModel, lora_model: AceStepSongModel
+) -> None:
+    """What a canceled song does to its decoder: the step callback ends the pipeline call at the
+    next step, and the model (its LoRA state too) renders as before afterwards."""
+    from deployments.progress import WorkStopped, with_progress
+
+    requests = [request(8, 5.0, lora_id="tiny-a"), request(9, 6.0)]  # two pipeline calls
+    reports: list[object] = []
+
+    async def render() -> None:
+        rendering = with_progress(
+            lambda on_progress: lora_model.render(requests, on_progress),
+            stop_when=lambda: len(reports) >= 2,
+        )
+        async for item in rendering:
+            reports.append(item)
+
+    with pytest.raises(WorkStopped):
+        asyncio.run(render())
+    assert reports == [(1, 2 * STEPS), (2, 2 * STEPS)]  # of the first call's steps
+    assert np.array_equal(
+        render_one(lora_model, request(9, 6.0)), render_one(model, request(9, 6.0))
+    )
+
+
 def test_unknown_lora_is_a_key_error(lora_model: AceStepSongModel) -> None:
-    with pytest.raises(KeyError, match=r"'nope' is not loaded.*tiny-a"):
+    with pytest.raises(KeyError, match=r"'nope' is not loaded") as refused:
         lora_model.render([request(1), request(1, lora_id="nope")], no_progress)
+    # The loaded ones are other owners' LoRAs: never named in an error a song may show.
+    assert "tiny-a" not in str(refused.value)
+
+
+def test_lora_refs_with_slashes_and_dots_load_and_render(
+    checkpoint: Path, lora_model: AceStepSongModel
+) -> None:
+    """Refs are `<scope>/<id>` and ids may hold dots; PEFT refuses both in adapter names."""
+    instance = AceStepSongModel(pool_for(checkpoint))
+    instance.load_lora("own_abc/my.style-v1.2", checkpoint / "loras" / "tiny-a" / LORA_FILE)
+    assert instance.loaded_loras() == ["own_abc/my.style-v1.2"]
+    rendered = render_one(instance, request(4, lora_id="own_abc/my.style-v1.2"))
+    assert np.array_equal(rendered, render_one(lora_model, request(4, lora_id="tiny-a")))
+    instance.unload_lora("own_abc/my.style-v1.2")
+    assert instance.loaded_loras() == []
 
 
 def test_concurrent_renders_never_share_adapters(lora_model: AceStepSongModel) -> None:

@@ -28,17 +28,40 @@ from serve.store.sqlite import SQLiteJobStore
 pytestmark = pytest.mark.filterwarnings("ignore:coroutine 'Conductor.__del__' was never awaited")
 
 
+class FakeStream:
+    """A streaming handle call (`DeploymentResponseGenerator`): iterates an async generator and
+    records `cancel()`, which Serve would send to the callee."""
+
+    def __init__(self, items: AsyncIterator[Any]) -> None:
+        self._items = items
+        self.cancelled = False
+
+    def __aiter__(self) -> FakeStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        return await self._items.__anext__()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
 class FakeMethod:
     """`handle.method.remote(...)`: runs `behaviour` (a coroutine function or an async generator
-    function) and counts calls."""
+    function) and counts calls; `streams` holds each streaming call."""
 
     def __init__(self, behaviour: Callable[..., Any]) -> None:
         self.behaviour = behaviour
         self.calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+        self.streams: list[FakeStream] = []
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         self.calls.append((args, kwargs))
-        return self.behaviour(*args, **kwargs)
+        result = self.behaviour(*args, **kwargs)
+        if inspect.isasyncgen(result):
+            self.streams.append(FakeStream(result))
+            return self.streams[-1]
+        return result
 
 
 class FakeHandle:
@@ -186,6 +209,25 @@ def test_a_song_succeeds_with_one_terminal_event_per_variation(tmp_path: Path) -
     assert len(handles["router"].generate.calls) == 3
     # The variation records where its raw render is: a later master needs no new render.
     assert job.variations[0].render["raw"]["render_key"] == raw_render_key(job.id, 0)
+
+
+@pytest.mark.parametrize(
+    ("lora", "loaded_as"),
+    [
+        ({"id": "style", "ref": "own_a/style", "scale": 0.5}, "own_a/style"),
+        ({"id": "style", "scale": 0.5}, "style"),  # accepted before LoRAs had scopes
+    ],
+)
+def test_a_lora_renders_by_its_ref_and_is_credited_by_its_id(
+    tmp_path: Path, lora: dict[str, Any], loaded_as: str
+) -> None:
+    job, _, handles, _ = asyncio.run(run_song(tmp_path, variations=1, request={"lora": lora}))
+    assert job.status == "succeeded", job.error
+    (render_request, _), _ = handles["router"].generate.calls[0]
+    assert (render_request.lora_id, render_request.lora_scale) == (loaded_as, 0.5)
+    # Content credentials leave the server: they name the id, never the owner in the ref.
+    (_, kwargs) = handles["postprocessor"].process.calls[0]
+    assert kwargs["provenance"].lora_id == "style"
 
 
 def test_a_decoder_failing_twice_is_retried_with_backoff(tmp_path: Path) -> None:
@@ -389,3 +431,73 @@ _BODY = {
     "model": "auto",
     "loudness_lufs": -14.0,
 }
+
+
+async def _cancel_a_rendering_song(tmp_path: Path, *, stop_directly: bool) -> dict[str, Any]:
+    """A song whose render never ends is canceled in the store while it renders; with
+    `stop_directly` the API's nudge (`Conductor.stop`) follows, otherwise only the lease tells.
+    Returns what happened within a few seconds."""
+    config = config_for(tmp_path, lease_s=5.0, heartbeat_s=0.5)
+    store = SQLiteJobStore(config.storage.database_path)
+    graph = Graph(FilesystemObjectStore(config.storage.storage_path))
+    rendering = asyncio.Event()
+
+    async def endless_render(request: RenderRequest, model: str) -> AsyncIterator[Any]:
+        yield RenderProgress(1, 100)
+        rendering.set()
+        await asyncio.Event().wait()  # a long render: only cancellation ends it
+        yield None  # pragma: no cover
+
+    handles = {
+        "lyrics": FakeHandle(write=graph.write),
+        "tags": FakeHandle(normalize=graph.normalize),
+        "router": FakeHandle(generate=endless_render),
+        "postprocessor": FakeHandle(process=graph.process),
+    }
+    job, _ = await store.create_job(owner="o", request=_BODY, seed=1, variations=2)
+    conductor = Conductor(config, **handles)
+    try:
+        await asyncio.wait_for(rendering.wait(), 10)
+        canceled_at = time.monotonic()
+        record = await store.cancel_job(job.id)
+        assert record is not None and record.status == "canceled"
+        if stop_directly:
+            await conductor.stop(job.id)
+        streams = handles["router"].generate.streams
+        while not all(s.cancelled for s in streams) and time.monotonic() - canceled_at < 5:
+            await asyncio.sleep(0.02)
+        stopped_after_s = time.monotonic() - canceled_at
+        while job.id in conductor._active and time.monotonic() - canceled_at < 5:
+            await asyncio.sleep(0.02)
+        driving = job.id in conductor._active
+    finally:
+        await conductor.__del__()
+    final = await store.get_job(job.id)
+    events = await store.events_after(job.id, 0)
+    return {
+        "streams": streams,
+        "stopped_after_s": stopped_after_s,
+        "driving": driving,
+        "job": final,
+        "events": [e.type for e in events],
+    }
+
+
+@pytest.mark.parametrize("stop_directly", [True, False], ids=["stop-nudge", "lease-only"])
+def test_a_canceled_song_stops_its_renders_and_ends_canceled(
+    tmp_path: Path, stop_directly: bool
+) -> None:
+    seen = asyncio.run(_cancel_a_rendering_song(tmp_path, stop_directly=stop_directly))
+    # Both variations' render calls were cancelled (Serve passes that on to the decoder)...
+    assert len(seen["streams"]) == 2
+    assert all(stream.cancelled for stream in seen["streams"])
+    # ...at once with the nudge, by the next lease renewal (heartbeat 0.5 s) without it.
+    assert seen["stopped_after_s"] < (1.0 if stop_directly else 2.5)
+    assert not seen["driving"]
+    job = seen["job"]
+    assert job.status == "canceled" and job.stage == "canceled"
+    assert [v.status for v in job.variations] == ["canceled", "canceled"]
+    # The log ends with the one `canceled` event: the conductor wrote nothing after it.
+    assert seen["events"][-1] == "canceled"
+    assert seen["events"].count("canceled") == 1
+    assert "error" not in seen["events"] and "done" not in seen["events"]

@@ -308,6 +308,57 @@ def test_terminal_status_ends_the_lease(backend: Backend) -> None:
     backend.run(scenario)
 
 
+def test_cancel_ends_queued_and_running_jobs_once_and_fences_their_claim(
+    backend: Backend,
+) -> None:
+    async def scenario(store: JobStore) -> None:
+        queued = await _create(store)  # two variations each
+        running = await _create(store)
+        finished = await _create(store)
+        # Claims go oldest first: take all three, then let two go back to how we want them.
+        claims = {}
+        for _ in range(3):
+            claim = await store.claim_next("w", lease_s=60, max_attempts=3)
+            assert claim is not None and claim.lease_token is not None
+            claims[claim.id] = claim.lease_token
+        await store.release(queued.id, claims[queued.id])
+        await store.update_variation(running.id, 0, claims[running.id], status="succeeded")
+        await store.update_variation(running.id, 1, claims[running.id], status="running")
+        await store.update_job(finished.id, claims[finished.id], status="succeeded")
+
+        canceled = await store.cancel_job(running.id)
+        assert canceled is not None and canceled.status == "canceled"
+        assert canceled.stage == "canceled" and canceled.is_terminal
+        # A finished variation stays; the unfinished one is canceled with its song.
+        assert [v.status for v in canceled.variations] == ["succeeded", "canceled"]
+        assert canceled.lease_token is None
+        # The claim that drove it may not write any more: its renewal and writes are refused.
+        with pytest.raises(LeaseLost):
+            await store.renew_lease(running.id, claims[running.id], lease_s=60)
+        with pytest.raises(LeaseLost):
+            await store.append_event(running.id, "progress", {}, token=claims[running.id])
+        # Again is a no-op with no second event.
+        again = await store.cancel_job(running.id)
+        assert again is not None and again.status == "canceled"
+        assert [t for _, t, _ in await _events(store, running.id)].count("canceled") == 1
+        assert (await _events(store, running.id))[-1][1:] == ("canceled", {"status": "canceled"})
+
+        # A queued job is never claimed once canceled.
+        assert (await store.cancel_job(queued.id)).status == "canceled"  # type: ignore[union-attr]
+        await _expire()
+        assert await store.claim_next("w", lease_s=60, max_attempts=3) is None
+        # A finished job comes back as it was, with no event.
+        unchanged = await store.cancel_job(finished.id)
+        assert unchanged is not None and unchanged.status == "succeeded"
+        assert "canceled" not in [t for _, t, _ in await _events(store, finished.id)]
+        assert await store.cancel_job("no-such-job") is None
+        # Canceled songs no longer count as the owner's work in progress.
+        usage = await store.owner_usage("a", day_start=0.0)
+        assert usage.active == 0
+
+    backend.run(scenario)
+
+
 def test_exhausted_attempts_fail_the_work_with_a_reason(backend: Backend) -> None:
     async def scenario(store: JobStore) -> None:
         job = await _create(store)

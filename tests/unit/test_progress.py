@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from deployments.progress import Finished, ProgressCallback, with_progress
+from deployments.progress import Finished, ProgressCallback, WorkStopped, with_progress
 
 
 def _collect(work: Any) -> list[Any]:
@@ -68,3 +68,55 @@ def test_the_work_s_exception_propagates_after_its_reports() -> None:
     with pytest.raises(ValueError, match="broken model"):
         asyncio.run(run())
     assert seen == [(1, 2)]
+
+
+def test_work_stops_at_its_next_report_once_no_one_waits() -> None:
+    """A thread cannot be interrupted: `stop_when` is asked at each report, and the work ends
+    there with WorkStopped instead of running to its end."""
+    steps_run: list[int] = []
+
+    def work(on_progress: ProgressCallback) -> str:
+        for step in range(1, 101):
+            steps_run.append(step)
+            on_progress(step, 100)
+        return "made"
+
+    async def run() -> list[Any]:
+        seen: list[Any] = []
+        stream = with_progress(work, stop_when=lambda: len(steps_run) > 3)
+        with pytest.raises(WorkStopped, match="step 4 of 100"):
+            async for item in stream:
+                seen.append(item)
+        return seen
+
+    assert asyncio.run(run()) == [(1, 100), (2, 100), (3, 100)]
+    assert steps_run == [1, 2, 3, 4]  # stopped at the fourth report, not the hundredth
+
+
+def test_a_sketch_render_stops_between_its_parts() -> None:
+    from deployments.song_models import RenderRequest, SketchSongModel
+    from pipeline.tags import StyleTags
+
+    request = RenderRequest(
+        job_id="j",
+        variation=0,
+        seed=1,
+        duration_s=20.0,
+        tags=StyleTags(genre="pop", subgenre=None, family="pop"),
+        sections=[],
+        instrumental=True,
+        language="en",
+    )
+    reports: list[Any] = []
+
+    async def run() -> None:
+        rendering = with_progress(
+            lambda on_progress: SketchSongModel().render([request], on_progress),
+            stop_when=lambda: len(reports) >= 2,
+        )
+        async for item in rendering:
+            reports.append(item)
+
+    with pytest.raises(WorkStopped):
+        asyncio.run(run())
+    assert reports == [(1, 6), (2, 6)]  # the plan and the drums; no bass, harmony or lead

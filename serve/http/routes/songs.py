@@ -1,4 +1,4 @@
-"""Songs: create, list, read, delete, their event stream, and the caller's usage."""
+"""Songs: create, list, read, cancel, delete, their event stream, and the caller's usage."""
 
 from __future__ import annotations
 
@@ -56,6 +56,14 @@ async def delete_song(song_id: SongId, services: Services, owner: Owner) -> Resp
     return Response(status_code=204)
 
 
+@router.post("/v1/songs/{song_id}/cancel", response_model=SongOut)
+async def cancel_song(song_id: SongId, services: Services, owner: Owner) -> SongOut:
+    """Stop a queued or running song. It is `canceled` at once (a `canceled` event ends its
+    stream, and it no longer counts against your quotas); a render in progress stops within
+    seconds. Variations already finished stay. 409 when the song had already finished."""
+    return await services.songs.cancel(song_id, owner)
+
+
 @router.get("/v1/songs/{song_id}/events")
 async def song_events(
     song_id: SongId,
@@ -64,9 +72,9 @@ async def song_events(
     owner: Owner,
     last_event_id: str | None = Header(None, max_length=32),
 ) -> StreamingResponse:
-    """SSE: stage, progress, variation, done, error — and stems, stems_progress for stems asked
-    for. Replays past events first; resumes after `Last-Event-ID`; closes after `done` or
-    `error` once no stems are being made."""
+    """SSE: stage, progress, variation, done, error, canceled — and stems, stems_progress for
+    stems asked for. Replays past events first; resumes after `Last-Event-ID`; closes after
+    `done`, `error` or `canceled` once no stems are being made."""
     after = parse_last_event_id(last_event_id)
     frames = await services.events.open(song_id, owner, after)
     return StreamingResponse(
