@@ -36,6 +36,9 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from .postgres_connect import (
+    DB_NOW as _NOW,
+)
+from .postgres_connect import (
     KEEPALIVES,
     apply_migrations,
     describe_target,
@@ -73,7 +76,6 @@ from .tenancy import Admission
 logger = logging.getLogger(__name__)
 
 
-_NOW = "extract(epoch FROM clock_timestamp())::double precision"  # the database's clock, in s
 _RUNNABLE = (
     f"status IN ('queued', 'running') AND (lease_expires_at IS NULL OR lease_expires_at < {_NOW})"
 )

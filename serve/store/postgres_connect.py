@@ -28,6 +28,10 @@ KEEPALIVES = {
     "keepalives_count": 3,
 }
 
+# The database's clock, in seconds: every time a Postgres store writes is this one, so replicas
+# on machines whose clocks differ still agree on leases and order.
+DB_NOW = "extract(epoch FROM clock_timestamp())::double precision"
+
 
 def describe_target(conninfo: str) -> str:
     """`user@host:port/db` of a connection string: what messages may show (never the password)."""

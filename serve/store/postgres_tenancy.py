@@ -7,17 +7,15 @@ counts it reads cannot change before the job is inserted, whichever replica inse
 
 from __future__ import annotations
 
-import contextlib
 import secrets
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
 
+from .mixin_hosts import PostgresHost
+from .postgres_connect import DB_NOW as _NOW
 from .tenancy import ADMISSION_LOCK_ID, Admission, ApiKeyRecord, OwnerUsage, check_admission
-
-_NOW = "extract(epoch FROM clock_timestamp())::double precision"
 
 _USAGE = (
     "SELECT count(*) FILTER (WHERE status IN ('queued', 'running')) AS active,"
@@ -28,22 +26,8 @@ _USAGE = (
 )
 
 
-class PostgresTenancy:
+class PostgresTenancy(PostgresHost):
     """Needs the host store's `_cursor`, `_one` and `_all`."""
-
-    if TYPE_CHECKING:
-
-        def _cursor(
-            self, *, transaction: bool = False
-        ) -> contextlib.AbstractAsyncContextManager[psycopg.AsyncCursor[dict[str, Any]]]: ...
-
-        async def _one(
-            self, cur: psycopg.AsyncCursor[dict[str, Any]], query: str, params: Sequence[Any] = ()
-        ) -> dict[str, Any] | None: ...
-
-        async def _all(
-            self, cur: psycopg.AsyncCursor[dict[str, Any]], query: str, params: Sequence[Any] = ()
-        ) -> list[dict[str, Any]]: ...
 
     async def _admit(
         self,

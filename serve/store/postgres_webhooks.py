@@ -4,33 +4,17 @@ another replica has locked, and every time is the database's clock. Mixed into
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg
 
+from .mixin_hosts import PostgresHost
+from .postgres_connect import DB_NOW as _NOW
 from .records import WebhookRecord, new_lease_token, new_webhook_id
 
-_NOW = "extract(epoch FROM clock_timestamp())::double precision"
 
-
-class PostgresWebhooks:
+class PostgresWebhooks(PostgresHost):
     """Needs the host store's `_cursor`, `_one` and `_execute`."""
-
-    if TYPE_CHECKING:
-
-        def _cursor(
-            self, *, transaction: bool = False
-        ) -> contextlib.AbstractAsyncContextManager[psycopg.AsyncCursor[dict[str, Any]]]: ...
-
-        async def _one(
-            self, cur: psycopg.AsyncCursor[dict[str, Any]], query: str, params: Sequence[Any] = ()
-        ) -> dict[str, Any] | None: ...
-
-        async def _execute(
-            self, cur: psycopg.AsyncCursor[dict[str, Any]], query: str, params: Sequence[Any] = ()
-        ) -> None: ...
 
     async def _insert_webhook(
         self, cur: psycopg.AsyncCursor[dict[str, Any]], job_id: str, url: str

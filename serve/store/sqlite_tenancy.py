@@ -8,8 +8,8 @@ import json
 import secrets
 import sqlite3
 import time
-from typing import TYPE_CHECKING, Any
 
+from .mixin_hosts import SQLiteHost
 from .tenancy import Admission, ApiKeyRecord, OwnerUsage, check_admission
 
 TENANCY_SCHEMA = """
@@ -58,17 +58,8 @@ def admit(db: sqlite3.Connection, admission: Admission, owner: str, audio_s: flo
     check_admission(admission, queued, owner_usage(db, owner, admission.day_start), audio_s)
 
 
-class SQLiteTenancy:
+class SQLiteTenancy(SQLiteHost):
     """Needs the host store's `_run`, `_transaction` and `_db`."""
-
-    if TYPE_CHECKING:
-
-        @property
-        def _db(self) -> sqlite3.Connection: ...
-
-        async def _run(self, fn: Any, *args: Any) -> Any: ...
-
-        def _transaction(self, fn: Any, *args: Any) -> Any: ...
 
     async def owner_usage(self, owner: str, day_start: float) -> OwnerUsage:
         usage: OwnerUsage = await self._run(lambda: owner_usage(self._db, owner, day_start))

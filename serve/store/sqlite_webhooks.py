@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from typing import TYPE_CHECKING, Any
 
+from .mixin_hosts import SQLiteHost
 from .records import WebhookRecord, new_lease_token, new_webhook_id
 
 WEBHOOKS_SCHEMA = """
@@ -40,17 +40,8 @@ def insert_webhook(db: sqlite3.Connection, job_id: str, url: str, now: float) ->
     )
 
 
-class SQLiteWebhooks:
+class SQLiteWebhooks(SQLiteHost):
     """Needs the host store's `_run`, `_transaction` and `_db`."""
-
-    if TYPE_CHECKING:
-
-        @property
-        def _db(self) -> sqlite3.Connection: ...
-
-        async def _run(self, fn: Any, *args: Any) -> Any: ...
-
-        def _transaction(self, fn: Any, *args: Any) -> Any: ...
 
     async def claim_webhook(self, *, lease_s: float) -> WebhookRecord | None:
         """Lease the webhook due first (its song ended, its retry time came, no live lease) with
