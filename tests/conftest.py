@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -33,6 +34,16 @@ def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSeaweed
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_acestep_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random-weight ACE-Step checkpoint (diffusers layout, with two LoRAs), built once
+    per session: every tier's ACE-Step tests only read it."""
+    pytest.importorskip("diffusers")
+    from scripts.make_tiny_acestep import build_tiny_acestep
+
+    return build_tiny_acestep(tmp_path_factory.mktemp("tiny-acestep") / "tiny")
 
 
 @pytest.fixture

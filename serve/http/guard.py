@@ -18,6 +18,7 @@ disconnects.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from starlette.exceptions import HTTPException
@@ -40,23 +41,34 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 MAX_JSON_BYTES = 256 * 1024
 
 
+@dataclass(frozen=True)
+class BodyLimit:
+    """The most bytes a route's body may have, and what sets that limit."""
+
+    bytes: int
+    set_by: str
+
+    def message(self) -> str:
+        return f"the request body is over {self.bytes} bytes ({self.set_by})"
+
+
 class BodyTooLarge(HTTPException):
     """Raised from `receive` when a streaming body passes its limit. An HTTPException, so
     FastAPI's body parsing passes it through untouched, and the error handlers render it."""
 
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, f"the request body is over {limit} bytes")
+    def __init__(self, limit: BodyLimit) -> None:
+        super().__init__(413, limit.message())
         self.limit = limit
 
 
-def body_limit(services: ApiServices, path: str) -> int:
+def body_limit(services: ApiServices, path: str) -> BodyLimit:
     """The most bytes a body sent to `path` may have."""
     config = services.config
     if path == "/v1/loras":
-        return config.loras.max_upload_bytes
+        return BodyLimit(config.loras.max_upload_bytes, "loras.max_upload_bytes")
     if path == "/v1/verify":
-        return config.api.max_verify_bytes
-    return MAX_JSON_BYTES
+        return BodyLimit(config.api.max_verify_bytes, "api.max_verify_bytes")
+    return BodyLimit(MAX_JSON_BYTES, "every JSON body of the API is far smaller")
 
 
 class RequestGuard:
@@ -81,7 +93,7 @@ class RequestGuard:
                 caller = await services.auth.caller(headers.get("authorization"), host)
                 scope.setdefault("state", {})[CALLER_STATE] = caller
             length = headers.get("content-length", "")
-            if length.isascii() and length.isdigit() and int(length) > limit:
+            if length.isascii() and length.isdigit() and int(length) > limit.bytes:
                 raise _too_large(limit)
         except StoreUnavailable:  # keys are looked up in the job store: a restart, an outage
             retry_after = {"Retry-After": str(services.retry_after_s)}
@@ -104,7 +116,7 @@ class RequestGuard:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > limit:
+                if received > limit.bytes:
                     raise BodyTooLarge(limit)
             return message
 
@@ -125,8 +137,8 @@ class RequestGuard:
             )
 
 
-def _too_large(limit: int) -> ApiError:
-    return ApiError(413, "request_too_large", f"the request body is over {limit} bytes", "body")
+def _too_large(limit: BodyLimit) -> ApiError:
+    return ApiError(413, "request_too_large", limit.message(), "body")
 
 
 def _signed_media_request(method: str, scope: Scope) -> bool:

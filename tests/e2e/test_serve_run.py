@@ -287,7 +287,8 @@ def test_oversized_bodies_are_refused_unread(client: httpx.Client) -> None:
     assert huge.status_code == 413
     assert huge.json()["error"] == {
         "code": "request_too_large",
-        "message": "the request body is over 262144 bytes",
+        "message": "the request body is over 262144 bytes (every JSON body of the API is far "
+        "smaller)",
         "field": "body",
     }
 

@@ -6,8 +6,6 @@ multiplexing, the LoRA registry API and per-step progress.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, read_events, wait_for_song
+from tests.helpers import read_events, wait_for_song
 
 from .conftest import Deployed, metric_samples
 
@@ -27,13 +25,8 @@ STEPS = 12
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("diffusers")
-    out = tmp_path_factory.mktemp("tiny-acestep") / "ckpt"
-    subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "make_tiny_acestep.py"), str(out)], check=True
-    )
-    return out
+def tiny_checkpoint(tiny_acestep_checkpoint: Path) -> Path:
+    return tiny_acestep_checkpoint
 
 
 def _acestep_args(checkpoint: Path) -> dict:

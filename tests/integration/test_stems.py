@@ -10,8 +10,6 @@ in Demucs' own checkpoint format, separates it through the real loader.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +20,7 @@ import numpy as np
 import pytest
 
 from pipeline.stems import STEM_NAMES
-from tests.helpers import REPO, read_events, wait_for_song
+from tests.helpers import read_events, wait_for_song
 
 from .conftest import Deployed, kill_replicas
 
@@ -167,17 +165,15 @@ def test_stems_requests_are_checked(deploy: DeployFn) -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def tiny_models(
+    tmp_path_factory: pytest.TempPathFactory, tiny_acestep_checkpoint: Path
+) -> tuple[Path, Path]:
     pytest.importorskip("diffusers")
     pytest.importorskip("demucs")
     from scripts.make_tiny_htdemucs import build_tiny_htdemucs
 
     root = tmp_path_factory.mktemp("tiny-models")
-    acestep = root / "acestep"
-    subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "make_tiny_acestep.py"), str(acestep)], check=True
-    )
-    return acestep, build_tiny_htdemucs(root / "htdemucs.th")
+    return tiny_acestep_checkpoint, build_tiny_htdemucs(root / "htdemucs.th")
 
 
 def _tiny_acestep_pool(checkpoint: Path) -> dict[str, Any]:

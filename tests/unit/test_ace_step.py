@@ -87,8 +87,8 @@ def render_one(model: AceStepSongModel, req: RenderRequest) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_acestep(tmp_path_factory.mktemp("acestep") / "tiny")
+def checkpoint(tiny_acestep_checkpoint: Path) -> Path:
+    return tiny_acestep_checkpoint
 
 
 @pytest.fixture(scope="module")

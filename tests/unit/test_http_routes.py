@@ -210,7 +210,7 @@ def test_a_chunked_body_over_the_limit_is_stopped_at_the_limit(
 def test_a_declared_length_over_the_limit_is_refused_unread(
     keyed: tuple[TestClient, ApiServices],
 ) -> None:
-    client, _ = keyed
+    client, services = keyed
     headers = {
         "content-type": "application/json",
         "content-length": str(MAX_JSON_BYTES + 1),
@@ -219,6 +219,14 @@ def test_a_declared_length_over_the_limit_is_refused_unread(
     sent = _Sent("/v1/songs", _chunked(MAX_JSON_BYTES + 65536), headers)
     asyncio.run(sent.run(client.app))
     assert sent.status == 413 and sent.read == 0
+    # The answer names what sets each route's limit.
+    lora_limit = services.config.loras.max_upload_bytes
+    upload = {**headers, "content-length": str(lora_limit + 1)}
+    sent = _Sent("/v1/loras", _chunked(65536), upload)
+    asyncio.run(sent.run(client.app))
+    assert sent.status == 413 and sent.read == 0
+    message = json.loads(sent.body)["error"]["message"]
+    assert f"over {lora_limit} bytes (loras.max_upload_bytes)" in message
 
 
 # -- one error shape -------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 
 from deployments.conductor import _render_request
 from pipeline.tags import StyleTags
-from scripts.make_tiny_acestep import LORA_FILE, build_tiny_acestep
+from scripts.make_tiny_acestep import LORA_FILE
 from serve.cli import main as songserve
 from serve.config import AppConfig, app_args_from_serve_config, load_serve_config, resolve_config
 from serve.loras import LoraCache, LoraRef
@@ -31,8 +31,8 @@ SONG = {"style": "dream pop", "duration_s": 10, "variations": 1, "model": "ace-s
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_acestep(tmp_path_factory.mktemp("acestep") / "tiny")
+def checkpoint(tiny_acestep_checkpoint: Path) -> Path:
+    return tiny_acestep_checkpoint
 
 
 @pytest.fixture(scope="module")
