@@ -57,6 +57,7 @@ import numpy as np
 
 from pipeline.lyrics import format_lyrics
 from pipeline.semantic_tags import ace_step_metadata
+from pipeline.song_contracts import SONG_MODELS
 
 from .devices import pick_torch_device
 
@@ -454,6 +455,7 @@ class AceStepSongModel:
     """
 
     name = "ace-step"
+    capabilities = SONG_MODELS["ace-step"]  # LoRAs: `load_lora`
     sample_rate = SAMPLE_RATE
 
     def __init__(self, pool: DecoderPoolConfig) -> None:
@@ -530,11 +532,12 @@ class AceStepSongModel:
                     f"job {request.job_id} variation {request.variation}: duration_s must be a "
                     f"positive number of seconds, got {request.duration_s!r}"
                 )
-        groups = self._groups(requests)
         steps = self._config.num_inference_steps
-        total_steps = steps * len(groups)
         outputs: list[np.ndarray | None] = [None] * len(requests)
         with self._lock:
+            # Grouping tokenizes: the tokenizer is shared state, used under the lock only.
+            groups = self._groups(requests)
+            total_steps = steps * len(groups)
             for request in requests:
                 if request.lora_id is not None and request.lora_id not in self._loras:
                     raise KeyError(self._unknown_lora_message(request.lora_id))
@@ -558,7 +561,8 @@ class AceStepSongModel:
     def model_calls(self, requests: list[RenderRequest]) -> list[list[int]]:
         """How `render` splits `requests` into pipeline calls: request indices per call, in
         call order."""
-        return list(self._groups(requests).values())
+        with self._lock:
+            return list(self._groups(requests).values())
 
     def _groups(self, requests: list[RenderRequest]) -> dict[_GroupKey, list[int]]:
         groups: dict[_GroupKey, list[int]] = {}

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from pipeline.lyrics import LyricSection
+from pipeline.song_contracts import SONG_MODELS, SongModelCapabilities
 from pipeline.tags import StyleTags
 
 from .progress import ProgressCallback  # (step, steps), step counting from 1 to steps
@@ -83,6 +84,7 @@ class SongModel(Protocol):
     name: str
     version: str
     sample_rate: int
+    capabilities: SongModelCapabilities  # the same object as SONG_MODELS[name]
 
     def render(
         self, requests: list[RenderRequest], on_progress: ProgressCallback
@@ -116,6 +118,7 @@ class SketchSongModel:
     """
 
     name = "sketch"
+    capabilities = SONG_MODELS["sketch"]  # exact stems: `render_parts`
 
     def __init__(self, sample_rate: int = 48_000) -> None:
         from pipeline.sketch import SKETCH_VERSION

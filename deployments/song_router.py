@@ -43,7 +43,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from serve.config import LORA_MODELS
+from pipeline.song_contracts import capabilities_of
 from serve.pool_load import PoolLoad, SpeedMeter, order_by_wait
 
 from .failures import describe_failure
@@ -312,7 +312,7 @@ class SongRouter:
         else:
             models = [model]
         if with_lora:
-            models = [m for m in models if m in LORA_MODELS]
+            models = [m for m in models if capabilities_of(m).loras]
         chosen: list[str] = []
         for name in models:
             pools = [p for p in self._pools_by_model.get(name, []) if p not in self._unplaceable]

@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from pipeline.song_contracts import capabilities_of
 from serve.store import open_object_store, variation_key
 
 from .post_processor import (
@@ -113,7 +114,7 @@ class StemMaker:
         timings: dict[str, float] = {}
         stems: dict[str, np.ndarray | _StoredStem] = {}
         started = time.perf_counter()
-        if task.model == "sketch":
+        if capabilities_of(task.model).exact_stems:
             method = "exact"
             async for item in with_progress(
                 lambda on_progress: self._exact_stems(task, on_progress), self._thread

@@ -152,8 +152,9 @@ def main() -> int:
     options = parser.parse_args()
 
     import ray
-    from make_tiny_acestep import build_tiny_acestep
     from ray import serve
+
+    from pipeline.tiny.acestep import build_tiny_acestep
 
     checkpoint = build_tiny_acestep(Path(options.checkpoint))
     storage = StorageConfig(data_dir=tempfile.mkdtemp(prefix="bench-dit-")).resolved()

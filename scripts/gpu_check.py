@@ -301,7 +301,7 @@ def build_acestep(out_dir: Path, shapes: dict[str, dict[str, Any]], device: str,
     from diffusers.pipelines.ace_step.modeling_ace_step import AceStepConditionEncoder
     from transformers import Qwen3Config, Qwen3Model
 
-    from scripts.make_tiny_acestep import _make_decoder_audible, _tokenizer
+    from pipeline.tiny.acestep import _make_decoder_audible, _tokenizer
 
     torch.manual_seed(0)
     tokenizer = _tokenizer()
@@ -587,7 +587,7 @@ def part_demucs(s: Settings, results: Results, workdir: Path) -> None:
     from demucs.htdemucs import HTDemucs
 
     if s.smoke:
-        from scripts.make_tiny_htdemucs import TINY_KWARGS
+        from pipeline.tiny.htdemucs import TINY_KWARGS
 
         model = HTDemucs(**TINY_KWARGS)
         what = "tiny htdemucs (smoke)"

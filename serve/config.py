@@ -752,10 +752,6 @@ class AceStepConfig(_Strict):
     )
 
 
-# Song models whose pools can hot-swap LoRA adapters per request.
-LORA_MODELS = frozenset({"ace-step"})
-
-
 class PreloadedLora(_Strict):
     """An operator LoRA registered from a local file when the API starts (if not registered
     yet): shared by every owner, read-only to them."""

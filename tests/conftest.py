@@ -41,7 +41,7 @@ def tiny_acestep_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny random-weight ACE-Step checkpoint (diffusers layout, with two LoRAs), built once
     per session: every tier's ACE-Step tests only read it."""
     pytest.importorskip("diffusers")
-    from scripts.make_tiny_acestep import build_tiny_acestep
+    from pipeline.tiny.acestep import build_tiny_acestep
 
     return build_tiny_acestep(tmp_path_factory.mktemp("tiny-acestep") / "tiny")
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import secrets
 from typing import TYPE_CHECKING, Any
 
-from serve.config import LORA_MODELS
+from pipeline.song_contracts import capabilities_of
 from serve.http.errors import ApiError
 from serve.schemas import QueueOut, SongAccepted, SongLinks, SongList, SongOut, SongRequest
 from serve.store.tenancy import AdmissionRefused
@@ -192,8 +192,8 @@ class SongService:
     async def _lora_ref(self, lora_id: str, model: str, owner: str) -> str:
         """The ref of the LoRA `lora_id` names for `owner` (their own, else a shared one); 422
         unless there is one and `model` takes LoRAs. Checked here, before any decoding."""
-        lora_models = [m for m in self._config.models.served_models if m in LORA_MODELS]
-        if (model != "auto" and model not in LORA_MODELS) or not lora_models:
+        lora_models = [m for m in self._config.models.served_models if capabilities_of(m).loras]
+        if (model != "auto" and not capabilities_of(model).loras) or not lora_models:
             raise ApiError(
                 422,
                 "invalid_request",

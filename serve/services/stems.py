@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from pipeline.song_contracts import capabilities_of
 from serve.http.errors import ApiError
 
 from .media import finished_variation
@@ -61,7 +62,8 @@ class StemsService:
     def _check_possible(self, job: JobRecord, index: int) -> None:
         """409 unless the variation is finished and this server can make its stems."""
         variation = finished_variation(job, index, not_ready_status=409)
-        if variation.model != "sketch" and self._config.postprocess.stems.demucs_checkpoint is None:
+        exact = capabilities_of(variation.model or "").exact_stems
+        if not exact and self._config.postprocess.stems.demucs_checkpoint is None:
             raise ApiError(
                 409,
                 "stems_unavailable",

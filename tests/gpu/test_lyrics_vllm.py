@@ -12,7 +12,7 @@ import pytest
 
 from deployments.lyrics_llm import ChatMessage, LyricsEngineError
 from deployments.lyrics_vllm import VllmChatEngine
-from scripts.make_tiny_qwen3 import build_tiny_qwen3
+from pipeline.tiny.qwen3 import build_tiny_qwen3
 from serve.config import LyricsConfig
 
 MESSAGES: list[ChatMessage] = [

@@ -69,7 +69,7 @@ def test_an_idea_becomes_a_song_with_the_llms_lyrics(
 @pytest.fixture(scope="module")
 def tiny_qwen3(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("mlx_lm")
-    from scripts.make_tiny_qwen3 import build_tiny_qwen3
+    from pipeline.tiny.qwen3 import build_tiny_qwen3
 
     return build_tiny_qwen3(tmp_path_factory.mktemp("qwen3") / "tiny")
 

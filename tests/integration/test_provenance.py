@@ -22,7 +22,7 @@ DeployFn = Callable[..., Deployed]
 @pytest.fixture(scope="module")
 def tiny_audioseal(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     pytest.importorskip("audioseal")
-    from scripts.make_tiny_audioseal import build_tiny_audioseal
+    from pipeline.tiny.audioseal import build_tiny_audioseal
 
     return build_tiny_audioseal(tmp_path_factory.mktemp("audioseal"))
 

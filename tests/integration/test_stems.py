@@ -170,7 +170,7 @@ def tiny_models(
 ) -> tuple[Path, Path]:
     pytest.importorskip("diffusers")
     pytest.importorskip("demucs")
-    from scripts.make_tiny_htdemucs import build_tiny_htdemucs
+    from pipeline.tiny.htdemucs import build_tiny_htdemucs
 
     root = tmp_path_factory.mktemp("tiny-models")
     return tiny_acestep_checkpoint, build_tiny_htdemucs(root / "htdemucs.th")

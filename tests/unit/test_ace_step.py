@@ -26,7 +26,7 @@ from deployments.ace_step import (
 from deployments.song_models import RenderRequest, load_song_model
 from pipeline.lyrics import LyricSection
 from pipeline.tags import StyleTags
-from scripts.make_tiny_acestep import LORA_FILE, build_tiny_acestep, is_complete
+from pipeline.tiny.acestep import LORA_FILE, build_tiny_acestep, is_complete
 from serve.config import DecoderPoolConfig
 
 SR = 48_000

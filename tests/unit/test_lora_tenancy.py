@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 
 from deployments.conductor import _render_request
 from pipeline.tags import StyleTags
-from scripts.make_tiny_acestep import LORA_FILE
+from pipeline.tiny.acestep import LORA_FILE
 from serve.cli import main as songserve
 from serve.config import AppConfig, app_args_from_serve_config, load_serve_config, resolve_config
 from serve.loras import LoraCache, LoraRef

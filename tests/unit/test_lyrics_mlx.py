@@ -15,7 +15,7 @@ import pytest
 from deployments.lyrics_llm import ChatEngine, LyricsEngineError
 from deployments.lyrics_mlx import MlxChatEngine
 from pipeline.lyrics_prompt import strip_thinking
-from scripts.make_tiny_qwen3 import build_tiny_qwen3, is_complete
+from pipeline.tiny.qwen3 import build_tiny_qwen3, is_complete
 from serve.config import LyricsConfig
 
 try:

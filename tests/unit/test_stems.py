@@ -7,9 +7,7 @@ stems are noise-like, so they check the contract (names, shapes, rate, sum), not
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
@@ -33,10 +31,11 @@ from pipeline.stems import (
     to_model_rate,
 )
 from pipeline.tags import StyleTags
+from pipeline.tiny.htdemucs import build_tiny_htdemucs
+from pipeline.tiny.htdemucs import main as builder_main
 from serve.config import PostProcessConfig, StemsConfig, StorageConfig
 
 SAMPLE_RATE = 48_000
-ROOT = Path(__file__).resolve().parents[2]
 LYRICS = [
     LyricSection("verse", [
         "I walked along the river in the morning light",
@@ -233,20 +232,9 @@ def test_complete_to_mix_puts_the_residual_in_other() -> None:
 # --- tiny htdemucs through Demucs' own loader --------------------------------------------------
 
 
-def _builder() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "make_tiny_htdemucs", ROOT / "scripts" / "make_tiny_htdemucs.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path: Path = _builder().build_tiny_htdemucs(tmp_path_factory.mktemp("demucs") / "tiny.th")
-    return path
+    return build_tiny_htdemucs(tmp_path_factory.mktemp("demucs") / "tiny.th")
 
 
 def test_tiny_checkpoint_is_a_real_demucs_package(tiny_checkpoint: Path) -> None:
@@ -264,15 +252,14 @@ def test_tiny_checkpoint_is_a_real_demucs_package(tiny_checkpoint: Path) -> None
 
 
 def test_tiny_builder_is_idempotent(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    builder = _builder()
     modified = tiny_checkpoint.stat().st_mtime_ns
-    assert builder.build_tiny_htdemucs(tiny_checkpoint) == tiny_checkpoint
+    assert build_tiny_htdemucs(tiny_checkpoint) == tiny_checkpoint
     assert tiny_checkpoint.stat().st_mtime_ns == modified
     foreign = tmp_path / "notes.th"
     foreign.write_text("not a checkpoint")
     with pytest.raises(FileExistsError):
-        builder.build_tiny_htdemucs(foreign)
-    assert builder.main([str(foreign)]) == 2
+        build_tiny_htdemucs(foreign)
+    assert builder_main([str(foreign)]) == 2
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from deployments.watermarker import (
     load_audioseal_detector,
     load_audioseal_generator,
 )
+from pipeline.tiny.audioseal import NBITS, build_tiny_audioseal
 from pipeline.watermark import (
     MODEL_SAMPLE_RATE,
     detect_watermark,
@@ -25,7 +26,6 @@ from pipeline.watermark import (
     resample_audio,
     watermark_delta,
 )
-from scripts.make_tiny_audioseal import NBITS, build_tiny_audioseal
 from serve.config import WatermarkConfig
 
 pytest.importorskip("audioseal")
