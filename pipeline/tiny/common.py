@@ -1,5 +1,6 @@
-"""What the tiny-checkpoint builders (`make_tiny_*.py`) share: a byte-level BPE tokenizer trained
-on a small corpus, publishing a build atomically, and the command line.
+"""What the tiny-checkpoint builders (`pipeline/tiny/*`, run as `scripts/make_tiny_*.py`) share:
+a byte-level BPE tokenizer trained on a small corpus, publishing a build atomically, and the
+command line.
 
 Every builder is idempotent (a complete build is left alone), never exposes a half-written build
 (it writes into a private sibling and renames it into place), and refuses to overwrite something
