@@ -279,9 +279,8 @@ class Conductor:
         except (LeaseLost, asyncio.CancelledError) as stopped:
             # The lease ends when another claim took the job over, and when the job was
             # canceled (the store ended it): the job's own record says which.
-            if await self._was_canceled(job):
+            if await self._was_canceled(job):  # counted by the API, where it was canceled
                 logger.info("stopped driving %s: it was canceled", job.id)
-                self._count_outcome(job, "canceled", "canceled")
             elif isinstance(stopped, LeaseLost):
                 logger.warning("lost the lease on %s; another conductor owns it now", job.id)
             else:

@@ -143,6 +143,11 @@ class SongService:
                 "(DELETE /v1/songs/{id} removes it)",
                 "id",
             )
+        if not job.is_terminal:
+            # Counted here, where every cancel happens (a queued song has no conductor to).
+            from serve.metrics import song_metrics
+
+            song_metrics().finished.inc(tags={"outcome": "canceled", "code": "canceled"})
         if job.status == "running":
             # The replica driving it stops at once; any other notices at its next lease renewal.
             await self._graph.stop_job(job.id)
