@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pipeline.lyrics import LyricSection, parse_lyrics
+from pipeline.song_models import RenderRequest
 from pipeline.tags import StyleTags
 from serve.autoscaling import BacklogReporter
 from serve.metrics import observe_stage, song_metrics, stage_tags
@@ -47,7 +48,7 @@ from serve.workflow.retention import RetentionSweeper
 from .failures import describe_failure
 from .handles import cancelled_unless_finished
 from .post_processor import Provenance
-from .song_models import RenderedSong, RenderProgress, RenderRequest
+from .renders import RenderedSong, RenderProgress
 from .song_router import RenderingOn
 from .stem_maker import MadeStems, StemsProgress, StemsTask
 
@@ -723,6 +724,7 @@ class Conductor:
                 "batch_size": rendered.batch_size,
                 "render_started_at": rendered.render_started_at,
                 "render_finished_at": rendered.render_finished_at,
+                "model_details": rendered.details,
                 "postprocess_s": processed.timings_s,
                 "provenance": processed.provenance,
                 "fingerprint": processed.fingerprint,

@@ -29,20 +29,20 @@ import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from pipeline.song_models import RenderFailed, RenderRequest, load_song_model, unpack_rendered
 from serve.loras import LoraCache
 from serve.store import RAW_RENDER_CONTENT_TYPE, open_object_store, raw_render_key
 
 from .progress import Finished, WorkStopped, with_progress
-from .song_models import RenderedSong, RenderProgress, RenderRequest, load_song_model
+from .renders import RenderedSong, RenderProgress
 
 if TYPE_CHECKING:
+    from pipeline.song_models import SongModel
     from serve.config import DecoderPoolConfig, StorageConfig
-
-    from .song_models import SongModel
 
 logger = logging.getLogger("ray.serve")
 
@@ -117,7 +117,7 @@ class SongDecoder:
         # here (with sizes from config) rather than decorating the class with constants.
         async def render_batch(
             requests: list[RenderRequest],
-        ) -> AsyncIterator[list[RenderProgress | RenderedSong]]:
+        ) -> AsyncIterator[list[RenderProgress | RenderedSong | RenderFailed]]:
             async for items in self._render_batch(requests):
                 yield items
 
@@ -147,13 +147,15 @@ class SongDecoder:
         self._waited_for.add(id(request))
         try:
             async for item in self._batched_render(request):
+                if isinstance(item, RenderFailed):
+                    raise item  # this request's own failure; the batch's others go on
                 yield item
         finally:
             self._waited_for.discard(id(request))
 
     async def _render_batch(
         self, requests: list[RenderRequest]
-    ) -> AsyncIterator[list[RenderProgress | RenderedSong]]:
+    ) -> AsyncIterator[list[RenderProgress | RenderedSong | RenderFailed]]:
         """One model call for a batch; every yield holds one item per request, as serve.batch
         wants. The model runs on a worker thread so the replica keeps answering health checks."""
         # Resolve adapters right before rendering: an LRU eviction between routing and now is
@@ -172,7 +174,7 @@ class SongDecoder:
             self._metrics.songs_per_model_call.observe(len(call))
             for index in call:
                 call_size[index] = len(call)
-        audios: list[Any] = []
+        audios: Sequence[Any] = []
         waited_for = self._waited_for
         rendering = with_progress(
             lambda on_progress: self._model.render(requests, on_progress),
@@ -197,24 +199,32 @@ class SongDecoder:
         # Stored before anything else can fail, so a failed master is redone from these bytes
         # instead of a new render; what is yielded is only the reference.
         keys = [raw_render_key(r.job_id, r.variation) for r in requests]
-        await asyncio.gather(*(self._store_render(k, a) for k, a in zip(keys, audios, strict=True)))
-        yield [
-            RenderedSong(
-                render_key=key,
-                n_samples=int(audio.shape[-1]),
-                sample_rate=self._model.sample_rate,
-                model=self._model.name,
-                model_version=self._model.version,
-                replica=self._replica,
-                render_started_at=started_at,
-                render_finished_at=finished_at,
-                batch_size=size,
-                pool=self._pool.name,
+        results: list[RenderedSong | RenderFailed] = []
+        for key, item, size in zip(keys, audios, call_size, strict=True):
+            if isinstance(item, RenderFailed):
+                results.append(item)  # that request alone fails (see `render`)
+                continue
+            audio, details = unpack_rendered(item)
+            await self._store_render(key, audio)
+            results.append(
+                RenderedSong(
+                    render_key=key,
+                    n_samples=int(audio.shape[-1]),
+                    sample_rate=self._model.sample_rate,
+                    model=self._model.name,
+                    model_version=self._model.version,
+                    replica=self._replica,
+                    render_started_at=started_at,
+                    render_finished_at=finished_at,
+                    batch_size=size,
+                    pool=self._pool.name,
+                    details=details,
+                )
             )
-            for key, audio, size in zip(keys, audios, call_size, strict=True)
-        ]
-        for request in requests:
-            self._metrics.songs.inc(tags={"lora": "adapter" if request.lora_id else "base"})
+        yield list(results)
+        for request, result in zip(requests, results, strict=True):
+            if isinstance(result, RenderedSong):
+                self._metrics.songs.inc(tags={"lora": "adapter" if request.lora_id else "base"})
 
     async def _store_render(self, key: str, audio: Any) -> None:
         from pipeline.audio import raw_render_bytes

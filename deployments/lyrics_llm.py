@@ -2,9 +2,9 @@
 
 Engines (`lyrics.engine`):
 - `template`: the weight-free writer (pipeline/lyrics.py); the embedded default.
-- `openai`, `mlx`, `vllm`: an LLM behind the `ChatEngine` seam, asked with the prompt of
-  pipeline/lyrics_prompt.py (the plan for the duration, the language, the user's text as delimited
-  data, no tools).
+- `openai`, `mlx`, `vllm`: an LLM behind the `ChatEngine` seam (pipeline/engines/chat.py),
+  asked with the prompt of pipeline/lyrics_prompt.py (the plan for the duration, the language, the
+  user's text as delimited data, no tools).
 
 What an LLM writes is repaired in code (`repair_lyrics`); an unusable answer earns one stricter
 retry naming what was wrong; then — or when the engine fails after its own retries — the template
@@ -27,8 +27,9 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
+from pipeline.engines.chat import ChatEngine, LyricsEngineError, make_chat_engine
 from pipeline.lyrics import LyricSection, format_lyrics
 
 if TYPE_CHECKING:
@@ -49,60 +50,9 @@ class WrittenLyrics:
     cached: bool = False
 
 
-ChatMessage = dict[str, str]
-"""{"role": "system" | "user" | "assistant", "content": "..."} as in OpenAI's chat API."""
-
-
-class LyricsEngineError(RuntimeError):
-    """An LLM engine could not produce an answer (server down, retries exhausted, timeout, bad
-    response). The message names the engine, the model and the cause; the writer falls back to
-    the template engine and records it."""
-
-
-class ChatEngine(Protocol):
-    """An LLM that answers a chat: the seam between the lyrics writer and vLLM, mlx-lm or an
-    OpenAI-compatible server. No tools, no functions: text in, text out."""
-
-    name: str  # "openai", "mlx" or "vllm"
-    model: str  # the model as configured (path or served name)
-
-    async def chat(
-        self,
-        messages: list[ChatMessage],
-        *,
-        max_tokens: int,
-        temperature: float,
-        top_p: float,
-        seed: int,
-    ) -> str:
-        """The assistant's answer to `messages`. Raises LyricsEngineError when none can be had."""
-        ...
-
-    async def close(self) -> None:
-        """Release connections, threads and device memory."""
-        ...
-
-
 # The weight-free writer (pipeline/lyrics.py): the embedded default, and every LLM's fallback.
 TEMPLATE_ENGINE = "template"
 TEMPLATE_MODEL = "template-v1"
-
-
-def make_chat_engine(config: LyricsConfig) -> ChatEngine:
-    """The LLM of `lyrics.engine` (not 'template'); imports its library only now."""
-    if config.engine == "openai":
-        from .lyrics_openai import OpenAIChatEngine
-
-        return OpenAIChatEngine(config)
-    if config.engine == "mlx":
-        from .lyrics_mlx import MlxChatEngine
-
-        return MlxChatEngine(config)
-    if config.engine == "vllm":
-        from .lyrics_vllm import VllmChatEngine
-
-        return VllmChatEngine(config)
-    raise ValueError(f"lyrics.engine: {config.engine!r} is not an LLM engine")
 
 
 CACHE_NAMESPACE = "lyrics"

@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from pipeline.provenance import SongCredentials
     from serve.config import AudioFormat, PostProcessConfig, StorageConfig
 
-    from .song_models import RenderedSong
+    from .renders import RenderedSong
 
 
 @dataclass(frozen=True)
@@ -94,9 +94,8 @@ class DeliveryChain:
         replica on any node signs without the builder's disk; a config without them (a test, a
         benchmark) has its `cert_path` / `key_path` read here instead.
         """
+        from pipeline.engines.audioseal import AudioSealWatermarker
         from serve.certs import private_signing_files, with_signing_chain
-
-        from .watermarker import AudioSealWatermarker
 
         self.config = config
         # None without weights: files then say "not configured", never claim a watermark.

@@ -13,15 +13,11 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from pipeline.progress import ProgressCallback, WorkStopped
+
 T = TypeVar("T")
 
-ProgressCallback = Callable[[int, int], None]
-"""Called as (step, steps) from the worker thread."""
-
-
-class WorkStopped(RuntimeError):
-    """Raised into the work, at its next progress report, once `stop_when` says no one waits
-    for it any more."""
+__all__ = ["Finished", "ProgressCallback", "WorkStopped", "with_progress"]
 
 
 @dataclass(frozen=True)

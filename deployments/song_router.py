@@ -43,12 +43,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pipeline.song_contracts import capabilities_of
+from pipeline.song_contracts import auto_models, capabilities_of
+from pipeline.song_models import RenderRequest
 from serve.pool_load import PoolLoad, SpeedMeter, order_by_wait
 
 from .failures import describe_failure
 from .handles import cancelled_unless_finished
-from .song_models import RenderedSong, RenderProgress, RenderRequest
+from .renders import RenderedSong, RenderProgress
 
 if TYPE_CHECKING:
     from serve.config import DeploymentOptions, ModelsConfig, StorageConfig
@@ -300,15 +301,16 @@ class SongRouter:
             )
         return listed
 
-    def candidates(self, model: str, *, with_lora: bool = False) -> list[str]:
+    def candidates(self, model: str, *, with_lora: bool = False, language: str = "en") -> list[str]:
         """Pool names to try for `model`, best first; only LoRA-capable ones `with_lora`.
 
-        Models keep their `auto_order`; within a model the pool with the shortest expected wait
+        For `auto`, models come in `auto_models` order (those that prefer the song's `language`
+        first, then `auto_order`); within a model the pool with the shortest expected wait
         comes first (see `order_by_wait`). Unplaceable pools are left out. Uses the load as last
         counted: `refresh_load()` first for fresh counts.
         """
         if model == "auto":
-            models = [m for m in self._models.auto_order if m in self._pools_by_model]
+            models = auto_models(language, self._models.auto_order, set(self._pools_by_model))
         else:
             models = [model]
         if with_lora:
@@ -340,7 +342,9 @@ class SongRouter:
         from ray.serve.exceptions import BackPressureError
 
         await self.refresh_load()
-        candidates = self.candidates(model, with_lora=request.lora_id is not None)
+        candidates = self.candidates(
+            model, with_lora=request.lora_id is not None, language=request.language
+        )
         if not candidates:
             reasons = "; ".join(f"{name}: {why}" for name, why in self._unplaceable.items())
             raise NoDecoderAvailable(

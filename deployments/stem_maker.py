@@ -26,7 +26,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from pipeline.engines.sketch import SketchSongModel
 from pipeline.song_contracts import capabilities_of
+from pipeline.song_models import RenderRequest
 from serve.store import open_object_store, variation_key
 
 from .post_processor import (
@@ -36,7 +38,6 @@ from .post_processor import (
     song_credentials,
 )
 from .progress import Finished, ProgressCallback, with_progress
-from .song_models import RenderRequest, SketchSongModel
 
 if TYPE_CHECKING:
     import numpy as np

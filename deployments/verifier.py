@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 class Verifier:
     def __init__(self, watermark: WatermarkConfig) -> None:
         """Loads the watermark detector when `watermark.detector_path` is set."""
-        from .watermarker import AudioSealWatermarker
+        from pipeline.engines.audioseal import AudioSealWatermarker
 
         # None without weights: reports then say "not configured".
         self._watermarker = AudioSealWatermarker.from_config(watermark)

@@ -43,3 +43,44 @@ def raw_render_from_bytes(data: bytes) -> np.ndarray:
 
     audio = np.load(io.BytesIO(data), allow_pickle=False)
     return checked_audio(audio)
+
+
+def conform_audio(
+    audio: np.ndarray, sample_rate: int, target_rate: int, n_samples: int | None = None
+) -> np.ndarray:
+    """`audio` `[channels, n]` as float32 stereo at `target_rate` Hz: what every song model's
+    output and every upload is made into before mastering.
+
+    Mono is duplicated, more than two channels keep the first two; the rate changes by polyphase
+    resampling. With `n_samples`, the result is fitted to exactly that length: a longer render is
+    cut with a short fade-out (no click at the cut), a shorter one padded with silence.
+    """
+    from scipy import signal
+
+    array = np.asarray(audio, dtype=np.float32)
+    if array.ndim == 1:
+        array = array[None, :]
+    if array.ndim != 2 or array.shape[0] < 1:
+        raise ValueError(f"audio must be [channels, n_samples], got {array.shape}")
+    stereo = np.repeat(array, 2, axis=0) if array.shape[0] == 1 else array[:2]
+    if sample_rate != target_rate:
+        from math import gcd
+
+        common = gcd(sample_rate, target_rate)
+        stereo = signal.resample_poly(
+            stereo, target_rate // common, sample_rate // common, axis=-1
+        ).astype(np.float32)
+    if n_samples is None:
+        return np.ascontiguousarray(stereo)
+    if stereo.shape[-1] >= n_samples:
+        fitted = stereo[:, :n_samples].copy()
+        if stereo.shape[-1] > n_samples:
+            fade = min(n_samples, round(FIT_FADE_OUT_S * target_rate))
+            if fade:
+                fitted[:, n_samples - fade :] *= np.linspace(1.0, 0.0, fade, dtype=np.float32)
+        return fitted
+    return np.pad(stereo, [(0, 0), (0, n_samples - stereo.shape[-1])])
+
+
+FIT_FADE_OUT_S = 0.5
+"""The fade `conform_audio` puts on audio cut to a requested length."""

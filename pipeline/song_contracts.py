@@ -1,6 +1,6 @@
 """What each song model can do, declared once, by model name: the API, the router and the stems
-maker read it here instead of comparing model names, and each engine (deployments/song_models.py,
-deployments/ace_step.py) declares the same object as its `capabilities`, which a test holds to
+maker read it here instead of comparing model names, and each engine (pipeline/engines/sketch.py,
+pipeline/engines/ace_step.py) declares the same object as its `capabilities`, which a test holds to
 what the engine really does.
 
 Pure data: nothing here imports a model, so the API can check a request against it before any
@@ -12,6 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 TEXT2MUSIC = "text2music"
+EXTEND = "extend"  # continue a song by N seconds
+REPAINT = "repaint"  # make a span of a song anew
+COVER = "cover"  # re-render a song in another style
+EDIT_TASKS = (EXTEND, REPAINT, COVER)
 
 
 @dataclass(frozen=True)
@@ -22,11 +26,19 @@ class SongModelCapabilities:
     """Renders each part on its own track, so a song's stems are exact and need no separator."""
     tasks: frozenset[str] = frozenset({TEXT2MUSIC})
     """What it can be asked to do: text2music; editing tasks as models gain them."""
+    preferred_languages: frozenset[str] = frozenset()
+    """Vocal languages (ISO 639-1) it sings best: `model: auto` tries it first for them."""
+    remote: bool = False
+    """Runs on a hosted API (Replicate), not on the cluster's own hardware."""
 
 
 SONG_MODELS: dict[str, SongModelCapabilities] = {
     "sketch": SongModelCapabilities(exact_stems=True),
     "ace-step": SongModelCapabilities(loras=True),
+    # Through Replicate (pipeline/engines/replicate.py): YuE for Chinese, Japanese and Korean;
+    # HeartMuLa as an alternative.
+    "yue": SongModelCapabilities(preferred_languages=frozenset({"zh", "ja", "ko"}), remote=True),
+    "heartmula": SongModelCapabilities(remote=True),
 }
 """Every song model a pool may serve (`models.pools[].model`), with what it can do."""
 
@@ -35,3 +47,14 @@ def capabilities_of(model: str) -> SongModelCapabilities:
     """What `model` can do; a name no pool serves any more (an old record's) can do nothing
     extra."""
     return SONG_MODELS.get(model, SongModelCapabilities())
+
+
+def auto_models(language: str, auto_order: list[str], served: set[str] | list[str]) -> list[str]:
+    """The models `model: auto` tries for a song sung in `language`, best first: those served
+    that prefer the language (YuE for zh/ja/ko), then `auto_order`'s served models. The one
+    place this rule lives."""
+    preferring = [
+        m for m in SONG_MODELS if m in served and language in capabilities_of(m).preferred_languages
+    ]
+    ordered = preferring + [m for m in auto_order if m in served]
+    return list(dict.fromkeys(ordered))

@@ -2,7 +2,7 @@
 
 Pure functions on `[channels, n_samples]` float arrays with an explicit `sample_rate`. The model
 sits behind two small protocols (`WatermarkGenerator`, `WatermarkDetector`) that work on 16 kHz
-arrays; `deployments.watermarker` adapts AudioSeal to them.
+arrays; `pipeline.engines.audioseal` adapts AudioSeal to them.
 
 AudioSeal is trained at 16 kHz, so the song is resampled down, the model computes a watermark
 there, and only that watermark (the *delta*) is resampled back up and added to the untouched

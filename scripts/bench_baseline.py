@@ -94,7 +94,7 @@ _WORKER: dict[str, Any] = {}
 def _init_worker(postprocess: Any, storage: Any, sample_rate: int) -> None:
     """Once per pool process: the same model and PostProcessor a graph replica holds."""
     from deployments.post_processor import PostProcessor
-    from deployments.song_models import SketchSongModel
+    from pipeline.engines.sketch import SketchSongModel
     from serve.store import open_object_store
 
     _WORKER["model"] = SketchSongModel(sample_rate=sample_rate)
@@ -105,10 +105,11 @@ def _init_worker(postprocess: Any, storage: Any, sample_rate: int) -> None:
 def make_song(job_id: str, body: dict[str, Any]) -> dict[str, float]:
     """One song, start to finish, in this process; returns seconds per part."""
     from deployments.post_processor import Provenance
-    from deployments.song_models import RenderedSong, RenderRequest
+    from deployments.renders import RenderedSong
     from pipeline.audio import raw_render_bytes
     from pipeline.lyrics import format_lyrics, parse_lyrics, write_template_lyrics
     from pipeline.provenance import prompt_sha256
+    from pipeline.song_models import RenderRequest
     from pipeline.tags import normalize_style
     from serve.store import RAW_RENDER_CONTENT_TYPE, raw_render_key
 

@@ -31,8 +31,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from deployments.song_models import RenderedSong, RenderRequest  # noqa: E402
+from deployments.renders import RenderedSong  # noqa: E402
 from pipeline.lyrics import parse_lyrics  # noqa: E402
+from pipeline.song_models import RenderRequest  # noqa: E402
 from pipeline.tags import normalize_style  # noqa: E402
 from serve.config import DecoderPoolConfig, StorageConfig  # noqa: E402
 
@@ -122,7 +123,7 @@ def _register_loras(checkpoint: Path, storage: StorageConfig, count: int) -> lis
     load LoRAs by)."""
     from safetensors.numpy import load_file, save_file
 
-    from deployments.ace_step import lora_validator
+    from pipeline.engines.ace_step import lora_validator
     from serve.loras import LoraRef, LoraRegistry
     from serve.store import open_object_store
 
@@ -178,7 +179,7 @@ def main() -> int:
     handle = _deploy(_pool(checkpoint, 8, replicas=2), storage)
     rows += asyncio.run(_lora_rows(handle, lora_ids, options))
     # 4. Serving overhead: the same batch of 4 through the deployment vs the model directly.
-    from deployments.ace_step import AceStepSongModel
+    from pipeline.engines.ace_step import AceStepSongModel
 
     serve.shutdown()
     ray.shutdown()

@@ -75,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from deployments.post_processor import DeliveryChain, deliver_from_master, master_info
-    from deployments.watermarker import AudioSealWatermarker
     from pipeline.encode import encode_audio
+    from pipeline.engines.audioseal import AudioSealWatermarker
     from pipeline.hls import hls_from_m4a
     from pipeline.loudness import normalize_loudness
     from pipeline.peaks import peaks_document

@@ -126,7 +126,7 @@ def message_bytes(duration_s: float = 30.0, variations: int = 2) -> dict[str, di
 
     from deployments.lyrics_llm import WrittenLyrics
     from deployments.post_processor import ProcessedVariation
-    from deployments.song_models import RenderedSong, RenderProgress
+    from deployments.renders import RenderedSong, RenderProgress
     from pipeline.tags import StyleTags
 
     steps = 8  # progress reports per render (ACE-Step turbo; sketch reports per section)

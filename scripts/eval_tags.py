@@ -41,7 +41,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from deployments.tag_normalizer import (  # noqa: E402
+from pipeline.engines.tags import (  # noqa: E402
     LexicalTagEngine,
     SemanticTagEngine,
     SentenceTransformerEmbedder,

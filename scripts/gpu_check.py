@@ -436,8 +436,9 @@ async def _serve_cells(s: Settings, results: Results, checkpoint: Path, workdir:
     import ray
     from ray import serve
 
-    from deployments.song_models import RenderedSong, RenderRequest
+    from deployments.renders import RenderedSong
     from pipeline.lyrics import parse_lyrics
+    from pipeline.song_models import RenderRequest
     from pipeline.tags import normalize_style
     from serve.app import decoder_deployment
     from serve.config import DecoderPoolConfig, StorageConfig
@@ -557,7 +558,7 @@ def part_audioseal(s: Settings, results: Results, workdir: Path) -> None:
     sys.path.insert(0, str(REPO / "scripts"))
     from bench_postprocess import _audioseal_generator
 
-    from deployments.watermarker import _eager
+    from pipeline.engines.audioseal import _eager
 
     generator = _audioseal_generator().to(s.device)
     nbits = int(generator.msg_processor.nbits)

@@ -19,6 +19,8 @@ from urllib.parse import urlparse
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from pipeline.song_contracts import capabilities_of
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -735,7 +737,7 @@ class AceStepConfig(_Strict):
         4, ge=1, le=64, description="LoRAs kept loaded per replica (multiplexing LRU size)."
     )
     # The DiT attends to padding, so a request's padded length is part of its conditioning:
-    # requests batch together only within one bucket (see deployments/ace_step.py).
+    # requests batch together only within one bucket (see pipeline/engines/ace_step.py).
     text_pad_multiple: int = Field(
         64,
         ge=1,
@@ -749,6 +751,63 @@ class AceStepConfig(_Strict):
         ge=1,
         le=2048,
         description="Lyric tokens are padded to a multiple of this (see text_pad_multiple).",
+    )
+
+
+class ReplicateModelConfig(_Strict):
+    """A song model served through Replicate's predictions API (pipeline/engines/replicate.py):
+    for models that cannot run on the cluster. The token comes from the environment."""
+
+    model: str = Field(
+        ...,
+        pattern=r"^[a-z0-9][a-z0-9_.-]*/[a-z0-9][a-z0-9_.-]*$",
+        description="The model's owner/name on Replicate, e.g. fofr/yue.",
+    )
+    version: str = Field(
+        ...,
+        pattern=r"^[0-9a-f]{64}$",
+        description="The model version id (64 hex digits) every prediction is pinned to, so a "
+        "new upload by the model's owner cannot change the songs.",
+    )
+    api_token_env: str = Field(
+        "REPLICATE_API_TOKEN",
+        min_length=1,
+        description="Environment variable holding the API token (never the token itself).",
+    )
+    base_url: str | None = Field(
+        None,
+        description="API root; unset is https://api.replicate.com (or REPLICATE_BASE_URL).",
+    )
+    max_concurrent: int = Field(
+        4, ge=1, le=64, description="Predictions one replica keeps in flight at once."
+    )
+    timeout_s: float = Field(
+        1800.0,
+        gt=0,
+        le=86_400,
+        description="A prediction not finished this long after creation is canceled and fails.",
+    )
+    wait_s: int = Field(
+        60,
+        ge=0,
+        le=60,
+        description="Hold the create request open this long for the result (`Prefer: wait`); "
+        "0 creates and polls at once.",
+    )
+    poll_interval_s: float = Field(
+        2.0, gt=0, le=60, description="How often a running prediction is polled."
+    )
+    retries: int = Field(
+        3,
+        ge=0,
+        le=10,
+        description="Retries of a request answered 429 or 5xx (or not answered), with backoff "
+        "that honours Retry-After.",
+    )
+    input: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Model inputs fixed for every prediction, over songserve's defaults "
+        "(e.g. topk, cfg_scale); a song's own lyrics, style, duration and seed always win.",
     )
 
 
@@ -792,12 +851,16 @@ class DecoderPoolConfig(_Strict):
         pattern=r"^[A-Za-z][A-Za-z0-9_]*$",
         description="Deployment name, e.g. Sketch, DiT_CUDA.",
     )
-    model: Literal["sketch", "ace-step"] = Field(
-        ..., description="The song model this pool serves."
+    model: Literal["sketch", "ace-step", "yue", "heartmula"] = Field(
+        ...,
+        description="The song model this pool serves (yue and heartmula run on Replicate).",
     )
     sample_rate: int = Field(48_000, description="Output sample rate in Hz.")
     ace_step: AceStepConfig | None = Field(
         None, description="The checkpoint and inference settings; required for model ace-step."
+    )
+    replicate: ReplicateModelConfig | None = Field(
+        None, description="The Replicate model and client settings; required for yue, heartmula."
     )
     batching: BatchingConfig = Field(
         default_factory=BatchingConfig, description="Cross-request batching (models that batch)."
@@ -830,6 +893,17 @@ class DecoderPoolConfig(_Strict):
         if self.model != "ace-step" and self.ace_step is not None:
             raise ValueError(
                 f"models.pools[{self.name}]: `ace_step` settings apply only to model ace-step"
+            )
+        remote = capabilities_of(self.model).remote
+        if remote and self.replicate is None:
+            raise ValueError(
+                f"models.pools[{self.name}]: model {self.model} runs on Replicate and needs "
+                "`replicate: {model: OWNER/NAME, version: VERSION_ID}` (see config/replicate.yaml)"
+            )
+        if not remote and self.replicate is not None:
+            raise ValueError(
+                f"models.pools[{self.name}]: `replicate` settings apply only to models that run "
+                f"on Replicate (yue, heartmula), not {self.model}"
             )
         return self
 

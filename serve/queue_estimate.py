@@ -7,6 +7,8 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
+from pipeline.song_contracts import auto_models
+
 from .pool_load import PoolLoad, expected_start_s
 from .schemas import QueueOut
 
@@ -48,16 +50,18 @@ class QueueEstimator:
         place = await self._jobs.queue_place(job_id)
         if place is None:
             return None
-        loads = await self._pool_loads(str(request.get("model") or "auto"))
+        loads = await self._pool_loads(
+            str(request.get("model") or "auto"), str(request.get("language") or "en")
+        )
         start = expected_start_s(place.audio_s_ahead, loads) if loads else None
         return QueueOut(
             position=place.position,
             expected_start_s=None if start is None else round(start, 1),
         )
 
-    async def _pool_loads(self, model: str) -> list[PoolLoad]:
+    async def _pool_loads(self, model: str, language: str) -> list[PoolLoad]:
         """The placeable pools that would render `model` (for auto: of the first model in
-        `models.auto_order` with any), as the router last reported them (the configured figures
+        `auto_models` order with any), as the router last reported them (the configured figures
         until it has). The report is cached for `_POOLS_CACHE_S`, so queued songs polled at once
         cost one router call; [] when no placeable pool renders `model`."""
         now = asyncio.get_running_loop().time()
@@ -67,7 +71,9 @@ class QueueEstimator:
                 self._pools_seen = await asyncio.wait_for(self._graph.pools(), _POOLS_TIMEOUT_S)
             except Exception as error:  # noqa: BLE001 - an estimate is optional
                 logger.warning("could not read the decoder pools' load: %r", error)
-        models = self._config.models.auto_order if model == "auto" else [model]
+        served = {p["model"] for p in self._pools_seen}
+        auto_order = self._config.models.auto_order
+        models = auto_models(language, auto_order, served) if model == "auto" else [model]
         for name in models:
             pools = [p for p in self._pools_seen if p["model"] == name and p["placeable"]]
             if pools:

@@ -157,6 +157,11 @@ class VariationOut(BaseModel):
         description="What every delivered file carries: `watermark` (embedded, with the model, "
         "or 'not configured') and `c2pa` (signed, with the signer).",
     )
+    model_details: dict[str, Any] | None = Field(
+        None,
+        description="What the model reported about this render, e.g. for a model on Replicate "
+        "`{provider, prediction_id, model, version, predict_time_s}`.",
+    )
     error: dict[str, str | None] | None = None
 
 

@@ -96,6 +96,7 @@ class Views:
             peaks=self.media_url(f"{prefix}/peaks", owner) if has("peaks") else None,
             hls=self.media_url(f"{prefix}/hls/index.m3u8", owner) if has("hls") else None,
             provenance=variation.render.get("provenance"),
+            model_details=variation.render.get("model_details") or None,
             error=variation.error,
         )
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from deployments.lyrics_llm import ChatMessage, LyricsEngineError
-from deployments.lyrics_vllm import VllmChatEngine
+from pipeline.engines.chat import ChatMessage, LyricsEngineError
+from pipeline.engines.chat_vllm import VllmChatEngine
 from pipeline.tiny.qwen3 import build_tiny_qwen3
 from serve.config import LyricsConfig
 

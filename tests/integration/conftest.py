@@ -19,6 +19,10 @@ from serve.store import JobRecord, JobStore, StemsRecord, open_job_store
 from tests.helpers import free_port
 
 APP_NAME = "songserve"
+REPLICATE_TOKEN_ENV = "SONGSERVE_TEST_REPLICATE_TOKEN"
+REPLICATE_TOKEN = "r8_integration"
+"""The token Replicate pools read in this session (test_replicate.py): set before Ray starts,
+because replicas inherit the environment of the node that spawns them."""
 METRICS_PORT = free_port()
 """Where the session's Ray exports Prometheus metrics (`metric_samples` reads them)."""
 
@@ -29,6 +33,7 @@ def serve_url() -> Iterator[str]:
     from ray import serve
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault(REPLICATE_TOKEN_ENV, REPLICATE_TOKEN)
     # More logical CPUs than cores: the graph's coordination replicas use slivers, and tests may
     # run two decoder and two post-processor replicas side by side.
     ray.init(

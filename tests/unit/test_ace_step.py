@@ -17,14 +17,14 @@ import pytest
 pytest.importorskip("diffusers")
 pytest.importorskip("peft")
 
-from deployments.ace_step import (
+from pipeline.engines.ace_step import (
     AceStepSongModel,
     lora_target_modules,
     lora_validator,
     validate_lora_file,
 )
-from deployments.song_models import RenderRequest, load_song_model
 from pipeline.lyrics import LyricSection
+from pipeline.song_models import RenderRequest, load_song_model
 from pipeline.tags import StyleTags
 from pipeline.tiny.acestep import LORA_FILE, build_tiny_acestep, is_complete
 from serve.config import DecoderPoolConfig

@@ -17,7 +17,8 @@ import pytest
 from deployments.conductor import Conductor
 from deployments.lyrics_llm import WrittenLyrics
 from deployments.post_processor import ProcessedVariation
-from deployments.song_models import RenderedSong, RenderProgress, RenderRequest
+from deployments.renders import RenderedSong, RenderProgress
+from pipeline.song_models import RenderRequest
 from pipeline.tags import StyleTags
 from serve.config import AppConfig, resolve_config
 from serve.store import JobRecord, raw_render_key

@@ -21,7 +21,7 @@ from deployments.post_processor import (
     Provenance,
     deliver_from_master,
 )
-from deployments.song_models import RenderedSong
+from deployments.renders import RenderedSong
 from pipeline.audio import raw_render_bytes
 from pipeline.encode import decode_audio
 from pipeline.provenance import prompt_sha256, read_credentials

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from deployments.lyrics_llm import ChatEngine, LyricsEngineError
-from deployments.lyrics_mlx import MlxChatEngine
+from pipeline.engines.chat import ChatEngine, LyricsEngineError
+from pipeline.engines.chat_mlx import MlxChatEngine
 from pipeline.lyrics_prompt import strip_thinking
 from pipeline.tiny.qwen3 import build_tiny_qwen3, is_complete
 from serve.config import LyricsConfig

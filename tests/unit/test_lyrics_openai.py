@@ -21,8 +21,8 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from deployments.lyrics_llm import ChatMessage, LyricsEngineError
-from deployments.lyrics_openai import OpenAIChatEngine
+from pipeline.engines.chat import ChatMessage, LyricsEngineError
+from pipeline.engines.chat_openai import OpenAIChatEngine
 from serve.config import LyricsConfig
 from tests.helpers import free_port
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from deployments.song_models import RenderedSong, RenderRequest
+from deployments.renders import RenderedSong
+from pipeline.song_models import RenderRequest
 from pipeline.tags import StyleTags
 from serve.store.files import FilesystemObjectStore
 from serve.store.sqlite import SQLiteJobStore

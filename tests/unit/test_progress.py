@@ -94,7 +94,8 @@ def test_work_stops_at_its_next_report_once_no_one_waits() -> None:
 
 
 def test_a_sketch_render_stops_between_its_parts() -> None:
-    from deployments.song_models import RenderRequest, SketchSongModel
+    from pipeline.engines.sketch import SketchSongModel
+    from pipeline.song_models import RenderRequest
     from pipeline.tags import StyleTags
 
     request = RenderRequest(

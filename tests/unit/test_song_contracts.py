@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from deployments.song_models import SketchSongModel
+from pipeline.engines.sketch import SketchSongModel
 from pipeline.song_contracts import SONG_MODELS, SongModelCapabilities, capabilities_of
 from serve.config import DecoderPoolConfig, resolve_config
 from tests.http_graph import api_client
@@ -31,7 +31,7 @@ def test_sketch_does_what_it_declares() -> None:
 
 
 def test_ace_step_does_what_it_declares() -> None:
-    from deployments.ace_step import AceStepSongModel
+    from pipeline.engines.ace_step import AceStepSongModel
 
     capabilities = AceStepSongModel.capabilities
     assert capabilities is SONG_MODELS["ace-step"]

@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 
 from deployments import song_router
-from deployments.song_models import RenderedSong, RenderProgress, RenderRequest
+from deployments.renders import RenderedSong, RenderProgress
 from deployments.song_router import RenderingOn, SongRouter
+from pipeline.song_models import RenderRequest
 from pipeline.tags import StyleTags
 from serve.config import ModelsConfig, app_args_from_serve_config, load_serve_config
 from serve.placement import NodeInfo

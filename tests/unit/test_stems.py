@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 from deployments.post_processor import Provenance
-from deployments.song_models import RenderRequest
 from deployments.stem_maker import StemMaker, StemsTask, StemsUnavailable
-from deployments.stem_separator import DemucsSeparator, pick_device
+from pipeline.engines.demucs import DemucsSeparator, pick_device
 from pipeline.loudness import normalize_loudness
 from pipeline.lyrics import LyricSection
 from pipeline.sketch import SKETCH_VERSION, SketchRender, render_sketch
+from pipeline.song_models import RenderRequest
 from pipeline.stems import (
     MODEL_SAMPLE_RATE,
     STEM_NAMES,

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deployments.watermarker import (
+from pipeline.engines.audioseal import (
     GENERATOR_SETTING,
     AudioSealWatermarker,
     load_audioseal_detector,

@@ -20,7 +20,7 @@ import inspect
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from deployments.lyrics_llm import ChatMessage, LyricsEngineError
+from pipeline.engines.chat import ChatMessage, LyricsEngineError
 from pipeline.lyrics_prompt import strip_thinking
 
 if TYPE_CHECKING:

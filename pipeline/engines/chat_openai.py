@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from deployments.lyrics_llm import ChatMessage, LyricsEngineError
+from pipeline.engines.chat import ChatMessage, LyricsEngineError
 from pipeline.lyrics_prompt import THINK_START, strip_thinking
 
 if TYPE_CHECKING:

@@ -1,5 +1,5 @@
 """`MlxChatEngine` — the lyrics LLM run in process by mlx-lm (Apple Silicon, or Linux CPU with
-`mlx[cpu]`), behind the `ChatEngine` seam of `deployments.lyrics_llm`.
+`mlx[cpu]`), behind the `ChatEngine` seam of `pipeline.engines.chat`.
 
 How requests are served: NOT batched, serialised. One engine holds one set of weights and mlx-lm
 is not thread-safe, so every mlx call — loading, the chat template, prefill, decoding — runs on
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from deployments.lyrics_llm import ChatMessage, LyricsEngineError
+from pipeline.engines.chat import ChatMessage, LyricsEngineError
 from pipeline.lyrics_prompt import THINK_END, THINK_START, strip_thinking
 
 if TYPE_CHECKING:

@@ -55,15 +55,14 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
+from pipeline.devices import pick_torch_device
 from pipeline.lyrics import format_lyrics
 from pipeline.semantic_tags import ace_step_metadata
 from pipeline.song_contracts import SONG_MODELS
 
-from .devices import pick_torch_device
-
 if TYPE_CHECKING:
-    from deployments.progress import ProgressCallback
-    from deployments.song_models import RenderRequest
+    from pipeline.progress import ProgressCallback
+    from pipeline.song_models import RenderRequest
     from serve.config import AceStepConfig, DecoderPoolConfig
 
 SAMPLE_RATE = 48_000
