@@ -14,7 +14,9 @@ How a text is matched (`semantic_style`):
    written out as a short gloss ("lo-fi hip hop: mellow, dusty beats to study and relax to").
    The best genre fills the genre when the lexicon found none (or only a hint adjective such as
    "jazzy", which the embedding can overrule), and the best moods fill the moods when the lexicon
-   named none; a similarity under `min_similarity` leaves the lexical default in place.
+   named none; a similarity under `min_similarity` leaves the lexical default in place. With no
+   mood named or found, a genre the text named or the embedding picked for it brings its
+   conventional moods (`GENRE_TYPICAL_MOODS`), by the same rule as the lexicon's (`style_for`).
 4. Fields that followed from the genre and moods (typical instruments, default vocal, derived bpm
    and key, caption) are derived again from the new genre and moods, by the lexicon's own rules:
    this module calls `pipeline.tags`' matching helpers rather than copying them, so the engines
@@ -31,7 +33,7 @@ import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Literal, Protocol, TypedDict
+from typing import Protocol, TypedDict
 
 import numpy as np
 from rapidfuzz.distance import OSA
@@ -39,18 +41,26 @@ from rapidfuzz.distance import OSA
 from pipeline.tags import (
     DEFAULT_BPM,
     DEFAULT_KEY,
-    GENRE_HINTS,
     GENRES_BY_NAME,
     KNOWN_WORDS,
     MAX_MOODS,
+    GenreSource,
     StyleTags,
     correct_word,
     find_matches,
+    genre_source,
     normalize_style,
     phrase_tokens,
     style_for,
 )
-from pipeline.vocabulary import FUZZY_BLOCKLIST, GENRES, MOODS, Genre, SubGenre
+from pipeline.vocabulary import (
+    FUZZY_BLOCKLIST,
+    GENRE_TYPICAL_MOODS,
+    GENRES,
+    MOODS,
+    Genre,
+    SubGenre,
+)
 
 DEFAULT_MIN_SIMILARITY = 0.35
 # A hint adjective ("jazzy", "club") names a genre only weakly: the embedding overrules it when
@@ -614,9 +624,6 @@ def build_vocabulary_index(embedder: Embedder) -> VocabularyIndex:
 # Matching
 # ---------------------------------------------------------------------------------------------
 
-GenreSource = Literal["phrase", "hint", "default"]
-
-
 # Words that say nothing about a mood: without any other word left over once the lexicon has
 # matched its phrases ("techno", "a song", "k-pop girl group", "house at 124 bpm"), the embedding
 # adds no mood (it would find one anyway: "techno" sits 0.35 from "sensual").
@@ -651,12 +658,7 @@ def lexical_evidence(text: str) -> LexicalEvidence:
     words = tuple(correct_word(word) for word in phrase_tokens(text))
     matches, used = find_matches(words)
     kinds = {match.target.kind for match in matches}
-    if kinds & {"genre", "subgenre"}:
-        source: GenreSource = "phrase"
-    elif any(word in GENRE_HINTS for word in words):
-        source = "hint"
-    else:
-        source = "default"
+    source = genre_source(matches, words)
     unexplained = tuple(
         word
         for word, matched in zip(words, used, strict=True)
@@ -766,7 +768,7 @@ def semantic_style(
                 genre = GENRES_BY_NAME[name]
                 subgenre = _subgenre(genre, sub)
 
-    moods = list(lexical.moods)
+    moods = list(lexical.moods) if evidence.moods_named else []
     if not evidence.moods_named and evidence.unexplained and found.moods:
         top = found.moods[0][1]
         moods = [
@@ -775,123 +777,22 @@ def semantic_style(
             if score >= min_similarity and score >= top - MOOD_MARGIN
         ][:MAX_MOODS]
 
-    if not moods and evidence.unexplained and genre.name != lexical.genre:
-        # The text described a scene and the embedding picked its genre: a scene implies a mood,
-        # and when neither its words nor the embedding name one, the genre it calls for is the
-        # best evidence of it. (Texts that name their genre get no mood they did not ask for.)
-        moods = list(GENRE_TYPICAL_MOODS[genre.name])
-
-    if genre.name == lexical.genre and moods == lexical.moods:
-        return lexical
+    if genre.name == lexical.genre and (evidence.moods_named or not moods):
+        return lexical  # nothing new: the lexicon's genre, and its moods or conventional ones
     # What followed from genre and moods (instruments, default vocal, derived bpm and key,
-    # caption) follows again by the lexicon's rules, so only a changed genre or mood shows.
+    # caption) follows again by the lexicon's rules, so only a changed genre or mood shows. With
+    # no mood named or found, a genre the text named or the embedding picked for it brings its
+    # conventional moods: a scene ("a boxing gym at 6am") implies a mood, and the genre it calls
+    # for is then the best evidence of it.
     return style_for(
-        translated, genre, subgenre, moods, language=lexical.language, instrumental=instrumental
+        translated,
+        genre,
+        subgenre,
+        moods,
+        genre_from_text=evidence.genre_source != "default" or genre.name != lexical.genre,
+        language=lexical.language,
+        instrumental=instrumental,
     )
-
-
-# The moods a genre usually carries, most typical first: used when a text describes a scene ("a
-# boxing gym at 6am") but neither its words nor the embedding name a mood. Music-editor priors,
-# written per genre (not fitted to the labelled phrases).
-GENRE_TYPICAL_MOODS: Mapping[str, tuple[str, str]] = MappingProxyType(
-    {
-        "pop": ("happy", "upbeat"),
-        "indie pop": ("dreamy", "bittersweet"),
-        "synthpop": ("nostalgic", "upbeat"),
-        "k-pop": ("energetic", "confident"),
-        "j-pop": ("upbeat", "playful"),
-        "hyperpop": ("euphoric", "playful"),
-        "rock": ("energetic", "rebellious"),
-        "indie rock": ("nostalgic", "energetic"),
-        "alternative rock": ("emotional", "gritty"),
-        "psychedelic rock": ("dreamy", "mysterious"),
-        "progressive rock": ("epic", "mysterious"),
-        "shoegaze": ("dreamy", "atmospheric"),
-        "post-rock": ("atmospheric", "epic"),
-        "surf rock": ("summer", "playful"),
-        "rockabilly": ("playful", "upbeat"),
-        "heavy metal": ("aggressive", "intense"),
-        "thrash metal": ("aggressive", "intense"),
-        "death metal": ("aggressive", "dark"),
-        "black metal": ("dark", "haunting"),
-        "doom metal": ("dark", "haunting"),
-        "metalcore": ("aggressive", "emotional"),
-        "nu metal": ("aggressive", "rebellious"),
-        "punk rock": ("rebellious", "energetic"),
-        "pop punk": ("energetic", "rebellious"),
-        "emo": ("emotional", "melancholic"),
-        "post-punk": ("dark", "gritty"),
-        "electronic": ("energetic", "atmospheric"),
-        "synthwave": ("nostalgic", "night"),
-        "vaporwave": ("nostalgic", "dreamy"),
-        "chiptune": ("playful", "nostalgic"),
-        "downtempo": ("chill", "atmospheric"),
-        "dubstep": ("aggressive", "intense"),
-        "drum and bass": ("energetic", "intense"),
-        "ambient": ("atmospheric", "peaceful"),
-        "new age": ("peaceful", "spiritual"),
-        "house": ("groovy", "euphoric"),
-        "techno": ("dark", "intense"),
-        "trance": ("euphoric", "uplifting"),
-        "edm": ("energetic", "euphoric"),
-        "disco": ("groovy", "happy"),
-        "uk garage": ("groovy", "night"),
-        "hardstyle": ("intense", "euphoric"),
-        "hip hop": ("confident", "gritty"),
-        "trap": ("dark", "confident"),
-        "drill": ("dark", "aggressive"),
-        "lo-fi hip hop": ("chill", "relaxing"),
-        "phonk": ("dark", "aggressive"),
-        "grime": ("aggressive", "gritty"),
-        "r&b": ("sensual", "romantic"),
-        "soul": ("emotional", "warm"),
-        "neo soul": ("sensual", "warm"),
-        "funk": ("groovy", "playful"),
-        "afrobeats": ("groovy", "summer"),
-        "jazz": ("sensual", "night"),
-        "smooth jazz": ("relaxing", "romantic"),
-        "jazz fusion": ("groovy", "energetic"),
-        "swing": ("playful", "upbeat"),
-        "blues": ("melancholic", "gritty"),
-        "blues rock": ("gritty", "energetic"),
-        "country": ("nostalgic", "warm"),
-        "bluegrass": ("upbeat", "playful"),
-        "americana": ("nostalgic", "bittersweet"),
-        "folk": ("warm", "nostalgic"),
-        "indie folk": ("warm", "melancholic"),
-        "singer-songwriter": ("emotional", "bittersweet"),
-        "celtic": ("playful", "spiritual"),
-        "reggaeton": ("sensual", "energetic"),
-        "latin pop": ("romantic", "upbeat"),
-        "salsa": ("energetic", "sensual"),
-        "bachata": ("romantic", "sensual"),
-        "bossa nova": ("relaxing", "romantic"),
-        "samba": ("happy", "energetic"),
-        "cumbia": ("groovy", "happy"),
-        "tango": ("sensual", "intense"),
-        "regional mexican": ("emotional", "happy"),
-        "reggae": ("chill", "uplifting"),
-        "dub": ("chill", "atmospheric"),
-        "dancehall": ("energetic", "sensual"),
-        "ska": ("upbeat", "playful"),
-        "classical": ("emotional", "peaceful"),
-        "opera": ("epic", "emotional"),
-        "cinematic": ("epic", "emotional"),
-        "video game music": ("playful", "epic"),
-        "musical theatre": ("playful", "emotional"),
-        "lullaby": ("peaceful", "warm"),
-        "gospel": ("spiritual", "uplifting"),
-        "bollywood": ("romantic", "energetic"),
-        "indian classical": ("spiritual", "peaceful"),
-        "flamenco": ("intense", "emotional"),
-        "middle eastern": ("mysterious", "spiritual"),
-        "african": ("energetic", "happy"),
-        "polka": ("happy", "playful"),
-        "hawaiian": ("relaxing", "summer"),
-        "industrial": ("dark", "aggressive"),
-        "experimental": ("mysterious", "eerie"),
-    }
-)
 
 
 def _semantic_genre(
@@ -1046,6 +947,7 @@ __all__ = [
     "DEFAULT_MIN_SIMILARITY",
     "FOREIGN_MUSIC_WORDS",
     "GENRE_GLOSSES",
+    "GENRE_TYPICAL_MOODS",
     "MOOD_GLOSSES",
     "SUBGENRE_GLOSSES",
     "AceStepMetadata",

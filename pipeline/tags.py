@@ -35,6 +35,7 @@ from pipeline.vocabulary import (
     FAMILY_DEFAULT_VOCAL,
     FUZZY_BLOCKLIST,
     GENERIC_GUITAR_WORDS,
+    GENRE_TYPICAL_MOODS,
     GENRES,
     INSTRUMENTS,
     MOODS,
@@ -118,6 +119,9 @@ _TOKEN = re.compile(r"[a-z0-9&]+")
 _LANGUAGE = re.compile(r"[a-z]{2}")
 
 _PhraseKind = Literal["genre", "subgenre", "mood", "instrument", "vocal", "cued_vocal", "guitar"]
+# Where a text's genre came from: a genre or sub-genre phrase, only a hint adjective ("jazzy"),
+# or nothing (the genre is DEFAULT_GENRE).
+GenreSource = Literal["phrase", "hint", "default"]
 
 
 @dataclass(frozen=True)
@@ -346,6 +350,15 @@ def _resolve_genre(
     return primary.genre, None
 
 
+def genre_source(matches: list[PhraseMatch], words: tuple[str, ...]) -> GenreSource:
+    """How `words` (with their `find_matches` result) named the genre `_resolve_genre` picks."""
+    if any(match.target.kind in ("genre", "subgenre") for match in matches):
+        return "phrase"
+    if any(word in GENRE_HINTS for word in words):
+        return "hint"
+    return "default"
+
+
 def _subgenre(genre: Genre, name: str) -> SubGenre:
     return next(sub for sub in genre.subgenres if sub.name == name)
 
@@ -450,14 +463,20 @@ def normalize_style(
       genre); a plain genre picks up a later sub-genre of its own or a sub-genre combining it with
       a later genre ("jazz … hip hop" → hip hop / jazz rap); otherwise later genres are dropped.
       No genre named → a hint adjective ("jazzy" → jazz) or else "pop".
-    - moods: canonical moods in text order, at most MAX_MOODS.
+    - moods: canonical moods in text order, at most MAX_MOODS. A text that names a genre (or a
+      hint of one) but no mood gets the genre's conventional moods (`GENRE_TYPICAL_MOODS`:
+      "thrash metal with fast palm-muted riffs" → aggressive, intense); one that names neither
+      gets none.
     - bpm: an explicit tempo ("128 bpm", "90bpm", "tempo 140", "120-130 bpm" → 125) clamped to
       40–220; else a point in the (sub-)genre's range: the middle, moved up to ±40 % of the range by
-      tempo words ("slow", "fast") or else the mean mood energy, plus a small hash offset.
+      tempo words ("slow", "fast") or else the mean energy of the moods the text named (not of
+      conventional moods: the genre's range already holds its convention), plus a small hash
+      offset.
     - key: an explicit key ("in A minor", "F# major", "key of Bb" → Bb major, "C#m"); enharmonic
       spellings fold onto KEY_TONICS (G# → Ab). Else the mode is minor when moods are negative on
       average (valence < -0.15), major when positive (> 0.15), else the genre's mode tendency (a
-      hash bit for "either"); the tonic is a hash pick among the keys songs are commonly in.
+      hash bit for "either"); only named moods count, as for bpm. The tonic is a hash pick among
+      the keys songs are commonly in.
     - instruments: named ones in text order, then the (sub-)genre's typical instruments up to
       MAX_INSTRUMENTS, unless the text says "solo", "only" or "just". A bare "guitar" is electric
       in rock, metal, punk, blues and funk, acoustic elsewhere.
@@ -485,7 +504,15 @@ def normalize_style(
             moods.append(match.target.name)
     moods = moods[:MAX_MOODS]
 
-    return style_for(raw, genre, subgenre, moods, language=language, instrumental=instrumental)
+    return style_for(
+        raw,
+        genre,
+        subgenre,
+        moods,
+        genre_from_text=genre_source(matches, words) != "default",
+        language=language,
+        instrumental=instrumental,
+    )
 
 
 def style_for(
@@ -494,13 +521,20 @@ def style_for(
     subgenre: SubGenre | None,
     moods: list[str],
     *,
+    genre_from_text: bool = False,
     language: str = "en",
     instrumental: bool = False,
 ) -> StyleTags:
     """The tags of `text` once its genre, sub-genre and moods are decided (by `normalize_style`,
     or by another matcher): instruments, vocal, bpm, key and caption follow from them and from
     `text` by the lexicon's rules, with the same per-text fingerprint, so the same decision gives
-    the same tags whoever made it."""
+    the same tags whoever made it.
+
+    `moods` are the moods the text gave (named, or found by the matcher). When there are none
+    and `genre_from_text` says the genre was read from the text rather than defaulted, the
+    genre's conventional moods (`GENRE_TYPICAL_MOODS`) become the tags' moods; bpm and key are
+    derived from the given moods only, so conventional moods change the moods and the caption
+    and nothing else."""
     raw = text or ""
     words = tuple(correct_word(word) for word in phrase_tokens(raw))
     language_code = (language or "").strip().lower()
@@ -515,6 +549,8 @@ def style_for(
     else:
         bpm = _explicit_bpm(raw) or _derived_bpm(words, moods, genre, subgenre, fingerprint)
         key = _explicit_key(raw) or _derived_key(moods, genre, fingerprint)
+    if not moods and genre_from_text:
+        moods = list(GENRE_TYPICAL_MOODS[genre.name][:MAX_MOODS])
 
     subgenre_name = subgenre.name if subgenre else None
     caption_parts = [genre.name, *([subgenre_name] if subgenre_name else []), *moods, *instruments]

@@ -12,6 +12,7 @@ Taxonomy rules (the tests check them):
 - a genre's `family` is one of `pipeline.tags.GENRE_FAMILIES` and its typical instruments are
   canonical instrument names;
 - `hints` are weak adjectives ("jazzy", "funky") that pick a genre only when the text names none.
+- every genre has conventional moods (`GENRE_TYPICAL_MOODS`), canonical mood names.
 
 Moods carry an energy and a valence hint in [-1, 1]: energy nudges the tempo inside the genre's
 range, valence picks major (> 0) or minor (< 0) when no key is given.
@@ -19,7 +20,9 @@ range, valence picks major (> 0) or minor (< 0) when no key is given.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Literal
 
 Mode = Literal["major", "minor", "either"]
@@ -583,6 +586,111 @@ MOODS: tuple[Mood, ...] = (
                    "after hours"), -0.2, -0.1),
     Mood("gritty", ("gritty", "grimy", "dirty", "gnarly", "street"), 0.5, -0.3),
 )  # fmt: skip
+
+
+# The moods a genre conventionally carries, most typical first: music-editor priors written per
+# genre (not fitted to the labelled phrases). A text that names a genre but no mood gets them
+# (`pipeline.tags.style_for`), in both tag engines; they join the caption but leave the derived
+# tempo and key to the genre's own range and mode, which encode the same convention.
+GENRE_TYPICAL_MOODS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "pop": ("happy", "upbeat"),
+        "indie pop": ("dreamy", "bittersweet"),
+        "synthpop": ("nostalgic", "upbeat"),
+        "k-pop": ("energetic", "confident"),
+        "j-pop": ("upbeat", "playful"),
+        "hyperpop": ("euphoric", "playful"),
+        "rock": ("energetic", "rebellious"),
+        "indie rock": ("nostalgic", "energetic"),
+        "alternative rock": ("emotional", "gritty"),
+        "psychedelic rock": ("dreamy", "mysterious"),
+        "progressive rock": ("epic", "mysterious"),
+        "shoegaze": ("dreamy", "atmospheric"),
+        "post-rock": ("atmospheric", "epic"),
+        "surf rock": ("summer", "playful"),
+        "rockabilly": ("playful", "upbeat"),
+        "heavy metal": ("aggressive", "intense"),
+        "thrash metal": ("aggressive", "intense"),
+        "death metal": ("aggressive", "dark"),
+        "black metal": ("dark", "haunting"),
+        "doom metal": ("dark", "haunting"),
+        "metalcore": ("aggressive", "emotional"),
+        "nu metal": ("aggressive", "rebellious"),
+        "punk rock": ("rebellious", "energetic"),
+        "pop punk": ("energetic", "rebellious"),
+        "emo": ("emotional", "melancholic"),
+        "post-punk": ("dark", "gritty"),
+        "electronic": ("energetic", "atmospheric"),
+        "synthwave": ("nostalgic", "night"),
+        "vaporwave": ("nostalgic", "dreamy"),
+        "chiptune": ("playful", "nostalgic"),
+        "downtempo": ("chill", "atmospheric"),
+        "dubstep": ("aggressive", "intense"),
+        "drum and bass": ("energetic", "intense"),
+        "ambient": ("atmospheric", "peaceful"),
+        "new age": ("peaceful", "spiritual"),
+        "house": ("groovy", "euphoric"),
+        "techno": ("dark", "intense"),
+        "trance": ("euphoric", "uplifting"),
+        "edm": ("energetic", "euphoric"),
+        "disco": ("groovy", "happy"),
+        "uk garage": ("groovy", "night"),
+        "hardstyle": ("intense", "euphoric"),
+        "hip hop": ("confident", "gritty"),
+        "trap": ("dark", "confident"),
+        "drill": ("dark", "aggressive"),
+        "lo-fi hip hop": ("chill", "relaxing"),
+        "phonk": ("dark", "aggressive"),
+        "grime": ("aggressive", "gritty"),
+        "r&b": ("sensual", "romantic"),
+        "soul": ("emotional", "warm"),
+        "neo soul": ("sensual", "warm"),
+        "funk": ("groovy", "playful"),
+        "afrobeats": ("groovy", "summer"),
+        "jazz": ("sensual", "night"),
+        "smooth jazz": ("relaxing", "romantic"),
+        "jazz fusion": ("groovy", "energetic"),
+        "swing": ("playful", "upbeat"),
+        "blues": ("melancholic", "gritty"),
+        "blues rock": ("gritty", "energetic"),
+        "country": ("nostalgic", "warm"),
+        "bluegrass": ("upbeat", "playful"),
+        "americana": ("nostalgic", "bittersweet"),
+        "folk": ("warm", "nostalgic"),
+        "indie folk": ("warm", "melancholic"),
+        "singer-songwriter": ("emotional", "bittersweet"),
+        "celtic": ("playful", "spiritual"),
+        "reggaeton": ("sensual", "energetic"),
+        "latin pop": ("romantic", "upbeat"),
+        "salsa": ("energetic", "sensual"),
+        "bachata": ("romantic", "sensual"),
+        "bossa nova": ("relaxing", "romantic"),
+        "samba": ("happy", "energetic"),
+        "cumbia": ("groovy", "happy"),
+        "tango": ("sensual", "intense"),
+        "regional mexican": ("emotional", "happy"),
+        "reggae": ("chill", "uplifting"),
+        "dub": ("chill", "atmospheric"),
+        "dancehall": ("energetic", "sensual"),
+        "ska": ("upbeat", "playful"),
+        "classical": ("emotional", "peaceful"),
+        "opera": ("epic", "emotional"),
+        "cinematic": ("epic", "emotional"),
+        "video game music": ("playful", "epic"),
+        "musical theatre": ("playful", "emotional"),
+        "lullaby": ("peaceful", "warm"),
+        "gospel": ("spiritual", "uplifting"),
+        "bollywood": ("romantic", "energetic"),
+        "indian classical": ("spiritual", "peaceful"),
+        "flamenco": ("intense", "emotional"),
+        "middle eastern": ("mysterious", "spiritual"),
+        "african": ("energetic", "happy"),
+        "polka": ("happy", "playful"),
+        "hawaiian": ("relaxing", "summer"),
+        "industrial": ("dark", "aggressive"),
+        "experimental": ("mysterious", "eerie"),
+    }
+)
 
 
 INSTRUMENTS: tuple[Instrument, ...] = (

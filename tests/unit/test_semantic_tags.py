@@ -148,13 +148,35 @@ def test_phrases_the_lexicon_misses_get_a_sensible_genre(
 def test_moods_are_filled_when_none_is_named(
     engine: SemanticTagEngine, text: str, moods: set[str]
 ) -> None:
-    assert normalize_style(text).moods == []
+    assert not lexical_evidence(text).moods_named
     assert set(_tags(engine, text).moods) & moods
 
 
-def test_no_mood_is_added_to_text_with_nothing_but_named_things(engine: SemanticTagEngine) -> None:
-    for text in ("techno", "a song", "k-pop girl group", "heavy metal with piano at 120 bpm"):
-        assert _tags(engine, text).moods == [], text
+def test_text_naming_only_a_genre_gets_its_conventional_moods(engine: SemanticTagEngine) -> None:
+    # Nothing but named things: the embedding has nothing to add, the genre's conventions speak.
+    for text in ("techno", "k-pop girl group", "heavy metal with piano at 120 bpm"):
+        tags = _tags(engine, text)
+        assert tags.moods == list(GENRE_TYPICAL_MOODS[tags.genre]), text
+        assert tags == normalize_style(text), text
+    assert _tags(engine, "a song").moods == []  # no genre named: no convention to draw on
+
+
+@pytest.mark.parametrize(
+    ("text", "moods"),
+    [
+        ("thrash metal with fast palm-muted riffs", {"aggressive", "intense", "energetic"}),
+        ("deep house with a rolling bassline", {"groovy", "euphoric", "chill", "night"}),
+    ],
+)
+def test_a_named_genre_without_a_mood_gets_moods_of_its_kind(
+    engine: SemanticTagEngine, text: str, moods: set[str]
+) -> None:
+    assert not lexical_evidence(text).moods_named
+    tags = _tags(engine, text)
+    assert tags.genre == normalize_style(text).genre
+    assert set(tags.moods) & moods, tags.moods
+    # An explicit mood wins over the genre's conventions and the embedding.
+    assert _tags(engine, f"happy {text}").moods == ["happy"]
 
 
 # --- what the lexicon names is kept --------------------------------------------------------------
@@ -364,11 +386,3 @@ def test_a_described_scene_without_a_mood_gets_its_genres_typical_moods(
     assert tags.genre != normalize_style(text).genre  # the embedding picked the genre
     assert tags.moods == list(GENRE_TYPICAL_MOODS[tags.genre])
     assert all(mood in tags.caption for mood in tags.moods)
-
-
-def test_every_genre_has_typical_moods_from_the_vocabulary() -> None:
-    from pipeline.vocabulary import GENRES, MOODS
-
-    mood_names = {mood.name for mood in MOODS}
-    assert set(GENRE_TYPICAL_MOODS) == {genre.name for genre in GENRES}
-    assert all(set(moods) <= mood_names for moods in GENRE_TYPICAL_MOODS.values())

@@ -21,6 +21,7 @@ from pipeline.tags import (
 )
 from pipeline.vocabulary import (
     FAMILY_DEFAULT_VOCAL,
+    GENRE_TYPICAL_MOODS,
     GENRES,
     INSTRUMENTS,
     MOODS,
@@ -245,6 +246,14 @@ def test_families_instruments_and_ranges_are_valid() -> None:
                 assert 40 <= sub.bpm[0] < sub.bpm[1] <= 220, sub.name
     for mood in MOODS:
         assert -1 <= mood.energy <= 1 and -1 <= mood.valence <= 1, mood.name
+
+
+def test_every_genre_has_conventional_moods_from_the_vocabulary() -> None:
+    mood_names = {mood.name for mood in MOODS}
+    assert set(GENRE_TYPICAL_MOODS) == {genre.name for genre in GENRES}
+    for genre, moods in GENRE_TYPICAL_MOODS.items():
+        assert moods and set(moods) <= mood_names, genre
+        assert len(set(moods)) == len(moods), genre
 
 
 def test_no_phrase_has_two_meanings() -> None:
