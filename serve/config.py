@@ -836,6 +836,34 @@ class LorasConfig(_Strict):
     )
 
 
+UploadFormat = Literal["wav", "mp3", "flac", "m4a", "aac", "ogg", "opus"]
+"""What `POST /v1/uploads` can read, named as the API reports an upload's `format` (sniffed from
+the file's bytes): m4a is AAC (or ALAC) in MP4, aac a raw ADTS stream, ogg Vorbis (or FLAC) in
+Ogg, opus Opus in Ogg."""
+UPLOAD_FORMATS: tuple[UploadFormat, ...] = ("wav", "mp3", "flac", "m4a", "aac", "ogg", "opus")
+
+
+class UploadsConfig(_Strict):
+    """Audio files callers upload (`POST /v1/uploads`) to edit or take after: decoded, made
+    48 kHz stereo and kept per owner until deleted or past `jobs.retention_days`."""
+
+    max_bytes: int = Field(
+        50 * 1024 * 1024, ge=1024, description="Largest accepted upload file, in bytes."
+    )
+    max_duration_s: float = Field(
+        600.0,
+        gt=0,
+        le=3600,
+        description="Longest accepted upload, in seconds of audio; decoding stops soon after it.",
+    )
+    formats: list[UploadFormat] = Field(
+        default_factory=lambda: list(UPLOAD_FORMATS),
+        min_length=1,
+        description="Formats accepted, judged from the file's bytes (never its name or content "
+        "type): wav, mp3, flac, m4a, aac, ogg, opus.",
+    )
+
+
 _POOL_DEFAULTS: dict[str, Any] = {
     "num_replicas": 2,
     "max_ongoing_requests": 1,
@@ -1166,6 +1194,9 @@ class AppConfig(_Strict):
         default_factory=PostProcessConfig, description="Mastering and encoding."
     )
     loras: LorasConfig = Field(default_factory=LorasConfig, description="The LoRA registry.")
+    uploads: UploadsConfig = Field(
+        default_factory=UploadsConfig, description="Audio uploads (POST /v1/uploads)."
+    )
     webhooks: WebhooksConfig = Field(
         default_factory=WebhooksConfig, description="Song callbacks (callback_url)."
     )

@@ -17,7 +17,7 @@ from serve.services import ApiServices
 from .auth import require_media_owner, require_owner
 from .errors import install_error_handlers
 from .guard import RequestGuard
-from .routes import loras, media, songs, stems, suno, system, tools
+from .routes import loras, media, songs, stems, suno, system, tools, uploads
 
 
 def create_app(services_of: Callable[[], ApiServices]) -> FastAPI:
@@ -39,6 +39,7 @@ def create_app(services_of: Callable[[], ApiServices]) -> FastAPI:
         (stems.router, caller, (400, 401, 404, 409, 413, 422, 503)),
         (tools.router, caller, (400, 401, 409, 413, 415, 422, 503)),
         (loras.router, caller, (400, 401, 403, 404, 409, 413, 422, 503)),
+        (uploads.router, caller, (400, 401, 404, 413, 415, 422, 503)),
         (suno.router, caller, (400, 401, 404, 413, 422, 429, 503)),
     ]
     for router, dependencies, statuses in routers:

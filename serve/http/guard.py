@@ -68,6 +68,8 @@ def body_limit(services: ApiServices, path: str) -> BodyLimit:
         return BodyLimit(config.loras.max_upload_bytes, "loras.max_upload_bytes")
     if path == "/v1/verify":
         return BodyLimit(config.api.max_verify_bytes, "api.max_verify_bytes")
+    if path == "/v1/uploads":
+        return BodyLimit(config.uploads.max_bytes, "uploads.max_bytes")
     return BodyLimit(MAX_JSON_BYTES, "every JSON body of the API is far smaller")
 
 

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from .stems import StemsService
     from .suno import SunoService
     from .tools import ToolService
+    from .uploads import UploadService
     from .views import Views
 
 
@@ -41,6 +42,7 @@ class ApiServices:
     tools: ToolService
     quotas: Quotas
     suno: SunoService
+    uploads: UploadService
 
     @property
     def retry_after_s(self) -> int:
@@ -95,6 +97,7 @@ def build_services(config: AppConfig, graph: Graph) -> ApiServices:
     from .stems import StemsService
     from .suno import SunoService
     from .tools import ToolService
+    from .uploads import UploadService
     from .views import Views
 
     jobs = open_job_store(config.storage)
@@ -102,6 +105,7 @@ def build_services(config: AppConfig, graph: Graph) -> ApiServices:
     authenticator = _authenticator(config, jobs)
     views = Views(config, authenticator)
     registry = LoraRegistry(objects)
+    uploads = UploadService(config, objects)
     quotas = Quotas(config, jobs)
     queue = QueueEstimator(config, jobs, graph)
     songs = SongService(config, jobs, objects, registry, graph, views, queue, quotas)
@@ -129,4 +133,5 @@ def build_services(config: AppConfig, graph: Graph) -> ApiServices:
         quotas=quotas,
         tools=tools,
         suno=suno,
+        uploads=uploads,
     )

@@ -1,4 +1,5 @@
-"""`ObjectStore` — the contract for bytes: encoded audio, peaks, raw renders, stems, LoRA files.
+"""`ObjectStore` — the contract for bytes: encoded audio, peaks, raw renders, stems, LoRA files,
+uploads.
 
 Keys are deterministic, derived from (job, variation, artefact), so a re-run after a crash
 overwrites instead of duplicating. Backends: `FilesystemObjectStore` (the embedded default, one
@@ -7,6 +8,8 @@ machine) and `S3ObjectStore` (any S3-compatible service, for a cluster).
 
 from __future__ import annotations
 
+import re
+import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -54,6 +57,51 @@ def master_info_key(job_id: str, index: int) -> str:
     return variation_key(job_id, index, "master.json")
 
 
+UPLOADS_ROOT = "uploads/"
+UPLOAD_AUDIO_NAME = "audio.npy"
+"""An upload's audio, decoded and made 48 kHz stereo, in the raw render format
+(`pipeline.audio.raw_render_bytes`, content type `RAW_RENDER_CONTENT_TYPE`)."""
+UPLOAD_RECORD_NAME = "upload.json"
+"""What the API shows of an upload (written after the audio: a listed upload has its audio)."""
+UPLOAD_ID_PATTERN = re.compile(r"^upl_[0-9a-f]{28}$")
+
+
+def new_upload_id(created_at: float) -> str:
+    """Time-ordered, unguessable id: `upl_` + 12 hex digits of ms since the epoch + 16 random
+    hex digits. The time in it is what the retention sweep reads (no record to fetch), and ids
+    sort newest last."""
+    return f"upl_{int(created_at * 1000):012x}{secrets.token_hex(8)}"
+
+
+def upload_created_at(upload_id: str) -> float | None:
+    """When upload `upload_id` was made (epoch seconds, ms precision); None for a malformed id."""
+    if not UPLOAD_ID_PATTERN.match(upload_id):
+        return None
+    return int(upload_id[4:16], 16) / 1000
+
+
+def upload_prefix(owner: str) -> str:
+    """Every upload of `owner` lives under this prefix. ValueError for an owner id that would
+    break the layout (none the server issues does: see `serve.http.auth`)."""
+    if not owner or "/" in owner or owner in (".", ".."):
+        raise ValueError(f"owner id {owner!r} cannot name an uploads prefix")
+    return f"{UPLOADS_ROOT}{owner}/"
+
+
+def upload_key(owner: str, upload_id: str, name: str = "") -> str:
+    """The key of one file of an upload, e.g. `uploads/<owner>/<id>/audio.npy`; without a
+    name, the prefix of the whole upload (deleting it deletes the upload)."""
+    return f"{upload_prefix(owner)}{upload_id}/{name}"
+
+
+def upload_location(key: str) -> tuple[str, str] | None:
+    """(owner, upload id) of a key under `UPLOADS_ROOT`, or None for any other key."""
+    parts = key.split("/")
+    if len(parts) < 4 or f"{parts[0]}/" != UPLOADS_ROOT or not UPLOAD_ID_PATTERN.match(parts[2]):
+        return None
+    return parts[1], parts[2]
+
+
 class ChecksumMismatch(RuntimeError):
     """What the store holds after a write is not what was sent."""
 
@@ -96,10 +144,12 @@ class ObjectStore(Protocol):
 
 def object_kind(key: str) -> str:
     """What an object is, from its key alone (a metric's low-cardinality tag): render, audio,
-    hls, peaks, master, stems, lora or other."""
+    hls, peaks, master, stems, lora, upload or other."""
     parts = key.split("/")
     if parts[0] == "loras":
         return "lora"
+    if f"{parts[0]}/" == UPLOADS_ROOT:
+        return "upload"
     if parts[0] != "songs" or len(parts) < 4:
         return "other"
     name = parts[3]

@@ -1,9 +1,15 @@
 """Deleting songs: one on request (`DELETE /v1/songs/{id}`), and every finished song older than
-`jobs.retention_days`, swept in bounded batches by each conductor replica.
+`jobs.retention_days`, swept in bounded batches by each conductor replica; uploads
+(`POST /v1/uploads`) older than `jobs.retention_days` go by the same sweep.
 
 A song's files go first, then its records: a deletion cut short leaves records that a retry (or
 the next sweep) finds again, never files nobody can reach. Sweeps on several replicas may pick the
 same song; deleting it twice is harmless.
+
+Uploads live only in the object store (`uploads/<owner>/<id>/`), and an upload id carries the
+time it was made (`serve.store.new_upload_id`): the sweep lists the keys under `uploads/` and reads
+no record. It finds an upload by any of its keys, so one whose record was never written (a
+crash between its two writes) is swept too.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from serve.store import song_prefix
+from serve.store import UPLOADS_ROOT, song_prefix, upload_created_at, upload_key, upload_location
 
 if TYPE_CHECKING:
     from serve.config import JobsConfig
@@ -40,9 +46,30 @@ async def sweep_expired(
     return len(expired)
 
 
+async def sweep_expired_uploads(
+    objects: ObjectStore, retention_days: float, batch: int, now: float
+) -> int:
+    """Delete up to `batch` uploads made more than `retention_days` before `now`."""
+    cutoff = now - retention_days * DAY_S
+    expired: dict[tuple[str, str], None] = {}  # (owner, upload id), in listing order
+    for key in await objects.list_keys(UPLOADS_ROOT):
+        located = upload_location(key)
+        if located is None or located in expired:
+            continue
+        created_at = upload_created_at(located[1])
+        if created_at is not None and created_at < cutoff:
+            expired[located] = None
+            if len(expired) == batch:
+                break
+    for owner, upload_id in expired:
+        await objects.delete_prefix(upload_key(owner, upload_id))
+    return len(expired)
+
+
 class RetentionSweeper:
-    """Runs `sweep_expired` every `jobs.retention_sweep_interval_s`, and at once again while a
-    sweep fills its batch (a backlog drains batch after batch, never in one huge transaction)."""
+    """Runs `sweep_expired` and `sweep_expired_uploads` every `jobs.retention_sweep_interval_s`,
+    and at once again while a sweep fills its batch (a backlog drains batch after batch, never in
+    one huge transaction)."""
 
     def __init__(self, config: JobsConfig, jobs: JobStore, objects: ObjectStore) -> None:
         self._config = config
@@ -62,9 +89,14 @@ class RetentionSweeper:
                     config.retention_batch,
                     time.time(),
                 )
+                uploads = await sweep_expired_uploads(
+                    self._objects, config.retention_days, config.retention_batch, time.time()
+                )
                 if deleted:
                     logger.info("retention: deleted %d song(s) past jobs.retention_days", deleted)
-                if deleted == config.retention_batch:
+                if uploads:
+                    logger.info("retention: deleted %d upload(s) past jobs.retention_days", uploads)
+                if config.retention_batch in (deleted, uploads):
                     await asyncio.sleep(0)  # more are waiting: the next batch now
                     continue
             except Exception:  # a store outage: the next sweep tries again
