@@ -9,9 +9,10 @@ refused without decoding the rest), made float32 stereo at 48 kHz and stored in 
 format (`pipeline.audio.raw_render_bytes`), so a decoder loads it as it loads a render. A C2PA
 manifest it carries is read (and validated) on upload, and its report kept with the upload.
 
-Storage is the object store alone: `uploads/<owner>/<id>/audio.npy`, then `upload.json` (so a
-listed upload always has its audio). Another owner's upload is as good as absent (404). Uploads
-expire with `jobs.retention_days`: the conductors' retention sweep deletes them
+Storage is the object store alone: `uploads/<owner>/<id>/original.<format>` (the file as sent,
+its manifest intact, for edits to name as their C2PA ingredient), `audio.npy`, then `upload.json`
+(so a listed upload always has its files). Another owner's upload is as good as absent (404).
+Uploads expire with `jobs.retention_days`: the conductors' retention sweep deletes them
 (`serve.workflow.retention.sweep_expired_uploads`).
 """
 
@@ -55,6 +56,17 @@ _MAX_FILENAME_CHARS = 255
 # and files written by tools that label audio-only MP4 as generic MP4.
 _MP4_AUDIO_BRANDS = (b"M4A ", b"M4B ", b"mp41", b"mp42", b"isom", b"iso2")
 _SIGNABLE = ("m4a", "mp3", "flac", "wav")
+_OTHER_CONTENT_TYPES = {"aac": "audio/aac", "ogg": "audio/ogg", "opus": "audio/ogg"}
+
+
+def _original_name(fmt: str) -> str:
+    return f"original.{fmt}"
+
+
+def _content_type(fmt: str) -> str:
+    from pipeline.encode import CONTENT_TYPES
+
+    return CONTENT_TYPES.get(fmt) or _OTHER_CONTENT_TYPES[fmt]
 
 
 @dataclass(frozen=True)
@@ -62,7 +74,8 @@ class UploadSource:
     """An upload as song edits use it: `key` names its audio in the object store, float32
     stereo `.npy` at `sample_rate` (48000) Hz, `pipeline.audio.raw_render_from_bytes` reads it.
     `c2pa` is the report `pipeline.provenance.read_credentials` gave on upload, None when the file
-    carried no manifest."""
+    carried no manifest. `original_key` names the file as it was uploaded (byte for byte, any
+    manifest in it intact), of format `format`."""
 
     id: str
     key: str
@@ -70,6 +83,8 @@ class UploadSource:
     sample_rate: int
     c2pa: dict[str, Any] | None
     filename: str | None
+    original_key: str
+    format: str
 
 
 def sniff_upload_format(data: bytes) -> UploadFormat | None:
@@ -214,6 +229,9 @@ class UploadService:
         }
         objects = self._objects
         await objects.put(
+            upload_key(owner, upload_id, _original_name(fmt)), data, _content_type(fmt)
+        )
+        await objects.put(
             upload_key(owner, upload_id, UPLOAD_AUDIO_NAME),
             decoded.audio_npy,
             RAW_RENDER_CONTENT_TYPE,
@@ -262,7 +280,7 @@ class UploadService:
         return self._out(record)
 
     async def delete(self, owner: str, upload_id: str) -> None:
-        """Delete one of `owner`'s uploads, its audio and record; 404 for any other id."""
+        """Delete one of `owner`'s uploads, every file of it; 404 for any other id."""
         if await self._record(owner, upload_id) is None:
             raise _not_found(upload_id)
         await self._objects.delete_prefix(upload_key(owner, upload_id))
@@ -286,6 +304,8 @@ class UploadService:
             sample_rate=int(record["sample_rate"]),
             c2pa=record.get("c2pa"),
             filename=record.get("filename"),
+            original_key=upload_key(owner, record["id"], _original_name(record["format"])),
+            format=record["format"],
         )
 
     async def _record(self, owner: str, upload_id: str) -> dict[str, Any] | None:

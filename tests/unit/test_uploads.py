@@ -97,7 +97,8 @@ def test_an_upload_is_stored_as_48k_stereo_float32(
     local: tuple[TestClient, ApiServices], fmt: str
 ) -> None:
     client, services = local
-    answer = _upload(client, _file(fmt), name=f"take.{fmt}")
+    sent = _file(fmt)
+    answer = _upload(client, sent, name=f"take.{fmt}")
     assert answer.status_code == 201, answer.text
     upload = answer.json()
     assert upload["id"].startswith("upl_") and upload["format"] == fmt
@@ -114,6 +115,10 @@ def test_an_upload_is_stored_as_48k_stereo_float32(
     assert abs(audio.shape[1] - expected) <= (0 if fmt in ("wav", "flac") else 1152)
     assert np.array_equal(audio[0], audio[1])  # mono made stereo
     assert client.get(f"/v1/uploads/{upload['id']}").json() == upload
+    # The file itself is kept as sent (for edits to name as their C2PA ingredient).
+    source = asyncio.run(services.uploads.source(LOCAL_OWNER, upload["id"], "source.upload"))
+    assert source.format == fmt and source.original_key.endswith(f"/original.{fmt}")
+    assert asyncio.run(services.objects.get(source.original_key)) == sent
 
 
 def test_opus_in_ogg_is_read_too(local: tuple[TestClient, ApiServices]) -> None:
@@ -254,6 +259,8 @@ def test_a_c2pa_manifest_is_read_and_kept(
         assert c2pa["manifest"]["claim_generator"][0]["name"] == "songserve"
         source = asyncio.run(services.uploads.source(LOCAL_OWNER, upload["id"], "source.upload"))
         assert source.c2pa is not None and source.c2pa["valid"]
+        kept = asyncio.run(services.objects.get(source.original_key))
+        assert kept == signed  # the manifest travels on with the file
         assert source.c2pa["manifest"]["generation"]["seed"] == 7
 
 
