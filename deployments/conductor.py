@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pipeline.lyrics import LyricSection, parse_lyrics
-from pipeline.song_models import RenderRequest
+from pipeline.song_models import RenderRequest, SongEdit
 from pipeline.tags import StyleTags
 from serve.autoscaling import BacklogReporter
 from serve.metrics import observe_stage, song_metrics, stage_tags
@@ -784,12 +784,24 @@ def _provenance(job_id: str, index: int, seed: int, request: dict[str, Any]) -> 
 
     text = request.get("prompt") or request.get("lyrics") or request.get("style") or ""
     lora_id = (request.get("lora") or {}).get("id")
+    edit = request.get("edit") or {}
+    source = edit.get("source") or {}
     return Provenance(
         title=f"songserve {job_id} variation {index}",
         seed=seed,
         prompt_sha256=prompt_sha256(text),
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         lora_id=lora_id,
+        edit=edit.get("task"),
+        source=(
+            f"songserve:upload/{source['upload']}"
+            if "upload" in source
+            else f"songserve:song/{source['song']}/variation/{source['variation']}"
+            if "song" in source
+            else None
+        ),
+        source_title=edit.get("source_title"),
+        source_key=edit.get("ingredient_key"),
     )
 
 
@@ -832,6 +844,22 @@ def _render_request(
         # scopes stored only the id, which names an old-layout (shared) LoRA.
         lora_id=lora.get("ref") or lora.get("id"),
         lora_scale=float(lora.get("scale", 1.0)),
+        edit=_song_edit(request.get("edit")),
+        reference_key=(request.get("reference") or {}).get("key"),
+    )
+
+
+def _song_edit(edit: dict[str, Any] | None) -> SongEdit | None:
+    """The edit the API resolved and stored with the request (serve.services.editing)."""
+    if not edit:
+        return None
+    return SongEdit(
+        task=edit["task"],
+        source_key=edit["source_key"],
+        source_duration_s=float(edit["source_duration_s"]),
+        start_s=float(edit.get("start_s", 0.0)),
+        end_s=float(edit.get("end_s", 0.0)),
+        strength=float(edit.get("strength", 1.0)),
     )
 
 

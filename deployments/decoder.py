@@ -31,6 +31,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from pipeline.song_models import RenderFailed, RenderRequest, load_song_model, unpack_rendered
@@ -162,13 +163,15 @@ class SongDecoder:
         # undone by reloading. (Batches run one at a time, so none is evicted before this render.)
         for lora_id in sorted({r.lora_id for r in requests if r.lora_id}):
             await self._lora(lora_id)
+        # Edits and references get their audio here, on this replica, from the object store.
+        prepared = [await self._with_audio(request) for request in requests]
         loop = asyncio.get_running_loop()
         started_at = time.time()
         self._counters["batches"] += 1
         self._counters["requests"] += len(requests)
         # On the model thread: planning calls may use the model's tokenizer, which must not run
         # on two threads at once.
-        calls = await loop.run_in_executor(self._model_thread, self._model.model_calls, requests)
+        calls = await loop.run_in_executor(self._model_thread, self._model.model_calls, prepared)
         call_size = [0] * len(requests)
         for call in calls:
             self._metrics.songs_per_model_call.observe(len(call))
@@ -177,7 +180,7 @@ class SongDecoder:
         audios: Sequence[Any] = []
         waited_for = self._waited_for
         rendering = with_progress(
-            lambda on_progress: self._model.render(requests, on_progress),
+            lambda on_progress: self._model.render(prepared, on_progress),
             self._model_thread,
             stop_when=lambda: not any(id(r) in waited_for for r in requests),
         )
@@ -225,6 +228,20 @@ class SongDecoder:
         for request, result in zip(requests, results, strict=True):
             if isinstance(result, RenderedSong):
                 self._metrics.songs.inc(tags={"lora": "adapter" if request.lora_id else "base"})
+
+    async def _with_audio(self, request: RenderRequest) -> RenderRequest:
+        """`request` with the source and reference audio it names, at the pool's rate."""
+        if request.edit is None and request.reference_key is None:
+            return request
+        from pipeline.audio import audio_from_file
+
+        async def load(key: str) -> Any:
+            data = await self._objects.get(key)  # KeyError: deleted since it was accepted
+            return await asyncio.to_thread(audio_from_file, data, self._model.sample_rate)
+
+        source = await load(request.edit.source_key) if request.edit is not None else None
+        reference = await load(request.reference_key) if request.reference_key else None
+        return replace(request, source_audio=source, reference_audio=reference)
 
     async def _store_render(self, key: str, audio: Any) -> None:
         from pipeline.audio import raw_render_bytes

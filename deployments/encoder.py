@@ -32,9 +32,10 @@ from serve.store import (
     variation_audio_key,
 )
 
-from .post_processor import DeliveryChain, deliver_from_master
+from .post_processor import DeliveryChain, deliver_from_master, source_ingredient
 
 if TYPE_CHECKING:
+    from pipeline.provenance import SourceIngredient
     from serve.config import AudioFormat, PostProcessConfig, StorageConfig
 
 logger = logging.getLogger("ray.serve")
@@ -54,6 +55,20 @@ class OnDemandEncoder:
         handed back and the error raised (KeyError when the master is missing)."""
         return await asyncio.shield(asyncio.ensure_future(self._deliver(job_id, index, fmt, token)))
 
+    async def _source(self, info: bytes) -> SourceIngredient | None:
+        """An edit's source file, named in its lazy files' manifests as in its eager ones."""
+        import json
+
+        described = json.loads(info)
+        key = described.get("source_key")
+        if key is None or not self._delivery.config.c2pa.enabled:
+            return None
+        try:
+            data = await self._objects.get(key)
+        except KeyError:  # the source was deleted since
+            return None
+        return source_ingredient(described.get("source_title"), data)
+
     async def _deliver(self, job_id: str, index: int, fmt: AudioFormat, token: str) -> str:
         key = variation_audio_key(job_id, index, fmt)
         try:
@@ -64,9 +79,10 @@ class OnDemandEncoder:
 
                 master = await self._objects.get(master_key(job_id, index))
                 info = await self._objects.get(master_info_key(job_id, index))
+                source = await self._source(info)
                 started = time.perf_counter()
                 data, timings = await asyncio.to_thread(
-                    deliver_from_master, self._delivery, master, info, fmt
+                    deliver_from_master, self._delivery, master, info, fmt, source
                 )
                 from serve.metrics import song_metrics, stage_tags
 

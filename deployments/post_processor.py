@@ -51,8 +51,9 @@ SONGSERVE_VERSION = _songserve_version()  # signed into every file's credentials
 if TYPE_CHECKING:
     import numpy as np
 
-    from pipeline.provenance import SongCredentials
+    from pipeline.provenance import SongCredentials, SourceIngredient
     from serve.config import AudioFormat, PostProcessConfig, StorageConfig
+    from serve.store import ObjectStore
 
     from .renders import RenderedSong
 
@@ -67,6 +68,10 @@ class Provenance:
     prompt_sha256: str
     created: str  # ISO 8601 with zone
     lora_id: str | None = None
+    edit: str | None = None  # extend / repaint / cover
+    source: str | None = None  # what was edited ("songserve:song/<id>/variation/<n>", …)
+    source_title: str | None = None
+    source_key: str | None = None  # a signed file of the source: the manifest's ingredient
 
 
 @dataclass(frozen=True)
@@ -137,27 +142,55 @@ class DeliveryChain:
         return encoded
 
     def sign(
-        self, encoded: dict[AudioFormat, bytes], credentials: SongCredentials
+        self,
+        encoded: dict[AudioFormat, bytes],
+        credentials: SongCredentials,
+        source: SourceIngredient | None = None,
     ) -> tuple[dict[AudioFormat, bytes], dict[str, object]]:
         """Each file with its content credentials embedded (unchanged when signing is off), and
-        the status a record shows."""
+        the status a record shows. An edit's files name their `source` as an ingredient."""
         from pipeline.provenance import sign_audio
 
         if not self.config.c2pa.enabled:
             return encoded, {"signed": False}
         signed = {
-            fmt: sign_audio(data, fmt, credentials, self._signer) for fmt, data in encoded.items()
+            fmt: sign_audio(data, fmt, credentials, self._signer, source)
+            for fmt, data in encoded.items()
         }
-        return signed, {"signed": True, "formats": list(encoded)}
+        status: dict[str, object] = {"signed": True, "formats": list(encoded)}
+        if source is not None:
+            status["ingredient"] = source.title
+        return signed, status
 
 
-def master_info(sample_rate: int, credentials: SongCredentials) -> bytes:
-    """What is kept next to a variation's master (`serve.store.master_info_key`), as JSON."""
-    return json.dumps({"sample_rate": sample_rate, "credentials": asdict(credentials)}).encode()
+def source_ingredient(title: str | None, data: bytes | None) -> SourceIngredient | None:
+    """An edit's source file as its manifests' ingredient; None when there is none to name (a
+    source kept in no signable format) or its format is unknown."""
+    from pipeline.provenance import SourceIngredient, sniff_audio_format
+
+    fmt = sniff_audio_format(data) if data else None
+    if data is None or fmt is None:
+        return None
+    return SourceIngredient(title=title or "source", data=data, fmt=fmt)
+
+
+def master_info(
+    sample_rate: int, credentials: SongCredentials, source: Provenance | None = None
+) -> bytes:
+    """What is kept next to a variation's master (`serve.store.master_info_key`), as JSON: its
+    rate, its credentials and (for an edit) its source's file, named in lazy formats too."""
+    info: dict[str, object] = {"sample_rate": sample_rate, "credentials": asdict(credentials)}
+    if source is not None and source.source_key is not None:
+        info |= {"source_key": source.source_key, "source_title": source.source_title}
+    return json.dumps(info).encode()
 
 
 def deliver_from_master(
-    delivery: DeliveryChain, master: bytes, info: bytes, fmt: AudioFormat
+    delivery: DeliveryChain,
+    master: bytes,
+    info: bytes,
+    fmt: AudioFormat,
+    source: SourceIngredient | None = None,
 ) -> tuple[bytes, dict[str, float]]:
     """File `fmt` of a variation made from its kept master (24-bit FLAC) and info (JSON): encoded,
     then signed with the credentials the eager files got. Returns the file and its timings."""
@@ -173,7 +206,7 @@ def deliver_from_master(
     add_elapsed(timings, "decode_master", started)
     encoded = delivery.encode(audio, sample_rate, timings, [fmt])
     started = time.perf_counter()
-    signed, status = delivery.sign(encoded, SongCredentials(**described["credentials"]))
+    signed, status = delivery.sign(encoded, SongCredentials(**described["credentials"]), source)
     if status["signed"]:
         add_elapsed(timings, "c2pa", started)
     return signed[fmt], timings
@@ -203,7 +236,17 @@ def song_credentials(
         lora_id=provenance.lora_id,
         stem=stem,
         stem_method=stem_method,
+        edit=provenance.edit,
+        source=provenance.source,
     )
+
+
+async def _get_if_kept(objects: ObjectStore, key: str) -> bytes | None:
+    """An object's bytes; None when it was deleted (an edit's source may be, meanwhile)."""
+    try:
+        return await objects.get(key)
+    except KeyError:
+        return None
 
 
 def add_elapsed(timings: dict[str, float], name: str, started: float) -> None:
@@ -234,6 +277,7 @@ class PostProcessor:
         provenance: Provenance,
         job_id: str,
         index: int,
+        source: SourceIngredient | None = None,
     ) -> tuple[list[_Artefact], ProcessedVariation]:
         from pipeline.audio import raw_render_from_bytes
         from pipeline.encode import CONTENT_TYPES, encode_audio
@@ -290,7 +334,7 @@ class PostProcessor:
             model_version=rendered.model_version,
             loudness_lufs=lufs,
         )
-        delivered, signed = self._delivery.sign(encoded, credentials)
+        delivered, signed = self._delivery.sign(encoded, credentials, source)
         if signed["signed"]:
             timings["c2pa"] = time.perf_counter() - started
             # Lazy formats are signed with the same credentials when they are first asked for.
@@ -301,7 +345,7 @@ class PostProcessor:
         if self._config.lazy:
             started = time.perf_counter()
             master = encode_audio(mastered.audio, rendered.sample_rate, "flac")
-            info = master_info(rendered.sample_rate, credentials)
+            info = master_info(rendered.sample_rate, credentials, provenance if source else None)
             artefacts.append(
                 _Artefact(master_key(job_id, index), master, MASTER_CONTENT_TYPE, "master")
             )
@@ -343,9 +387,14 @@ class PostProcessor:
         (`rendered.render_key`); KeyError when missing."""
         started = time.perf_counter()
         raw = await self._objects.get(rendered.render_key)
+        source = None
+        if provenance.source_key is not None and self._config.c2pa.enabled:
+            source = source_ingredient(
+                provenance.source_title, await _get_if_kept(self._objects, provenance.source_key)
+            )
         fetched_s = time.perf_counter() - started
         artefacts, summary = await asyncio.to_thread(
-            self._master_and_encode, rendered, raw, target_lufs, provenance, job_id, index
+            self._master_and_encode, rendered, raw, target_lufs, provenance, job_id, index, source
         )
         started = time.perf_counter()
         objects: dict[str, str] = {}

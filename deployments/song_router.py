@@ -43,7 +43,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pipeline.song_contracts import auto_models, capabilities_of
+from pipeline.song_contracts import TEXT2MUSIC, auto_models, capabilities_of
 from pipeline.song_models import RenderRequest
 from serve.pool_load import PoolLoad, SpeedMeter, order_by_wait
 
@@ -301,8 +301,17 @@ class SongRouter:
             )
         return listed
 
-    def candidates(self, model: str, *, with_lora: bool = False, language: str = "en") -> list[str]:
-        """Pool names to try for `model`, best first; only LoRA-capable ones `with_lora`.
+    def candidates(
+        self,
+        model: str,
+        *,
+        with_lora: bool = False,
+        language: str = "en",
+        task: str = TEXT2MUSIC,
+        reference: bool = False,
+    ) -> list[str]:
+        """Pool names to try for `model`, best first; only those whose model takes a LoRA
+        `with_lora`, can do `task`, and takes reference audio when asked (`reference`).
 
         For `auto`, models come in `auto_models` order (those that prefer the song's `language`
         first, then `auto_order`); within a model the pool with the shortest expected wait
@@ -313,8 +322,13 @@ class SongRouter:
             models = auto_models(language, self._models.auto_order, set(self._pools_by_model))
         else:
             models = [model]
-        if with_lora:
-            models = [m for m in models if capabilities_of(m).loras]
+        models = [
+            m
+            for m in models
+            if (capabilities_of(m).loras or not with_lora)
+            and task in capabilities_of(m).tasks
+            and (capabilities_of(m).reference_audio or not reference)
+        ]
         chosen: list[str] = []
         for name in models:
             pools = [p for p in self._pools_by_model.get(name, []) if p not in self._unplaceable]
@@ -343,7 +357,11 @@ class SongRouter:
 
         await self.refresh_load()
         candidates = self.candidates(
-            model, with_lora=request.lora_id is not None, language=request.language
+            model,
+            with_lora=request.lora_id is not None,
+            language=request.language,
+            task=request.task,
+            reference=request.reference_key is not None,
         )
         if not candidates:
             reasons = "; ".join(f"{name}: {why}" for name, why in self._unplaceable.items())

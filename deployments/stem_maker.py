@@ -115,7 +115,8 @@ class StemMaker:
         timings: dict[str, float] = {}
         stems: dict[str, np.ndarray | _StoredStem] = {}
         started = time.perf_counter()
-        if capabilities_of(task.model).exact_stems:
+        # An edit's audio is partly its source's: rendering its parts again would not sum to it.
+        if capabilities_of(task.model).exact_stems and task.render.edit is None:
             method = "exact"
             async for item in with_progress(
                 lambda on_progress: self._exact_stems(task, on_progress), self._thread

@@ -84,3 +84,20 @@ def conform_audio(
 
 FIT_FADE_OUT_S = 0.5
 """The fade `conform_audio` puts on audio cut to a requested length."""
+
+
+NPY_MAGIC = b"\x93NUMPY"
+STORED_RAW_RATE = 48_000
+"""The rate of raw `.npy` audio songserve stores outside a render (uploads): 48 kHz."""
+
+
+def audio_from_file(data: bytes, target_rate: int) -> np.ndarray:
+    """Stereo float32 at `target_rate` from a stored file: a raw `.npy` (`raw_render_bytes`, at
+    STORED_RAW_RATE) or any audio file FFmpeg decodes (a kept master, a delivered song)."""
+    if data[: len(NPY_MAGIC)] == NPY_MAGIC:
+        audio, rate = raw_render_from_bytes(data), STORED_RAW_RATE
+    else:
+        from pipeline.encode import decode_audio
+
+        audio, rate = decode_audio(data)
+    return conform_audio(audio, rate, target_rate)

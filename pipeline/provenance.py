@@ -31,6 +31,9 @@ SignableFormat = Literal["m4a", "mp3", "flac", "wav"]
 
 GENERATION_ASSERTION = "ai.songserve.generation"
 TRAINED_ALGORITHMIC_MEDIA = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
+COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA = (
+    "http://cv.iptc.org/newscodes/digitalsourcetype/compositeWithTrainedAlgorithmicMedia"
+)
 # Reported by every reader for a chain outside its trust list (every development chain): it is
 # what separates "Valid" from "Trusted", not a sign of tampering, so it is not listed as an error.
 _UNTRUSTED_CODE = "signingCredential.untrusted"
@@ -61,6 +64,8 @@ class SongCredentials:
     lora_id: str | None = None
     stem: str | None = None
     stem_method: str | None = None
+    edit: str | None = None  # extend, repaint or cover: made from `source`
+    source: str | None = None  # what was edited, e.g. "songserve:song/<id>/variation/0"
 
     def __post_init__(self) -> None:
         digest = self.prompt_sha256
@@ -96,38 +101,74 @@ def prompt_sha256(prompt: str) -> str:
     return hashlib.sha256(prompt.encode("utf-8")).hexdigest()
 
 
-def manifest_definition(credentials: SongCredentials, fmt: SignableFormat) -> dict[str, Any]:
-    """The manifest `sign_audio` asks c2pa to sign (c2pa adds the hash assertion itself)."""
+@dataclass(frozen=True)
+class SourceIngredient:
+    """The file an edited song was made from, named in its manifest as its `parentOf`
+    ingredient (c2pa keeps the source's own manifest with it, so the chain can be followed)."""
+
+    title: str
+    data: bytes
+    fmt: str  # as `sniff_audio_format` names it (m4a, mp3, flac, wav)
+
+
+SOURCE_INGREDIENT_LABEL = "source"
+
+
+def manifest_definition(
+    credentials: SongCredentials, fmt: SignableFormat, *, with_source: bool = False
+) -> dict[str, Any]:
+    """The manifest `sign_audio` asks c2pa to sign (c2pa adds the hash assertion itself).
+
+    A new song is `c2pa.created`; an edit `with_source` is `c2pa.opened` (its source, the
+    ingredient labelled SOURCE_INGREDIENT_LABEL), then `c2pa.edited` by a model, as C2PA
+    describes a composite with trained algorithmic media."""
     software = {"name": "songserve", "version": credentials.songserve_version}
     generation = asdict(credentials)
     del generation["title"]
     if credentials.stem is None:  # a whole song's manifest says nothing of stems
         del generation["stem"], generation["stem_method"]
+    if credentials.edit is None:  # nor of edits, unless it is one
+        del generation["edit"], generation["source"]
+    actions: list[dict[str, Any]] = [
+        {
+            "action": "c2pa.created",
+            "when": credentials.created,
+            "digitalSourceType": TRAINED_ALGORITHMIC_MEDIA,
+            "softwareAgent": software,
+        }
+    ]
+    if with_source:
+        actions = [
+            {
+                "action": "c2pa.opened",
+                "when": credentials.created,
+                "parameters": {"ingredientIds": [SOURCE_INGREDIENT_LABEL]},
+            },
+            {
+                "action": "c2pa.edited",
+                "when": credentials.created,
+                "digitalSourceType": COMPOSITE_WITH_TRAINED_ALGORITHMIC_MEDIA,
+                "softwareAgent": software,
+                "description": f"{credentials.edit} by {credentials.model_id}",
+            },
+        ]
     return {
         "claim_generator_info": [software],
         "title": credentials.title,
         "format": _mime_type(fmt),
         "assertions": [
-            {
-                "label": "c2pa.actions.v2",
-                "data": {
-                    "actions": [
-                        {
-                            "action": "c2pa.created",
-                            "when": credentials.created,
-                            "digitalSourceType": TRAINED_ALGORITHMIC_MEDIA,
-                            "softwareAgent": software,
-                        }
-                    ]
-                },
-            },
+            {"label": "c2pa.actions.v2", "data": {"actions": actions}},
             {"label": GENERATION_ASSERTION, "data": generation},
         ],
     }
 
 
 def sign_audio(
-    data: bytes, fmt: SignableFormat, credentials: SongCredentials, signer_config: SignerConfig
+    data: bytes,
+    fmt: SignableFormat,
+    credentials: SongCredentials,
+    signer_config: SignerConfig,
+    source: SourceIngredient | None = None,
 ) -> bytes:
     """`data` (a whole progressive audio file of format `fmt`) with an embedded C2PA manifest.
 
@@ -137,15 +178,30 @@ def sign_audio(
     kept as they are. With `signer_config.tsa_url` set, c2pa-rs asks that time-stamp authority
     over the network while signing.
 
+    An edit names its `source` file as its parentOf ingredient (see `manifest_definition`).
+
     Raises FileNotFoundError when the certificate chain or key is missing, ValueError for an
     unknown format, a chain or key c2pa refuses, or data that is not a file of format `fmt`.
     """
+    import json
+
     import c2pa
 
     mime = _mime_type(fmt)
     signer = _signer(signer_config)
     try:
-        builder = c2pa.Builder(manifest_definition(credentials, fmt))
+        builder = c2pa.Builder(
+            manifest_definition(credentials, fmt, with_source=source is not None)
+        )
+        if source is not None:
+            ingredient = {
+                "title": source.title,
+                "relationship": "parentOf",
+                "label": SOURCE_INGREDIENT_LABEL,
+            }
+            builder.add_ingredient(
+                json.dumps(ingredient), _mime_type(source.fmt), io.BytesIO(source.data)
+            )
         signed = io.BytesIO()
         with signer:
             builder.sign(signer, mime, io.BytesIO(data), signed)
@@ -317,6 +373,16 @@ def _summary(manifest: dict[str, Any], certificate: dict[str, str] | None) -> di
         "claim_generator": manifest.get("claim_generator_info"),
         "actions": actions,
         "generation": assertions.get(GENERATION_ASSERTION),
+        # What it was made from (an edit's source): each with the title of its own manifest.
+        "ingredients": [
+            {
+                "title": ingredient.get("title"),
+                "relationship": ingredient.get("relationship"),
+                "format": ingredient.get("format"),
+                "manifest": ingredient.get("active_manifest"),
+            }
+            for ingredient in manifest.get("ingredients", [])
+        ],
         "signer": {
             "issuer": certificate.get("issuer") or signature.get("issuer"),
             "subject": certificate.get("subject") or signature.get("common_name"),

@@ -26,6 +26,8 @@ class SongModelCapabilities:
     """Renders each part on its own track, so a song's stems are exact and need no separator."""
     tasks: frozenset[str] = frozenset({TEXT2MUSIC})
     """What it can be asked to do: text2music; editing tasks as models gain them."""
+    reference_audio: bool = False
+    """Takes a timbre reference (`reference_audio`) with any task."""
     preferred_languages: frozenset[str] = frozenset()
     """Vocal languages (ISO 639-1) it sings best: `model: auto` tries it first for them."""
     remote: bool = False
@@ -33,8 +35,14 @@ class SongModelCapabilities:
 
 
 SONG_MODELS: dict[str, SongModelCapabilities] = {
-    "sketch": SongModelCapabilities(exact_stems=True),
-    "ace-step": SongModelCapabilities(loras=True),
+    # Sketch edits exactly: outside the window the samples are the source's (pipeline.editing).
+    "sketch": SongModelCapabilities(
+        exact_stems=True, tasks=frozenset({TEXT2MUSIC, EXTEND, REPAINT})
+    ),
+    # ACE-Step through diffusers' AceStepPipeline tasks (repaint, cover) and reference audio.
+    "ace-step": SongModelCapabilities(
+        loras=True, tasks=frozenset({TEXT2MUSIC, EXTEND, REPAINT, COVER}), reference_audio=True
+    ),
     # Through Replicate (pipeline/engines/replicate.py): YuE for Chinese, Japanese and Korean;
     # HeartMuLa as an alternative.
     "yue": SongModelCapabilities(preferred_languages=frozenset({"zh", "ja", "ko"}), remote=True),

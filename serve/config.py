@@ -681,10 +681,12 @@ class LyricsConfig(_Strict):
 class TagsConfig(_Strict):
     """How free-text style becomes tags."""
 
-    engine: Literal["lexical", "semantic"] = Field(
-        "lexical",
-        description="'lexical' (vocabulary, synonyms, fuzzy spelling) or 'semantic' (lexical, "
-        "then sentence-embedding matching for phrases the vocabulary misses).",
+    engine: Literal["auto", "lexical", "semantic"] = Field(
+        "auto",
+        description="'lexical' (vocabulary, synonyms, fuzzy spelling), 'semantic' (lexical, "
+        "then sentence-embedding matching for phrases the vocabulary misses), or 'auto': "
+        "semantic when its package (the `tags` extra, which `make run` installs) or "
+        "embedding_model is there, lexical otherwise.",
     )
     embedding_model: str | None = Field(
         None,
@@ -926,7 +928,8 @@ class DecoderPoolConfig(_Strict):
         if remote and self.replicate is None:
             raise ValueError(
                 f"models.pools[{self.name}]: model {self.model} runs on Replicate and needs "
-                "`replicate: {model: OWNER/NAME, version: VERSION_ID}` (see config/replicate.yaml)"
+                "`replicate: {model: OWNER/NAME, version: VERSION_ID}` "
+                "(README: Models on Replicate)"
             )
         if not remote and self.replicate is not None:
             raise ValueError(

@@ -53,8 +53,27 @@ class LoraSpec(_Request):
     scale: float = Field(1.0, ge=0, le=2, description="Adapter strength; 0 is the base model.")
 
 
+class AudioSource(_Request):
+    """Audio a request starts from: a variation of one of your songs, or one of your uploads."""
+
+    song: str | None = Field(None, min_length=1, max_length=64, description="A song id.")
+    variation: int | None = Field(None, ge=0, lt=MAX_VARIATIONS, description="Its variation.")
+    upload: str | None = Field(
+        None, min_length=1, max_length=64, description="An upload id (POST /v1/uploads)."
+    )
+
+
+class EditWindow(_Request):
+    start_s: float = Field(..., ge=0, le=600, description="Where the span starts, in seconds.")
+    end_s: float = Field(..., gt=0, le=600, description="Where it ends (exclusive), in seconds.")
+
+
+EditTask = Literal["text2music", "extend", "repaint", "cover"]
+
+
 class SongRequest(_Request):
-    """`POST /v1/songs`. At least one of prompt, lyrics, style."""
+    """`POST /v1/songs`. At least one of prompt, lyrics, style. An edit (`task` extend, repaint
+    or cover) starts from `source` and makes a new song that records it as its parent."""
 
     prompt: Printable | None = Field(
         None, max_length=500, description="Description mode: the lyrics are written for you."
@@ -87,6 +106,23 @@ class SongRequest(_Request):
         description="Where to POST `song.succeeded` or `song.failed` when the song ends, signed "
         "as Standard Webhooks specifies (README: Webhooks). Its host must be in the server's "
         "webhooks.allowed_hosts.",
+    )
+    task: EditTask = Field(
+        "text2music",
+        description="text2music: a new song. extend: the source, continued by `extend_s`. "
+        "repaint: the source with `window` made anew (new lyrics or style for that span). "
+        "cover: the source re-rendered in `style`, keeping `cover_strength` of it.",
+    )
+    source: AudioSource | None = Field(None, description="What an edit starts from.")
+    extend_s: float | None = Field(
+        None, ge=1, le=595, description="extend: seconds of new music after the source."
+    )
+    window: EditWindow | None = Field(None, description="repaint: the span to make anew.")
+    cover_strength: float | None = Field(
+        None, ge=0, le=1, description="cover: how much of the source's structure to keep (1.0)."
+    )
+    reference_audio: AudioSource | None = Field(
+        None, description="A timbre reference, for models that take one (any task)."
     )
 
 
@@ -122,6 +158,12 @@ class SongRequestOut(BaseModel):
     language: str = "en"
     loudness_lufs: float = -14.0
     callback_url: str | None = None
+    task: str = "text2music"
+    source: dict[str, Any] | None = None
+    extend_s: float | None = None
+    window: dict[str, float] | None = None
+    cover_strength: float | None = None
+    reference_audio: dict[str, Any] | None = None
 
 
 class SongLinks(BaseModel):

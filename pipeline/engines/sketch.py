@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.song_contracts import SONG_MODELS
+from pipeline.song_contracts import REPAINT, SONG_MODELS
 
 if TYPE_CHECKING:
     import numpy as np
@@ -33,7 +33,28 @@ class SketchSongModel:
     def render(
         self, requests: list[RenderRequest], on_progress: ProgressCallback
     ) -> list[np.ndarray]:
-        return [self.render_parts(request, on_progress).mix for request in requests]
+        return [self._render_one(request, on_progress) for request in requests]
+
+    def _render_one(self, request: RenderRequest, on_progress: ProgressCallback) -> np.ndarray:
+        """A new song; for an edit, the new song inside the edit window and the source's own
+        samples outside it, bit for bit (`pipeline.editing.splice_window`)."""
+        mix = self.render_parts(request, on_progress).mix
+        edit = request.edit
+        if edit is None:
+            return mix
+        from pipeline.editing import fitted_source, splice_window, window_samples
+
+        if edit.task not in self.capabilities.tasks:
+            raise ValueError(f"the sketch model cannot {edit.task}")
+        if request.source_audio is None:
+            raise ValueError(f"a {edit.task} needs its source audio (the decoder loads it)")
+        if (
+            edit.task == REPAINT
+        ):  # exactly the source's length, whatever the rounding of its duration
+            mix = fitted_source(mix, request.source_audio.shape[-1])
+        n_samples = mix.shape[-1]
+        start, end = window_samples(edit.start_s, edit.end_s, self.sample_rate, n_samples)
+        return splice_window(request.source_audio, mix, start, end, self.sample_rate)
 
     def render_parts(self, request: RenderRequest, on_progress: ProgressCallback) -> SketchRender:
         """One song with each part on its own track: what its exact stems are made of."""

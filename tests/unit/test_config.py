@@ -26,7 +26,7 @@ def test_defaults_are_the_embedded_default() -> None:
     config = AppConfig()
     assert config.models.served_models == ["sketch"]
     assert config.lyrics.engine == "template"
-    assert config.tags.engine == "lexical"
+    assert config.tags.engine == "auto"  # semantic where the `tags` extra is installed
     assert config.storage.database_url.startswith("sqlite://")
     assert config.storage.storage_url.startswith("file://")
 

@@ -386,3 +386,22 @@ def test_a_described_scene_without_a_mood_gets_its_genres_typical_moods(
     assert tags.genre != normalize_style(text).genre  # the embedding picked the genre
     assert tags.moods == list(GENRE_TYPICAL_MOODS[tags.genre])
     assert all(mood in tags.caption for mood in tags.moods)
+
+
+def test_auto_is_the_semantic_engine_where_its_package_is_installed(
+    engine: SemanticTagEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.engines import tags as tag_engines
+    from pipeline.engines.tags import LexicalTagEngine
+
+    assert TagsConfig().engine == "auto"
+    auto = make_tag_engine(TagsConfig())
+    assert isinstance(auto, SemanticTagEngine)
+    assert auto is engine  # one loaded model per process and setting, however often it is asked
+    monkeypatch.setattr(tag_engines, "semantic_engine_installed", lambda: False)
+    assert isinstance(make_tag_engine(TagsConfig()), LexicalTagEngine)
+    # An embedding model named in the config is the semantic engine's, installed or not.
+    assert isinstance(
+        make_tag_engine(TagsConfig(embedding_model=str(engine.embedder.path))),  # type: ignore[attr-defined]
+        SemanticTagEngine,
+    )
