@@ -54,6 +54,12 @@ class InProcessGraph:
     async def stop_job(self, job_id: str) -> None:
         self.stopped.append(job_id)
 
+    def deploy(self) -> None:
+        """Build the replicas health checks ask, as `serve.run` does before the app answers (the
+        semantic tag engine's first load in a process takes seconds; later ones are cached)."""
+        self._instance("lyrics")
+        self._instance("tags")
+
     async def check_health(self) -> None:
         await asyncio.gather(
             self._instance("lyrics").check_health(), self._instance("tags").check_health()
@@ -98,7 +104,11 @@ class InProcessGraph:
 
 
 def api_services(config: AppConfig, graph: Any = None) -> ApiServices:
-    return build_services(config, graph if graph is not None else InProcessGraph(config))
+    if graph is None:
+        graph = InProcessGraph(config)
+    if isinstance(graph, InProcessGraph):
+        graph.deploy()
+    return build_services(config, graph)
 
 
 def api_client(
