@@ -59,6 +59,16 @@ def _finished_song(
     return asyncio.run(make())
 
 
+def _with_ace_step(tmp_path: Path) -> dict[str, Any]:
+    """A sketch pool and an ACE-Step pool (never loaded here: no decoder runs in these tests)."""
+    return {
+        "pools": [
+            {"name": "Sketch", "model": "sketch"},
+            {"name": "DiT", "model": "ace-step", "ace_step": {"path": str(tmp_path)}},
+        ]
+    }
+
+
 def _post(client: Any, **body: Any) -> Any:
     return client.post("/v1/songs", json={"style": "synthwave", **body})
 
@@ -179,12 +189,7 @@ def test_another_owners_song_is_no_source(tmp_path: Path) -> None:
 def test_a_model_that_can_edit_is_named_when_one_cannot(tmp_path: Path) -> None:
     client, services = _api(
         tmp_path,
-        models={
-            "pools": [
-                {"name": "Sketch", "model": "sketch"},
-                {"name": "DiT", "model": "ace-step", "ace_step": {"path": str(tmp_path)}},
-            ]
-        },
+        models=_with_ace_step(tmp_path),
     )
     source = _finished_song(services)
     refused = _post(client, task="cover", source={"song": source}, model="sketch")
@@ -269,12 +274,7 @@ def test_an_upload_is_a_source_and_a_reference(tmp_path: Path) -> None:
 
     client, services = _api(
         tmp_path,
-        models={
-            "pools": [
-                {"name": "Sketch", "model": "sketch"},
-                {"name": "DiT", "model": "ace-step", "ace_step": {"path": str(tmp_path)}},
-            ]
-        },
+        models=_with_ace_step(tmp_path),
     )
     tone = (0.2 * np.sin(np.arange(3 * 44_100) / 44_100 * 2 * np.pi * 220))[None, :]
     data = encode_audio(tone.astype(np.float32), 44_100, "wav")
