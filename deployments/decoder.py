@@ -96,9 +96,12 @@ class SongDecoder:
     def __init__(self, pool: DecoderPoolConfig, storage: StorageConfig) -> None:
         from ray import serve
 
+        from serve.services.replicate_webhooks import delivered_prediction_lookup
+
         self._pool = pool
-        self._model = load_song_model(pool)
         self._objects = open_object_store(storage)
+        # A Replicate pool with delivery: webhook finds its results where the ingress left them.
+        self._model = load_song_model(pool, delivered=delivered_prediction_lookup(self._objects))
         self._replica = f"{pool.name}@{socket.gethostname()}:{os.getpid()}"
         # One copy of each LoRA per node, shared with the node's other replicas (and kept
         # across evictions), instead of a download per replica and load.

@@ -22,6 +22,7 @@ from pipeline.tags import StyleTags
 if TYPE_CHECKING:
     import numpy as np
 
+    from pipeline.engines.replicate import DeliveredLookup
     from serve.config import DecoderPoolConfig
 
 
@@ -131,8 +132,11 @@ class SongModel(Protocol):
         ...
 
 
-def load_song_model(pool: DecoderPoolConfig) -> SongModel:
-    """Build the model a pool serves; raises with the setting to fix when it cannot load."""
+def load_song_model(
+    pool: DecoderPoolConfig, *, delivered: DeliveredLookup | None = None
+) -> SongModel:
+    """Build the model a pool serves; raises with the setting to fix when it cannot load.
+    `delivered`: where a Replicate pool with `delivery: webhook` finds its deliveries."""
     if pool.model == "sketch":
         from pipeline.engines.sketch import SketchSongModel
 
@@ -144,5 +148,5 @@ def load_song_model(pool: DecoderPoolConfig) -> SongModel:
     if pool.replicate is not None:
         from pipeline.engines.replicate import ReplicateSongModel
 
-        return ReplicateSongModel(pool)
+        return ReplicateSongModel(pool, delivered=delivered)
     raise ValueError(f"models.pools[{pool.name}].model: unknown song model {pool.model!r}")

@@ -797,7 +797,43 @@ class ReplicateModelConfig(_Strict):
         "0 creates and polls at once.",
     )
     poll_interval_s: float = Field(
-        2.0, gt=0, le=60, description="How often a running prediction is polled."
+        2.0,
+        gt=0,
+        le=60,
+        description="How often a running prediction is polled (delivery poll), and how often a "
+        "render reports progress and checks whether its song was canceled.",
+    )
+    delivery: Literal["poll", "webhook"] = Field(
+        "poll",
+        description="How a prediction's result comes back: 'poll' asks Replicate every "
+        "poll_interval_s; 'webhook' has Replicate POST it to webhook_url (the ingress stores it "
+        "where every decoder replica looks, every webhook_check_s), asking Replicate itself only "
+        "every fallback_poll_s in case a delivery is lost.",
+    )
+    webhook_url: str | None = Field(
+        None,
+        description="delivery webhook: the externally reachable URL of this cluster's ingress "
+        "route POST /v1/replicate/webhook, e.g. https://songs.example.com/v1/replicate/webhook.",
+    )
+    webhook_secret_env: str = Field(
+        "REPLICATE_WEBHOOK_SECRET",
+        min_length=1,
+        description="delivery webhook: environment variable of the API (ingress) processes "
+        "holding Replicate's webhook signing secret (whsec_..., from GET "
+        "/v1/webhooks/default/secret); deliveries not signed with it are refused.",
+    )
+    webhook_check_s: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="delivery webhook: how often a waiting render looks for its delivered result.",
+    )
+    fallback_poll_s: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="delivery webhook: how often a waiting render still asks Replicate directly, "
+        "in case a webhook delivery is lost.",
     )
     retries: int = Field(
         3,
@@ -936,7 +972,30 @@ class DecoderPoolConfig(_Strict):
                 f"models.pools[{self.name}]: `replicate` settings apply only to models that run "
                 f"on Replicate (yue, heartmula), not {self.model}"
             )
+        if self.replicate is not None:
+            _check_replicate_delivery(self.name, self.replicate)
         return self
+
+
+def _check_replicate_delivery(pool: str, replicate: ReplicateModelConfig) -> None:
+    """A webhook pool names where Replicate delivers; a polling one names no URL."""
+    setting = f"models.pools[{pool}].replicate.webhook_url"
+    url = replicate.webhook_url
+    if replicate.delivery == "poll":
+        if url is not None:
+            raise ValueError(f"{setting}: applies only with `delivery: webhook` (or remove it)")
+        return
+    if url is None:
+        raise ValueError(
+            f"{setting}: required with `delivery: webhook`: the externally reachable URL of "
+            "this cluster's POST /v1/replicate/webhook route, e.g. "
+            "https://songs.example.com/v1/replicate/webhook"
+        )
+    parts = urlparse(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError(
+            f"{setting}: {url!r} is not an http(s) URL with a host that Replicate can reach"
+        )
 
 
 class ModelsConfig(_Strict):

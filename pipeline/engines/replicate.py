@@ -8,9 +8,14 @@ and asking, at every report, whether anyone still waits (a canceled song stops t
 predictions are canceled on Replicate).
 
 A prediction is created with `Prefer: wait` (`replicate.wait_s`), so a short one answers in the
-create call; a longer one is polled every `poll_interval_s`. Its output (a file URL, whatever
-the format) is downloaded, decoded, made stereo at the pool's rate and fitted to the requested
-duration; the prediction's id and predict time travel with the audio into the variation's record.
+create call; a longer one is polled every `poll_interval_s`. With `replicate.delivery: webhook` it
+is created with Replicate's `completed` webhook to `replicate.webhook_url` instead, and the engine
+asks the `delivered` lookup it was given (the ingress stores what the webhook brings; this module
+knows nothing of where) every `webhook_check_s`, and Replicate itself only every
+`fallback_poll_s`, in case a delivery is lost; a delivered result is handled as a polled one.
+A prediction's output (a file URL, whatever the format) is downloaded, decoded, made stereo at the
+pool's rate and fitted to the requested duration; the prediction's id and predict time travel
+with the audio into the variation's record.
 
 Failures: the model's own error fails that request with the model's message; a prediction
 canceled on Replicate, or one that succeeded without output, is not a success; a prediction past
@@ -30,7 +35,8 @@ import random
 import re
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
@@ -48,6 +54,10 @@ logger = logging.getLogger("ray.serve")
 
 T = TypeVar("T")
 
+DeliveredLookup = Callable[[str], Awaitable[Mapping[str, Any] | None]]
+"""A prediction's JSON as its `completed` webhook delivered it, by prediction id; None while
+none has arrived. (Given to engines of pools with `replicate.delivery: webhook`.)"""
+
 PROGRESS_STEPS = 100
 _PERCENT = re.compile(r"(\d{1,3})\s*%")
 _FINISHED = frozenset({"succeeded", "failed", "canceled"})
@@ -63,6 +73,32 @@ class _Retryable(Exception):
         self.retry_after_s = retry_after_s
 
 
+@dataclass(frozen=True)
+class DeliveredPrediction:
+    """A finished prediction as a webhook delivered it: what the engine reads of a polled one."""
+
+    id: str
+    status: str
+    output: Any = None
+    error: str | None = None
+    metrics: dict[str, Any] | None = None
+
+    @classmethod
+    def of(cls, payload: Mapping[str, Any]) -> DeliveredPrediction:
+        """ValueError for a payload that is not a finished prediction."""
+        status, error, metrics = payload.get("status"), payload.get("error"), payload.get("metrics")
+        prediction_id = payload.get("id")
+        if not isinstance(prediction_id, str) or status not in _FINISHED:
+            raise ValueError(f"not a finished prediction: id {prediction_id!r}, status {status!r}")
+        return cls(
+            id=prediction_id,
+            status=status,
+            output=payload.get("output"),
+            error=None if error is None else str(error),
+            metrics=metrics if isinstance(metrics, dict) else None,
+        )
+
+
 def percent_done(logs: str | None) -> int | None:
     """The last "NN%" a prediction's logs show (tqdm bars, "progress 40%"), if any."""
     found = _PERCENT.findall(logs or "")
@@ -72,13 +108,26 @@ def percent_done(logs: str | None) -> int | None:
 class ReplicateSongModel:
     """A `SongModel` whose renders are Replicate predictions."""
 
-    def __init__(self, pool: DecoderPoolConfig, *, environ: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        pool: DecoderPoolConfig,
+        *,
+        environ: dict[str, str] | None = None,
+        delivered: DeliveredLookup | None = None,
+    ) -> None:
+        """`delivered`: where webhook deliveries are found (required with `delivery: webhook`)."""
         import httpx
         import replicate
 
         if pool.replicate is None:
             raise ValueError(f"models.pools[{pool.name}].replicate: required for {pool.model}")
         settings: ReplicateModelConfig = pool.replicate
+        if settings.delivery == "webhook" and delivered is None:
+            raise ValueError(
+                f"models.pools[{pool.name}].replicate.delivery: webhook needs a decoder that "
+                "reads the ingress's deliveries (no lookup was given to the engine); use "
+                "delivery: poll here"
+            )
         env = os.environ if environ is None else environ
         token = env.get(settings.api_token_env)
         if not token:
@@ -93,6 +142,7 @@ class ReplicateSongModel:
         self.sample_rate = pool.sample_rate
         self._pool = pool.name
         self._settings = settings
+        self._delivered = delivered if settings.delivery == "webhook" else None
         self._client = replicate.Client(
             api_token=token,
             base_url=settings.base_url,
@@ -195,9 +245,13 @@ class ReplicateSongModel:
         settings = self._settings
         inputs = prediction_input(self.name, request, settings.input)
 
+        delivery: dict[str, Any] = {}
+        if self._delivered is not None:
+            delivery = {"webhook": settings.webhook_url, "webhook_events_filter": ["completed"]}
+
         async def create() -> Any:
             return await self._client.predictions.async_create(
-                version=settings.version, input=inputs, wait=settings.wait_s or False
+                version=settings.version, input=inputs, wait=settings.wait_s or False, **delivery
             )
 
         prediction = await self._retrying("create a prediction", create)
@@ -214,7 +268,11 @@ class ReplicateSongModel:
     async def _until_finished(self, prediction: Any, percents: list[int], index: int) -> Any:
         from pipeline.song_models import RenderFailed
 
-        deadline = time.monotonic() + self._settings.timeout_s
+        settings = self._settings
+        deadline = time.monotonic() + settings.timeout_s
+        by_webhook = self._delivered is not None
+        # With webhooks, Replicate is asked only this often (a lost delivery), else at every turn.
+        next_poll = time.monotonic() + (settings.fallback_poll_s if by_webhook else 0.0)
         try:
             while prediction.status not in _FINISHED:
                 if prediction.status == "processing":
@@ -222,9 +280,19 @@ class ReplicateSongModel:
                 if time.monotonic() >= deadline:
                     raise RenderFailed(
                         f"prediction {prediction.id} did not finish within "
-                        f"replicate.timeout_s={self._settings.timeout_s:g} s, so it is canceled"
+                        f"replicate.timeout_s={settings.timeout_s:g} s, so it is canceled"
                     )
-                await asyncio.sleep(self._settings.poll_interval_s)
+                await asyncio.sleep(
+                    settings.webhook_check_s if by_webhook else settings.poll_interval_s
+                )
+                if by_webhook:
+                    delivered = await self._delivered_result(prediction.id)
+                    if delivered is not None:
+                        prediction = delivered
+                        continue
+                    if time.monotonic() < next_poll:
+                        continue
+                    next_poll = time.monotonic() + settings.fallback_poll_s
                 prediction = await self._retrying(
                     "poll a prediction", _getter(self._client, prediction.id)
                 )
@@ -241,6 +309,25 @@ class ReplicateSongModel:
         if not prediction.output:
             raise RenderFailed(f"prediction {prediction.id} succeeded without any output")
         return prediction
+
+    async def _delivered_result(self, prediction_id: str) -> DeliveredPrediction | None:
+        """The prediction's webhook delivery, if one has arrived; None otherwise, and when the
+        lookup fails (the fallback poll still finds the result)."""
+        assert self._delivered is not None
+        try:
+            payload = await self._delivered(prediction_id)
+            if payload is None:
+                return None
+            found = DeliveredPrediction.of(payload)
+        except Exception as error:  # noqa: BLE001 - a store outage or a bad record: poll instead
+            logger.warning(
+                "%s: could not read the delivery of %s: %s", self._pool, prediction_id, error
+            )
+            return None
+        if found.id != prediction_id:
+            logger.warning("%s: the delivery for %s names %s", self._pool, prediction_id, found.id)
+            return None
+        return found
 
     async def _cancel_once_created(self, creating: asyncio.Future[Any]) -> None:
         try:

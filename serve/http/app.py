@@ -1,8 +1,9 @@
 """`create_app`: the FastAPI app of HTTP API v1 over the services `services_of()` returns.
 
-Every router but `system` gets the caller check as its default dependency (media routes accept a
-signed link instead of a key); `RequestGuard` runs the same check before any body is read and caps
-bodies as they stream. All errors have the one shape of `serve.http.errors`.
+Every router but `system` and `replicate` (Replicate's webhooks, authenticated by their signature)
+gets the caller check as its default dependency (media routes accept a signed link instead of a
+key); `RequestGuard` runs the same check before any body is read and caps bodies as they stream.
+All errors have the one shape of `serve.http.errors`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from serve.services import ApiServices
 from .auth import require_media_owner, require_owner
 from .errors import install_error_handlers
 from .guard import RequestGuard
-from .routes import loras, media, songs, stems, suno, system, tools, uploads
+from .routes import loras, media, replicate, songs, stems, suno, system, tools, uploads
 
 
 def create_app(services_of: Callable[[], ApiServices]) -> FastAPI:
@@ -34,6 +35,7 @@ def create_app(services_of: Callable[[], ApiServices]) -> FastAPI:
     # (router, default dependencies, the error statuses its routes answer with)
     routers = [
         (system.router, [], (503,)),
+        (replicate.router, [], (400, 401, 404, 413, 503)),  # signed by Replicate instead
         (songs.router, caller, (400, 401, 404, 409, 413, 422, 429, 503)),
         (media.router, media_caller, (401, 403, 404, 416, 422, 503)),
         (stems.router, caller, (400, 401, 404, 409, 413, 422, 503)),

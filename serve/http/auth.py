@@ -37,10 +37,12 @@ if TYPE_CHECKING:
 LOCAL_OWNER = "local"
 CALLER_STATE = "songserve_caller"  # where the guard leaves the caller in the ASGI scope's state
 
-# (method, path) of the routes anyone may call: health, and the API's own documentation.
+# (method, path) of the routes that take no API key: health, the API's own documentation, and
+# Replicate's webhook (its Standard Webhooks signature authenticates it: routes/replicate.py).
 PUBLIC_ROUTES = frozenset(
     {
         ("GET", "/healthz"),
+        ("POST", "/v1/replicate/webhook"),
         ("GET", "/openapi.json"),
         ("HEAD", "/openapi.json"),
         ("GET", "/docs"),

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from .loras import LoraService
     from .media import MediaService
     from .quotas import Quotas
+    from .replicate_webhooks import ReplicateWebhookService
     from .songs import SongService
     from .stems import StemsService
     from .suno import SunoService
@@ -43,6 +44,7 @@ class ApiServices:
     quotas: Quotas
     suno: SunoService
     uploads: UploadService
+    replicate_webhooks: ReplicateWebhookService
 
     @property
     def retry_after_s(self) -> int:
@@ -93,6 +95,7 @@ def build_services(config: AppConfig, graph: Graph) -> ApiServices:
     from .loras import LoraService
     from .media import MediaService
     from .quotas import Quotas
+    from .replicate_webhooks import ReplicateWebhookService
     from .songs import SongService
     from .stems import StemsService
     from .suno import SunoService
@@ -134,4 +137,5 @@ def build_services(config: AppConfig, graph: Graph) -> ApiServices:
         tools=tools,
         suno=suno,
         uploads=uploads,
+        replicate_webhooks=ReplicateWebhookService(config, objects),
     )

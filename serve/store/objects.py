@@ -102,6 +102,18 @@ def upload_location(key: str) -> tuple[str, str] | None:
     return parts[1], parts[2]
 
 
+REPLICATE_PREDICTION_CONTENT_TYPE = "application/json"
+
+
+def replicate_prediction_key(prediction_id: str) -> str:
+    """Where the ingress leaves a Replicate prediction's result delivered by webhook (JSON: id,
+    status, output, error, metrics), for the decoder replica that waits for it. ValueError for an
+    id that would break the layout (Replicate's are lower-case letters and digits)."""
+    if not prediction_id or not prediction_id.isascii() or not prediction_id.isalnum():
+        raise ValueError(f"prediction id {prediction_id!r} cannot name a key")
+    return f"replicate/predictions/{prediction_id}.json"
+
+
 class ChecksumMismatch(RuntimeError):
     """What the store holds after a write is not what was sent."""
 
