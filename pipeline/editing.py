@@ -56,23 +56,34 @@ def splice_window(
     source = np.asarray(source, dtype=np.float32)
     kept = min(source.shape[-1], n)
     out = rendered.copy()
-    out[:, :start] = source[:, :start]
+    out[:, : min(start, kept)] = source[:, : min(start, kept)]
     if end < kept:
         out[:, end:kept] = source[:, end:kept]
     fade = min(round(crossfade_s * sample_rate), (end - start) // 2)
     if fade <= 0:
         return out
-    ramp = np.linspace(0.0, 1.0, fade, endpoint=False, dtype=np.float32)[None, :] + 0.5 / fade
-    if start < kept and start + fade <= kept:  # old audio on both sides of the start
-        new_in, old_out = np.sin(ramp * np.pi / 2), np.cos(ramp * np.pi / 2)
-        span = slice(start, start + fade)
+    if 0 < start < kept:  # old audio on both sides of the start (as far as the source goes)
+        length = min(fade, kept - start)
+        new_in, old_out = _equal_power(length)
+        span = slice(start, start + length)
         out[:, span] = source[:, span] * old_out + rendered[:, span] * new_in
     elif 0 < start == kept:  # the source ends here: make the join continuous
         offset = source[:, start - 1 : start] - rendered[:, start - 1 : start]
         span = slice(start, start + fade)
-        out[:, span] = rendered[:, span] + offset * (1.0 - ramp)
-    if end < kept and end - fade >= start:  # old audio resumes after the window
-        new_out, old_in = np.cos(ramp * np.pi / 2), np.sin(ramp * np.pi / 2)
+        out[:, span] = rendered[:, span] + offset * (1.0 - _ramp(fade))
+    if end < kept:  # old audio resumes after the window
+        old_in, new_out = _equal_power(fade)
         span = slice(end - fade, end)
         out[:, span] = rendered[:, span] * new_out + source[:, span] * old_in
     return out
+
+
+def _ramp(length: int) -> np.ndarray:
+    """`[1, length]` from just above 0 to just below 1: sample centres of a linear fade."""
+    return np.linspace(0.0, 1.0, length, endpoint=False, dtype=np.float32)[None, :] + 0.5 / length
+
+
+def _equal_power(length: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rising, falling) gains `[1, length]` of an equal-power crossfade."""
+    ramp = _ramp(length) * np.float32(np.pi / 2)
+    return np.sin(ramp), np.cos(ramp)

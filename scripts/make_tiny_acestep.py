@@ -1,5 +1,6 @@
-"""Build a tiny random-weight ACE-Step 1.5 checkpoint in diffusers format, plus two LoRAs; the
-builder is pipeline/tiny/acestep.py."""
+"""Build a tiny random-weight ACE-Step 1.5 checkpoint in diffusers format (with the audio
+tokenizer and detokenizer covers need), plus two LoRAs; the builder is pipeline/tiny/acestep.py.
+A build by an older version of the builder is replaced."""
 
 import sys
 from pathlib import Path

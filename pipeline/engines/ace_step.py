@@ -36,6 +36,25 @@ How a `render` call maps onto pipeline calls (measured on the tiny checkpoint of
 LoRA state is guarded by one lock: between calls the transformer always runs as the base model
 (LoRA layers disabled); a LoRA group enables exactly its adapter at its scale and restores the
 base state afterwards, even when the render fails.
+
+Edits and reference audio (`RenderRequest.edit`, `reference_audio`; the decoder fills in the
+arrays, 48 kHz stereo). The pipeline takes source and reference audio as ONE value per call, so
+such a request always has a call of its own:
+
+- repaint: `task_type="repaint"` over the source, window [start_s, end_s);
+- extend: the pipeline has no extend task: the source padded with silence to the new length
+  (`pipeline.editing.fitted_source`) is repainted from the source's end on (what ACE-Step's own
+  code does);
+- cover: `task_type="cover"` over the source at `audio_cover_strength = edit.strength`; needs the
+  checkpoint's `audio_tokenizer` / `audio_token_detokenizer` (the base/SFT checkpoints carry them,
+  the turbo ones do not);
+- reference audio, with any task: the pipeline's `reference_audio` (timbre conditioning).
+
+The pipeline re-renders the whole song (and peak-normalises it), so a repaint or extension is
+spliced back into the source (`pipeline.editing.splice_window`): outside the window the output is
+the source's samples, exactly. Source and reference audio are VAE-encoded by sampling the
+posterior; the samples are drawn from the request's seed (a CPU generator, like the initial
+noise), so an edit is as deterministic as a text2music render.
 """
 
 from __future__ import annotations
@@ -49,16 +68,17 @@ import re
 import struct
 import threading
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
 from pipeline.devices import pick_torch_device
+from pipeline.editing import fitted_source, splice_window, window_samples
 from pipeline.lyrics import format_lyrics
 from pipeline.semantic_tags import ace_step_metadata
-from pipeline.song_contracts import SONG_MODELS
+from pipeline.song_contracts import COVER, EXTEND, REPAINT, SONG_MODELS, TEXT2MUSIC
 
 if TYPE_CHECKING:
     from pipeline.progress import ProgressCallback
@@ -97,6 +117,104 @@ class _GroupKey:
     duration_s: float
     text_tokens: int  # the padded length (bucket) of the formatted caption + metadata
     lyric_tokens: int  # the padded length (bucket) of the formatted lyrics
+    solo: int | None = None
+    """The request's index in the batch when it takes audio (an edit, a reference): a call of
+    its own. None for text2music requests without reference audio."""
+
+
+_COVER_MODULES = ("audio_tokenizer", "audio_token_detokenizer")
+_ENCODE_STREAM = 1 << 62  # seed ^ this: the generator of an edit's VAE posterior samples
+
+
+@dataclass(frozen=True)
+class _AudioInputs:
+    """What an edit or a reference request adds to its pipeline call, and how its output is
+    finished (see the module docstring)."""
+
+    task_type: str  # the pipeline's task
+    samples: int  # the output's length
+    source: np.ndarray | None = None  # [2, n]: the source as given
+    window: tuple[int, int] | None = None  # [start, end) made anew; None: no splice (cover)
+    cover_strength: float = 1.0
+    reference: np.ndarray | None = None  # [2, n]
+
+
+def _takes_audio(request: RenderRequest) -> bool:
+    """Whether `request` gives the pipeline source or reference audio (an edit, a timbre
+    reference)."""
+    return (
+        request.edit is not None
+        or request.reference_key is not None
+        or request.reference_audio is not None
+    )
+
+
+def _audio_array(audio: Any, what: str, label: str) -> np.ndarray:
+    array = np.asarray(audio, dtype=np.float32)
+    if array.ndim != 2 or array.shape[0] != 2 or array.shape[1] == 0:
+        raise ValueError(
+            f"{label}: {what} must be a float32 [2, n] array (48 kHz stereo), got shape "
+            f"{array.shape}"
+        )
+    if not np.isfinite(array).all():
+        raise ValueError(f"{label}: {what} holds NaN or infinite samples")
+    return array
+
+
+def _audio_inputs(request: RenderRequest, sample_rate: int) -> _AudioInputs | None:
+    """The audio inputs of `request`, validated; None for a plain text2music request.
+
+    Raises ValueError for an unknown task, a missing or malformed source or reference array, an
+    extension that does not lengthen the source, an empty repaint window or a cover strength
+    outside [0, 1].
+    """
+    label = f"job {request.job_id} variation {request.variation}"
+    reference = (
+        None
+        if request.reference_audio is None
+        else _audio_array(request.reference_audio, "reference_audio", label)
+    )
+    edit = request.edit
+    samples = round(request.duration_s * sample_rate)
+    if edit is None:
+        if reference is None:
+            return None
+        return _AudioInputs(task_type=TEXT2MUSIC, samples=samples, reference=reference)
+    if edit.task not in (EXTEND, REPAINT, COVER):
+        raise ValueError(f"{label}: ACE-Step cannot {edit.task!r} a song")
+    if request.source_audio is None:
+        raise ValueError(
+            f"{label}: a {edit.task} needs the source audio (source_audio), which the decoder "
+            f"loads from {edit.source_key!r} before rendering"
+        )
+    source = _audio_array(request.source_audio, "source_audio", label)
+    if edit.task == EXTEND:
+        start = source.shape[-1]
+        if samples <= start:
+            raise ValueError(
+                f"{label}: an extension's duration_s ({request.duration_s} s) must exceed the "
+                f"source's length ({start / sample_rate:.3f} s)"
+            )
+        window = (start, samples)
+    elif edit.task == REPAINT:
+        window = window_samples(edit.start_s, edit.end_s, sample_rate, samples)
+        if window[0] >= window[1]:
+            raise ValueError(
+                f"{label}: the repaint window [{edit.start_s}, {edit.end_s}) s is empty within "
+                f"the song's {request.duration_s} s"
+            )
+    else:
+        if not 0.0 <= edit.strength <= 1.0:
+            raise ValueError(f"{label}: cover strength must be in [0, 1], got {edit.strength}")
+        window = None
+    return _AudioInputs(
+        task_type=COVER if edit.task == COVER else REPAINT,
+        samples=samples,
+        source=source,
+        window=window,
+        cover_strength=float(edit.strength) if edit.task == COVER else 1.0,
+        reference=reference,
+    )
 
 
 def _lyrics_text(request: RenderRequest) -> str:
@@ -131,8 +249,87 @@ def bucketed_pipeline_class() -> Any:
 
         text_pad_multiple = 1
         lyrics_pad_multiple = 1
+        encode_generator: Any = None
+        """A CPU `torch.Generator` the VAE posterior samples of source and reference audio are
+        drawn from (the base class draws them from the global RNG, so an edit would come out
+        differently on every run); None: the base class's behaviour."""
         tokenizer: Any  # components, registered by DiffusionPipeline at load time
         text_encoder: Any
+        vae: Any
+        condition_encoder: Any
+        audio_tokenizer: Any
+        audio_token_detokenizer: Any
+        sample_rate: int
+
+        def _encode_audio(self, audio: Any, dtype: Any) -> Any:
+            """Audio `[B, 2, n]` → latents `[B, frames, channels]`, sampled from
+            `encode_generator`."""
+            posterior = self.vae.encode(audio.to(dtype=self.vae.dtype)).latent_dist
+            latents = posterior.sample(generator=self.encode_generator)
+            return latents.transpose(1, 2).to(dtype=dtype)
+
+        def prepare_reference_audio_latents(
+            self, reference_audio: Any, batch_size: int, device: Any, dtype: Any
+        ) -> tuple[Any, Any]:
+            if self.encode_generator is None:
+                return super().prepare_reference_audio_latents(
+                    reference_audio, batch_size, device, dtype
+                )
+            import torch
+
+            # The body of AceStepPipeline.prepare_reference_audio_latents (diffusers 0.42):
+            # 10 s from the front, the middle and the back of the reference (repeated to 30 s).
+            target_samples = 30 * self.sample_rate
+            if reference_audio.shape[-1] < target_samples:
+                repeats = math.ceil(target_samples / reference_audio.shape[-1])
+                reference_audio = reference_audio.repeat(1, repeats)
+            segment = 10 * self.sample_rate
+            total = reference_audio.shape[-1]
+            middle = total // 3
+            back = max(total - segment, 0)
+            reference_audio = torch.cat(
+                [
+                    reference_audio[:, :segment],
+                    reference_audio[:, middle : middle + segment],
+                    reference_audio[:, back : back + segment],
+                ],
+                dim=-1,
+            )
+            latents = self._encode_audio(reference_audio.unsqueeze(0).to(device=device), dtype)
+            order = torch.arange(batch_size, device=device, dtype=torch.long)
+            return latents.expand(batch_size, -1, -1), order
+
+        def prepare_src_latents(  # type: ignore[override]
+            self,
+            device: Any,
+            dtype: Any,
+            batch_size: int = 1,
+            src_audio: Any = None,
+            audio_codes: Any = None,
+            latent_length: int | None = None,
+            task_type: str = "text2music",
+        ) -> tuple[Any, int]:
+            if self.encode_generator is None or src_audio is None or audio_codes is not None:
+                return super().prepare_src_latents(
+                    device, dtype, batch_size, src_audio, audio_codes, latent_length, task_type
+                )
+            # The source-audio branch of AceStepPipeline.prepare_src_latents (diffusers 0.42).
+            if src_audio.dim() == 2:
+                src_audio = src_audio.unsqueeze(0)
+            src_latents = self._encode_audio(src_audio.to(device=device), dtype)
+            if src_latents.shape[0] == 1:
+                src_latents = src_latents.expand(batch_size, -1, -1)
+            frames = src_latents.shape[1]
+            if task_type == "cover":
+                if self.audio_tokenizer is None or self.audio_token_detokenizer is None:
+                    raise ValueError(
+                        "a cover needs the checkpoint's audio_tokenizer and audio_token_detokenizer"
+                    )
+                silence = self.condition_encoder.silence_latent.to(device=device, dtype=dtype)
+                quantized, _ = self.audio_tokenizer.tokenize(src_latents, silence)
+                src_latents = self.audio_token_detokenizer(quantized.to(device=device, dtype=dtype))
+                src_latents = src_latents[:, :frames, :].contiguous()
+            return src_latents, frames
 
         def format_rows(
             self,
@@ -497,6 +694,7 @@ class AceStepSongModel:
         pipeline.text_pad_multiple = self._config.text_pad_multiple
         pipeline.lyrics_pad_multiple = self._config.lyrics_pad_multiple
         self._pipeline = pipeline
+        self._location = location
         self._torch = torch
         self._lock = threading.Lock()
         self._loras: dict[str, Path] = {}
@@ -520,8 +718,14 @@ class AceStepSongModel:
         order. One pipeline call per group of requests with the same conditioning and LoRA (see
         the module docstring); progress runs 1..(groups × num_inference_steps) across the calls.
 
-        Raises KeyError for a LoRA id that is not loaded (before any rendering), ValueError for a
-        non-positive or non-finite duration.
+        Edits and requests with reference audio render in calls of their own (see the module
+        docstring): an extension is `[2, round(duration_s * 48000)]` starting with the source's
+        samples; a repaint is the source's samples outside its window.
+
+        Raises, before any rendering: KeyError for a LoRA id that is not loaded; ValueError for
+        a non-positive or non-finite duration, an edit without its `source_audio` (or a
+        `reference_key` without its `reference_audio`), malformed audio or edit parameters, and
+        a cover asked of a checkpoint without the audio tokenizer.
         """
         if not requests:
             return []
@@ -531,6 +735,7 @@ class AceStepSongModel:
                     f"job {request.job_id} variation {request.variation}: duration_s must be a "
                     f"positive number of seconds, got {request.duration_s!r}"
                 )
+        audio_inputs = [self._checked_audio_inputs(request) for request in requests]
         steps = self._config.num_inference_steps
         outputs: list[np.ndarray | None] = [None] * len(requests)
         with self._lock:
@@ -543,19 +748,47 @@ class AceStepSongModel:
             try:
                 for group_index, (key, indices) in enumerate(groups.items()):
                     self._activate(key)
+                    inputs = None if key.solo is None else audio_inputs[key.solo]
                     audio = self._call_pipeline(
                         key,
                         [requests[i] for i in indices],
                         on_progress,
                         steps_before=group_index * steps,
                         total_steps=total_steps,
+                        audio_inputs=inputs,
                     )
                     samples = round(key.duration_s * self.sample_rate)
                     for row, index in enumerate(indices):
-                        outputs[index] = self._to_numpy(audio[row], samples)
+                        outputs[index] = self._finished(self._to_numpy(audio[row], samples), inputs)
             finally:
                 self._restore_base()
         return [output for output in outputs if output is not None]
+
+    def _checked_audio_inputs(self, request: RenderRequest) -> _AudioInputs | None:
+        inputs = _audio_inputs(request, self.sample_rate)
+        label = f"job {request.job_id} variation {request.variation}"
+        if request.reference_key is not None and request.reference_audio is None:
+            raise ValueError(
+                f"{label}: the reference audio {request.reference_key!r} was not loaded "
+                "(reference_audio is None)"
+            )
+        if inputs is not None and inputs.task_type == COVER:
+            missing = [m for m in _COVER_MODULES if getattr(self._pipeline, m, None) is None]
+            if missing:
+                raise ValueError(
+                    f"{label}: a cover needs the ACE-Step checkpoint's {' and '.join(missing)} "
+                    f"(AceStepAudioTokenizer / AceStepAudioTokenDetokenizer), which the "
+                    f"checkpoint at {self._location} lacks: serve covers from a checkpoint that "
+                    "carries them (the base/SFT diffusers checkpoints do, the turbo ones do not)"
+                )
+        return inputs
+
+    def _finished(self, rendered: np.ndarray, inputs: _AudioInputs | None) -> np.ndarray:
+        """A repaint or extension spliced into its source; anything else as rendered."""
+        if inputs is None or inputs.window is None or inputs.source is None:
+            return rendered
+        start, end = inputs.window
+        return splice_window(inputs.source, rendered, start, end, self.sample_rate)
 
     def model_calls(self, requests: list[RenderRequest]) -> list[list[int]]:
         """How `render` splits `requests` into pipeline calls: request indices per call, in
@@ -566,7 +799,12 @@ class AceStepSongModel:
     def _groups(self, requests: list[RenderRequest]) -> dict[_GroupKey, list[int]]:
         groups: dict[_GroupKey, list[int]] = {}
         for index, request in enumerate(requests):
-            groups.setdefault(self._group_key(request), []).append(index)
+            key = self._group_key(request)
+            if _takes_audio(request):
+                # Source and reference audio are one value per pipeline call: such a request
+                # renders alone (its index makes its key unique).
+                key = replace(key, solo=index)
+            groups.setdefault(key, []).append(index)
         return groups
 
     def _group_key(self, request: RenderRequest) -> _GroupKey:
@@ -600,6 +838,7 @@ class AceStepSongModel:
         *,
         steps_before: int,
         total_steps: int,
+        audio_inputs: _AudioInputs | None = None,
     ) -> Any:
         torch = self._torch
         # CPU generators: the same seed gives the same initial noise on every device.
@@ -612,8 +851,52 @@ class AceStepSongModel:
         extra: dict[str, Any] = {}
         if self._guidance_scale is not None:
             extra["guidance_scale"] = self._guidance_scale
+        if audio_inputs is not None:
+            extra.update(self._audio_arguments(audio_inputs))
+            # Such a call has one request: its seed draws the VAE posterior samples too, from a
+            # stream apart from its initial noise's.
+            self._pipeline.encode_generator = torch.Generator("cpu").manual_seed(
+                int(requests[0].seed) ^ _ENCODE_STREAM
+            )
+        try:
+            output = self._run_pipeline(key, requests, generators, step_end, extra)
+        finally:
+            self._pipeline.encode_generator = None
+        if not self._decode_one_at_a_time:
+            return output
+        return [self._decode_latents(output[row : row + 1])[0] for row in range(len(requests))]
+
+    def _audio_arguments(self, inputs: _AudioInputs) -> dict[str, Any]:
+        """The pipeline arguments of an edit or a reference (see the module docstring)."""
+        torch = self._torch
+
+        def tensor(array: np.ndarray) -> Any:
+            return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(self.device)
+
+        arguments: dict[str, Any] = {"task_type": inputs.task_type}
+        if inputs.reference is not None:
+            arguments["reference_audio"] = tensor(inputs.reference)
+        if inputs.source is not None:
+            arguments["src_audio"] = tensor(fitted_source(inputs.source, inputs.samples))
+        if inputs.task_type == COVER:
+            arguments["audio_cover_strength"] = inputs.cover_strength
+        if inputs.window is not None:
+            start, end = inputs.window
+            arguments["repainting_start"] = start / self.sample_rate
+            # -1: to the end (an extension), where the window's end is the song's.
+            arguments["repainting_end"] = -1 if end >= inputs.samples else end / self.sample_rate
+        return arguments
+
+    def _run_pipeline(
+        self,
+        key: _GroupKey,
+        requests: list[RenderRequest],
+        generators: list[Any],
+        step_end: Callable[..., dict],
+        extra: dict[str, Any],
+    ) -> Any:
         metadata = [ace_step_metadata(r.tags) for r in requests]
-        output = self._pipeline(
+        return self._pipeline(
             prompt=[r.tags.caption for r in requests],
             lyrics=[_lyrics_text(r) for r in requests],
             vocal_language=[r.language for r in requests],
@@ -629,9 +912,6 @@ class AceStepSongModel:
             callback_on_step_end=step_end,
             **extra,
         ).audios
-        if not self._decode_one_at_a_time:
-            return output
-        return [self._decode_latents(output[row : row + 1])[0] for row in range(len(requests))]
 
     def _decode_latents(self, latents: Any) -> Any:
         """Latents `[B, T, C]` → audio `[B, 2, n]` exactly as AceStepPipeline post-processes

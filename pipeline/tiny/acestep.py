@@ -7,6 +7,12 @@ scheduler; turbo) at toy sizes (~0.2 M parameters, a few MB), so the real `from_
 inference and LoRA paths run on a CPU in well under a second per render. Its audio is noise-like:
 it exercises the serving stack, not music quality.
 
+It also carries the pipeline's optional `audio_tokenizer` / `audio_token_detokenizer`
+(AceStepAudioTokenizer: 25 Hz latents → 5 Hz FSQ codes; AceStepAudioTokenDetokenizer: back),
+which the cover task needs. The official turbo checkpoints ship without them (the base/SFT ones,
+e.g. `acestep-v15-xl-sft-diffusers`, carry them in folders of those names):
+`copy_without_cover_modules` makes a copy laid out like a turbo one.
+
     python scripts/make_tiny_acestep.py OUT_DIR [--force]
 
 OUT_DIR/loras/tiny-a and OUT_DIR/loras/tiny-b hold `pytorch_lora_weights.safetensors` files in
@@ -19,6 +25,7 @@ Deterministic: the same script version writes the same weights (fixed torch seed
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,12 +43,16 @@ LORA_RANK = 4
 LORA_NAMES = ("tiny-a", "tiny-b")
 LORA_FILE = "pytorch_lora_weights.safetensors"
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+COVER_MODULES = ("audio_tokenizer", "audio_token_detokenizer")
+"""The pipeline's optional components cover needs (their folder names in a checkpoint)."""
+BUILDER_VERSION = 2  # 2: with the cover modules; a build of an older version is rebuilt
 # Files whose presence marks a complete build; the model index is written last by save_pretrained,
 # the LoRAs after it, so a build interrupted half-way is never taken for a complete one.
 COMPLETE_MARKERS = (
     "model_index.json",
     "transformer/config.json",
     "vae/config.json",
+    *(f"{module}/config.json" for module in COVER_MODULES),
     *(f"loras/{name}/{LORA_FILE}" for name in LORA_NAMES),
 )
 
@@ -62,6 +73,33 @@ _TOKENIZER_CORPUS = (
 def is_complete(out_dir: Path) -> bool:
     """True when `out_dir` holds every file a finished build writes."""
     return all((out_dir / marker).is_file() for marker in COMPLETE_MARKERS)
+
+
+def _built_by_an_older_version(out_dir: Path) -> bool:
+    """True when `out_dir` holds this builder's output from before BUILDER_VERSION: it is ours
+    to replace, not someone else's directory."""
+    try:
+        info = json.loads((out_dir / "TINY_MODEL.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (
+        isinstance(info, dict)
+        and info.get("builder") == "scripts/make_tiny_acestep.py"
+        and info.get("version", 1) < BUILDER_VERSION
+    )
+
+
+def copy_without_cover_modules(checkpoint: Path, out_dir: Path) -> Path:
+    """Copy `checkpoint` to `out_dir` without the audio tokenizer and detokenizer (folders and
+    `model_index.json` entries), as the official turbo checkpoints ship: a checkpoint that
+    renders text2music, repaint and extend but not cover. Returns `out_dir`."""
+    shutil.copytree(checkpoint, out_dir, ignore=shutil.ignore_patterns(*COVER_MODULES))
+    index_path = out_dir / "model_index.json"
+    index = json.loads(index_path.read_text())
+    for module in COVER_MODULES:
+        index.pop(module, None)
+    index_path.write_text(json.dumps(index, indent=2) + "\n")
+    return out_dir
 
 
 def _tokenizer() -> Any:
@@ -117,11 +155,15 @@ def build_tiny_acestep(out_dir: Path, *, force: bool = False) -> Path:
     """Write the tiny checkpoint and its two LoRAs to `out_dir`; returns `out_dir`.
 
     Does nothing when `out_dir` already holds a complete build, unless `force` (which deletes
-    and rebuilds it). Takes a few seconds on 2 CPU cores; writes ~1 MB.
+    and rebuilds it); a build of an older version of this builder is rebuilt. Takes a few
+    seconds on 2 CPU cores; writes ~1 MB.
     """
     out_dir = Path(out_dir)
     if check_build_target(
-        out_dir, force=force, is_complete=is_complete, what="tiny ACE-Step checkpoint"
+        out_dir,
+        force=force or _built_by_an_older_version(out_dir),
+        is_complete=is_complete,
+        what="tiny ACE-Step checkpoint",
     ):
         return out_dir
 
@@ -132,7 +174,11 @@ def build_tiny_acestep(out_dir: Path, *, force: bool = False) -> Path:
         AutoencoderOobleck,
         FlowMatchEulerDiscreteScheduler,
     )
-    from diffusers.pipelines.ace_step.modeling_ace_step import AceStepConditionEncoder
+    from diffusers.pipelines.ace_step.modeling_ace_step import (
+        AceStepAudioTokenDetokenizer,
+        AceStepAudioTokenizer,
+        AceStepConditionEncoder,
+    )
     from transformers import Qwen3Config, Qwen3Model
 
     torch.manual_seed(SEED)
@@ -190,6 +236,25 @@ def build_tiny_acestep(out_dir: Path, *, force: bool = False) -> Path:
         sampling_rate=SAMPLE_RATE,
     )
     _make_decoder_audible(vae)
+    # The cover modules, made last so the other weights stay those of builder version 1: 5
+    # latent frames pool into one FSQ code (the real checkpoints' levels, a 64 000-code book)
+    # and expand back; the quantizer works at the tokenizer's hidden size.
+    tiny_layers = {
+        "hidden_size": _HIDDEN,
+        "intermediate_size": 64,
+        "audio_acoustic_hidden_dim": _LATENT_CHANNELS,
+        "pool_window_size": 5,
+        "num_attention_pooler_hidden_layers": 1,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 8,
+        "rope_theta": 1e4,
+        "sliding_window": 16,
+    }
+    audio_tokenizer = AceStepAudioTokenizer(
+        fsq_dim=_HIDDEN, fsq_input_levels=[8, 8, 8, 5, 5, 5], **tiny_layers
+    )
+    audio_token_detokenizer = AceStepAudioTokenDetokenizer(**tiny_layers)
     # ACE-Step computes its shifted sigma schedule itself and feeds it verbatim.
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1, shift=1.0)
 
@@ -200,6 +265,8 @@ def build_tiny_acestep(out_dir: Path, *, force: bool = False) -> Path:
         transformer=transformer,
         condition_encoder=condition_encoder,
         scheduler=scheduler,
+        audio_tokenizer=audio_tokenizer,
+        audio_token_detokenizer=audio_token_detokenizer,
     )
     return publish_directory(
         out_dir, lambda staging: _write(pipeline, transformer, staging), is_complete
@@ -222,7 +289,11 @@ def _write(pipeline: Any, transformer: Any, staging: Path) -> None:
             f"(to_q/to_k/to_v/to_out.0 of every attention block).\n"
         )
     (staging / "TINY_MODEL.json").write_text(
-        json.dumps({"builder": "scripts/make_tiny_acestep.py", "seed": SEED}, indent=2) + "\n"
+        json.dumps(
+            {"builder": "scripts/make_tiny_acestep.py", "version": BUILDER_VERSION, "seed": SEED},
+            indent=2,
+        )
+        + "\n"
     )
 
 
