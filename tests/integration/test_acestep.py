@@ -354,3 +354,67 @@ def test_sketch_extends_and_repaints_exactly_through_the_graph(app: Deployed) ->
     np.testing.assert_array_equal(again[:, : 2 * sr], after[:, : 2 * sr])
     np.testing.assert_array_equal(again[:, 5 * sr :], after[:, 5 * sr :])
     assert not np.array_equal(again[:, 3 * sr : 4 * sr], after[:, 3 * sr : 4 * sr])
+
+
+def test_ace_step_extends_repaints_covers_and_takes_a_reference(app: Deployed) -> None:
+    """ACE-Step's edits through the graph on the tiny checkpoint (diffusers' AceStepPipeline
+    repaint and cover tasks, reference audio): each is a new song recording its parent, and
+    extend and repaint keep the source's rendered samples outside their windows."""
+    import numpy as np
+
+    from pipeline.encode import encode_audio
+
+    sr = 48_000
+    base = {"style": "lofi hip hop", "instrumental": True, "model": "ace-step", "seed": 5}
+    source = _finished(app, {**base, "duration_s": 6})
+    before = _raw_render(app, source["id"])
+
+    extended = _finished(
+        app, {**base, "task": "extend", "source": {"song": source["id"]}, "extend_s": 4}
+    )
+    after = _raw_render(app, extended["id"])
+    assert after.shape[-1] == 10 * sr
+    np.testing.assert_array_equal(after[:, : before.shape[-1]], before)
+    assert extended["variations"][0]["model"] == "ace-step"
+
+    repainted = _finished(
+        app,
+        {
+            **base,
+            "task": "repaint",
+            "source": {"song": source["id"]},
+            "window": {"start_s": 2, "end_s": 4},
+        },
+    )
+    again = _raw_render(app, repainted["id"])
+    np.testing.assert_array_equal(again[:, : 2 * sr], before[:, : 2 * sr])
+    np.testing.assert_array_equal(again[:, 4 * sr :], before[:, 4 * sr :])
+
+    # A cover of an upload, with a reference: the tiny checkpoint has the audio tokenizer.
+    tone = (0.3 * np.sin(np.arange(5 * 44_100) / 44_100 * 2 * np.pi * 196))[None, :]
+    upload = app.client.post(
+        "/v1/uploads",
+        files={"file": ("hum.wav", encode_audio(tone.astype(np.float32), 44_100, "wav"))},
+    )
+    assert upload.status_code == 201, upload.text
+    upload_id = upload.json()["id"]
+    cover = _finished(
+        app,
+        {
+            **base,
+            "style": "bossa nova",
+            "task": "cover",
+            "source": {"upload": upload_id},
+            "cover_strength": 0.5,
+            "reference_audio": {"song": source["id"]},
+        },
+    )
+    assert cover["variations"][0]["duration_s"] == pytest.approx(5.0, abs=0.01)
+    assert cover["request"]["source"] == {"upload": upload_id}
+    assert cover["request"]["reference_audio"] == {"song": source["id"], "variation": 0}
+    # The sketch pool cannot cover: asked for it by name, the API says so before any work.
+    refused = app.client.post(
+        "/v1/songs",
+        json={**base, "model": "sketch", "task": "cover", "source": {"upload": upload_id}},
+    )
+    assert refused.status_code == 422 and refused.json()["error"]["field"] == "task"
