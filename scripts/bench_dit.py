@@ -123,7 +123,7 @@ def _register_loras(checkpoint: Path, storage: StorageConfig, count: int) -> lis
     load LoRAs by)."""
     from safetensors.numpy import load_file, save_file
 
-    from pipeline.engines.ace_step import lora_validator
+    from pipeline.engines.ace_step_lora import lora_validator
     from serve.loras import LoraRef, LoraRegistry
     from serve.store import open_object_store
 

@@ -59,26 +59,37 @@ noise), so an edit is as deterministic as a text2music render.
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import io
-import json
 import math
 import re
-import struct
 import threading
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipeline.devices import pick_torch_device
-from pipeline.editing import fitted_source, splice_window, window_samples
+from pipeline.editing import fitted_source, splice_window
 from pipeline.lyrics import format_lyrics
 from pipeline.semantic_tags import ace_step_metadata
-from pipeline.song_contracts import COVER, EXTEND, REPAINT, SONG_MODELS, TEXT2MUSIC
+from pipeline.song_contracts import COVER, SONG_MODELS
+
+from .ace_step_edits import (
+    COVER_MODULES,
+    ENCODE_STREAM,
+    AudioInputs,
+    audio_inputs,
+    takes_audio,
+)
+from .ace_step_lora import (
+    LORA_WEIGHT_NAME,
+    MAX_LORA_RANK,
+    adapter_name,
+    linear_targets,
+    validate_lora_file,
+)
+from .ace_step_pipeline import bucketed_pipeline_class
 
 if TYPE_CHECKING:
     from pipeline.progress import ProgressCallback
@@ -87,14 +98,6 @@ if TYPE_CHECKING:
 
 SAMPLE_RATE = 48_000
 INSTRUMENTAL_LYRICS = "[Instrumental]"  # ACE-Step's own marker for a song without vocals
-LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
-MAX_LORA_FILE_BYTES = 1 << 30
-"""Default size limit of `validate_lora_file` (the registry passes `loras.max_upload_bytes`):
-rank 64 on every attention projection of the XL DiT in float32 is about 0.35 GB."""
-MAX_LORA_RANK = 1024
-"""Rank limit `load_lora` applies by default: the largest `loras.max_rank` allows. The registry
-enforces the configured limit when a LoRA is uploaded."""
-LORA_TARGET_SUFFIXES = ("to_q", "to_k", "to_v", "to_out.0")
 _REQUIRED_COMPONENTS = (
     "vae",
     "text_encoder",
@@ -103,9 +106,6 @@ _REQUIRED_COMPONENTS = (
     "condition_encoder",
     "scheduler",
 )
-_SAFETENSORS_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
-_MAX_SAFETENSORS_HEADER_BYTES = 100 * 1024 * 1024  # the format's own limit
-_LORA_KEY = re.compile(r"^transformer\.(?P<module>.+)\.lora_(?P<part>[AB])\.weight$")
 
 
 @dataclass(frozen=True)
@@ -122,321 +122,10 @@ class _GroupKey:
     its own. None for text2music requests without reference audio."""
 
 
-_COVER_MODULES = ("audio_tokenizer", "audio_token_detokenizer")
-_ENCODE_STREAM = 1 << 62  # seed ^ this: the generator of an edit's VAE posterior samples
-
-
-@dataclass(frozen=True)
-class _AudioInputs:
-    """What an edit or a reference request adds to its pipeline call, and how its output is
-    finished (see the module docstring)."""
-
-    task_type: str  # the pipeline's task
-    samples: int  # the output's length
-    source: np.ndarray | None = None  # [2, n]: the source as given
-    window: tuple[int, int] | None = None  # [start, end) made anew; None: no splice (cover)
-    cover_strength: float = 1.0
-    reference: np.ndarray | None = None  # [2, n]
-
-
-def _takes_audio(request: RenderRequest) -> bool:
-    """Whether `request` gives the pipeline source or reference audio (an edit, a timbre
-    reference)."""
-    return (
-        request.edit is not None
-        or request.reference_key is not None
-        or request.reference_audio is not None
-    )
-
-
-def _audio_array(audio: Any, what: str, label: str) -> np.ndarray:
-    array = np.asarray(audio, dtype=np.float32)
-    if array.ndim != 2 or array.shape[0] != 2 or array.shape[1] == 0:
-        raise ValueError(
-            f"{label}: {what} must be a float32 [2, n] array (48 kHz stereo), got shape "
-            f"{array.shape}"
-        )
-    if not np.isfinite(array).all():
-        raise ValueError(f"{label}: {what} holds NaN or infinite samples")
-    return array
-
-
-def _audio_inputs(request: RenderRequest, sample_rate: int) -> _AudioInputs | None:
-    """The audio inputs of `request`, validated; None for a plain text2music request.
-
-    Raises ValueError for an unknown task, a missing or malformed source or reference array, an
-    extension that does not lengthen the source, an empty repaint window or a cover strength
-    outside [0, 1].
-    """
-    label = f"job {request.job_id} variation {request.variation}"
-    reference = (
-        None
-        if request.reference_audio is None
-        else _audio_array(request.reference_audio, "reference_audio", label)
-    )
-    edit = request.edit
-    samples = round(request.duration_s * sample_rate)
-    if edit is None:
-        if reference is None:
-            return None
-        return _AudioInputs(task_type=TEXT2MUSIC, samples=samples, reference=reference)
-    if edit.task not in (EXTEND, REPAINT, COVER):
-        raise ValueError(f"{label}: ACE-Step cannot {edit.task!r} a song")
-    if request.source_audio is None:
-        raise ValueError(
-            f"{label}: a {edit.task} needs the source audio (source_audio), which the decoder "
-            f"loads from {edit.source_key!r} before rendering"
-        )
-    source = _audio_array(request.source_audio, "source_audio", label)
-    if edit.task == EXTEND:
-        start = source.shape[-1]
-        if samples <= start:
-            raise ValueError(
-                f"{label}: an extension's duration_s ({request.duration_s} s) must exceed the "
-                f"source's length ({start / sample_rate:.3f} s)"
-            )
-        window = (start, samples)
-    elif edit.task == REPAINT:
-        window = window_samples(edit.start_s, edit.end_s, sample_rate, samples)
-        if window[0] >= window[1]:
-            raise ValueError(
-                f"{label}: the repaint window [{edit.start_s}, {edit.end_s}) s is empty within "
-                f"the song's {request.duration_s} s"
-            )
-    else:
-        if not 0.0 <= edit.strength <= 1.0:
-            raise ValueError(f"{label}: cover strength must be in [0, 1], got {edit.strength}")
-        window = None
-    return _AudioInputs(
-        task_type=COVER if edit.task == COVER else REPAINT,
-        samples=samples,
-        source=source,
-        window=window,
-        cover_strength=float(edit.strength) if edit.task == COVER else 1.0,
-        reference=reference,
-    )
-
-
 def _lyrics_text(request: RenderRequest) -> str:
     if request.instrumental:
         return INSTRUMENTAL_LYRICS
     return format_lyrics(request.sections)
-
-
-def _padded_length(tokens: int, multiple: int) -> int:
-    return -(-tokens // multiple) * multiple
-
-
-@functools.cache
-def bucketed_pipeline_class() -> Any:
-    """`BucketedAceStepPipeline`: diffusers' AceStepPipeline whose prompt encoding takes metadata
-    per row and pads every row to its own bucket (see the module docstring). Built on first use so
-    importing this module does not import diffusers."""
-    from diffusers.pipelines.ace_step.pipeline_ace_step import AceStepPipeline
-
-    class BucketedAceStepPipeline(AceStepPipeline):
-        """AceStepPipeline with two changes to `encode_prompt`, and nothing else:
-
-        - `bpm` and `keyscale` may be lists, one value per row (the base class takes one value
-          for the whole call);
-        - text and lyric tokens are padded to a multiple of `text_pad_multiple` and
-          `lyrics_pad_multiple` (the base class pads to the longest row). Calls whose rows share
-          their buckets then pad each row exactly as it would be padded alone.
-
-        With multiples of 1 and scalar metadata it returns exactly what the base class returns
-        (a test pins this).
-        """
-
-        text_pad_multiple = 1
-        lyrics_pad_multiple = 1
-        encode_generator: Any = None
-        """A CPU `torch.Generator` the VAE posterior samples of source and reference audio are
-        drawn from (the base class draws them from the global RNG, so an edit would come out
-        differently on every run); None: the base class's behaviour."""
-        tokenizer: Any  # components, registered by DiffusionPipeline at load time
-        text_encoder: Any
-        vae: Any
-        condition_encoder: Any
-        audio_tokenizer: Any
-        audio_token_detokenizer: Any
-        sample_rate: int
-
-        def _encode_audio(self, audio: Any, dtype: Any) -> Any:
-            """Audio `[B, 2, n]` → latents `[B, frames, channels]`, sampled from
-            `encode_generator`."""
-            posterior = self.vae.encode(audio.to(dtype=self.vae.dtype)).latent_dist
-            latents = posterior.sample(generator=self.encode_generator)
-            return latents.transpose(1, 2).to(dtype=dtype)
-
-        def prepare_reference_audio_latents(
-            self, reference_audio: Any, batch_size: int, device: Any, dtype: Any
-        ) -> tuple[Any, Any]:
-            if self.encode_generator is None:
-                return super().prepare_reference_audio_latents(
-                    reference_audio, batch_size, device, dtype
-                )
-            import torch
-
-            # The body of AceStepPipeline.prepare_reference_audio_latents (diffusers 0.42):
-            # 10 s from the front, the middle and the back of the reference (repeated to 30 s).
-            target_samples = 30 * self.sample_rate
-            if reference_audio.shape[-1] < target_samples:
-                repeats = math.ceil(target_samples / reference_audio.shape[-1])
-                reference_audio = reference_audio.repeat(1, repeats)
-            segment = 10 * self.sample_rate
-            total = reference_audio.shape[-1]
-            middle = total // 3
-            back = max(total - segment, 0)
-            reference_audio = torch.cat(
-                [
-                    reference_audio[:, :segment],
-                    reference_audio[:, middle : middle + segment],
-                    reference_audio[:, back : back + segment],
-                ],
-                dim=-1,
-            )
-            latents = self._encode_audio(reference_audio.unsqueeze(0).to(device=device), dtype)
-            order = torch.arange(batch_size, device=device, dtype=torch.long)
-            return latents.expand(batch_size, -1, -1), order
-
-        def prepare_src_latents(  # type: ignore[override]
-            self,
-            device: Any,
-            dtype: Any,
-            batch_size: int = 1,
-            src_audio: Any = None,
-            audio_codes: Any = None,
-            latent_length: int | None = None,
-            task_type: str = "text2music",
-        ) -> tuple[Any, int]:
-            if self.encode_generator is None or src_audio is None or audio_codes is not None:
-                return super().prepare_src_latents(
-                    device, dtype, batch_size, src_audio, audio_codes, latent_length, task_type
-                )
-            # The source-audio branch of AceStepPipeline.prepare_src_latents (diffusers 0.42).
-            if src_audio.dim() == 2:
-                src_audio = src_audio.unsqueeze(0)
-            src_latents = self._encode_audio(src_audio.to(device=device), dtype)
-            if src_latents.shape[0] == 1:
-                src_latents = src_latents.expand(batch_size, -1, -1)
-            frames = src_latents.shape[1]
-            if task_type == "cover":
-                if self.audio_tokenizer is None or self.audio_token_detokenizer is None:
-                    raise ValueError(
-                        "a cover needs the checkpoint's audio_tokenizer and audio_token_detokenizer"
-                    )
-                silence = self.condition_encoder.silence_latent.to(device=device, dtype=dtype)
-                quantized, _ = self.audio_tokenizer.tokenize(src_latents, silence)
-                src_latents = self.audio_token_detokenizer(quantized.to(device=device, dtype=dtype))
-                src_latents = src_latents[:, :frames, :].contiguous()
-            return src_latents, frames
-
-        def format_rows(
-            self,
-            prompt: list[str],
-            lyrics: list[str],
-            vocal_language: list[str],
-            audio_duration: float,
-            instruction: str | None,
-            bpm: int | list[int] | None,
-            keyscale: str | list[str] | None,
-            timesignature: str | None,
-        ) -> tuple[list[str], list[str]]:
-            """The text-encoder input and the lyric input of every row."""
-            rows = len(prompt)
-            bpms = bpm if isinstance(bpm, list) else [bpm] * rows
-            keys = keyscale if isinstance(keyscale, list) else [keyscale] * rows
-            formatted = [
-                self._format_prompt(
-                    prompt=prompt[i],
-                    lyrics=lyrics[i],
-                    vocal_language=vocal_language[i],
-                    audio_duration=audio_duration,
-                    instruction=instruction,
-                    bpm=bpms[i],
-                    keyscale=keys[i],
-                    timesignature=timesignature,
-                )
-                for i in range(rows)
-            ]
-            return [text for text, _ in formatted], [lyric for _, lyric in formatted]
-
-        def padded_lengths(
-            self, text: str, lyric: str, max_text_length: int = 256, max_lyric_length: int = 2048
-        ) -> tuple[int, int]:
-            """The bucket of one row: its text and lyric token counts once padded."""
-            text_tokens = len(
-                self.tokenizer(text, truncation=True, max_length=max_text_length).input_ids
-            )
-            lyric_tokens = len(
-                self.tokenizer(lyric, truncation=True, max_length=max_lyric_length).input_ids
-            )
-            return (
-                _padded_length(text_tokens, self.text_pad_multiple),
-                _padded_length(lyric_tokens, self.lyrics_pad_multiple),
-            )
-
-        def encode_prompt(  # type: ignore[override]
-            self,
-            prompt: str | list[str],
-            lyrics: str | list[str],
-            device: Any,
-            vocal_language: str | list[str] = "en",
-            audio_duration: float = 60.0,
-            instruction: str | None = None,
-            bpm: int | list[int] | None = None,
-            keyscale: str | list[str] | None = None,
-            timesignature: str | None = None,
-            max_text_length: int = 256,
-            max_lyric_length: int = 2048,
-        ) -> tuple[Any, Any, Any, Any]:
-            # The body of AceStepPipeline.encode_prompt (diffusers 0.42), with per-row metadata
-            # and `pad_to_multiple_of`.
-            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-            lyric_list = [lyrics] if isinstance(lyrics, str) else list(lyrics)
-            languages = (
-                [vocal_language] * len(prompts)
-                if isinstance(vocal_language, str)
-                else list(vocal_language)
-            )
-            texts, lyric_strs = self.format_rows(
-                prompts,
-                lyric_list,
-                languages,
-                audio_duration,
-                instruction,
-                bpm,
-                keyscale,
-                timesignature,
-            )
-            text_inputs = self.tokenizer(
-                texts,
-                padding="longest",
-                pad_to_multiple_of=self.text_pad_multiple,
-                truncation=True,
-                max_length=max_text_length,
-                return_tensors="pt",
-            )
-            lyric_inputs = self.tokenizer(
-                lyric_strs,
-                padding="longest",
-                pad_to_multiple_of=self.lyrics_pad_multiple,
-                truncation=True,
-                max_length=max_lyric_length,
-                return_tensors="pt",
-            )
-            text_input_ids = text_inputs.input_ids.to(device)
-            lyric_input_ids = lyric_inputs.input_ids.to(device)
-            text_hidden_states = self.text_encoder(input_ids=text_input_ids).last_hidden_state
-            lyric_hidden_states = self.text_encoder.get_input_embeddings()(lyric_input_ids)
-            return (
-                text_hidden_states,
-                text_inputs.attention_mask.to(device).bool(),
-                lyric_hidden_states,
-                lyric_inputs.attention_mask.to(device).bool(),
-            )
-
-    return BucketedAceStepPipeline
 
 
 def _checkpoint_error(path: str, pool_name: str, problem: str) -> ValueError:
@@ -459,188 +148,6 @@ def _pick_dtype(setting: str, device: str) -> Any:
         return {"cuda": torch.bfloat16, "mps": torch.float16}.get(device, torch.float32)
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     return dtypes[setting]
-
-
-def lora_target_modules(checkpoint: Path) -> dict[str, tuple[int, int]]:
-    """The attention projections of a checkpoint's transformer a LoRA may adapt, as
-    {module name: (in_features, out_features)}, read without loading any weights: the
-    transformer is built from `checkpoint/transformer/config.json` on the meta device.
-
-    Raises ValueError when the checkpoint has no readable transformer config.
-    """
-    import torch
-    from diffusers import AceStepTransformer1DModel
-
-    config_path = Path(checkpoint) / "transformer" / "config.json"
-    try:
-        config = json.loads(config_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot read the transformer config {config_path}: {exc}") from exc
-    with torch.device("meta"):
-        transformer = AceStepTransformer1DModel.from_config(config)
-    return _linear_targets(transformer)
-
-
-def _adapter_name(lora_id: str) -> str:
-    """The PEFT adapter name of a LoRA: LoRA refs hold `/` and ids may hold `.`, which PEFT
-    refuses in a module name; a digest is safe and as unique."""
-    return "lora_" + hashlib.sha256(lora_id.encode()).hexdigest()[:24]
-
-
-def _linear_targets(transformer: Any) -> dict[str, tuple[int, int]]:
-    import torch
-
-    targets: dict[str, tuple[int, int]] = {}
-    for name, module in transformer.named_modules():
-        # A model with LoRAs loaded wraps each target: the original Linear is `<name>.base_layer`.
-        name = name.removesuffix(".base_layer")
-        if isinstance(module, torch.nn.Linear) and name.endswith(LORA_TARGET_SUFFIXES):
-            targets[name] = (module.in_features, module.out_features)
-    return targets
-
-
-def _read_safetensors_header(
-    handle: BinaryIO, size: int, label: str, max_bytes: int
-) -> dict[str, Any]:
-    """The JSON header of a safetensors stream of `size` bytes, checked for consistency (every
-    tensor a float, its byte range inside the data); `label` names the file in errors."""
-    if size > max_bytes:
-        raise ValueError(f"{label} is {size} bytes; the limit is {max_bytes}")
-    prefix = handle.read(8)
-    if prefix[:2] == b"PK" or prefix[:1] == b"\x80":
-        raise ValueError(
-            f"{label} is a pickled PyTorch checkpoint, not safetensors; pickles can run code on "
-            "load and are refused: convert it with safetensors.torch.save_file"
-        )
-    if len(prefix) < 8:
-        raise ValueError(f"{label} is not a safetensors file (too short)")
-    (header_length,) = struct.unpack("<Q", prefix)
-    if header_length > min(_MAX_SAFETENSORS_HEADER_BYTES, size - 8):
-        raise ValueError(f"{label} is not a safetensors file (bad header length)")
-    raw = handle.read(header_length)
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ValueError(f"{label} is not a safetensors file (bad header)") from exc
-    if not isinstance(header, dict):
-        raise ValueError(f"{label} is not a safetensors file (bad header)")
-    data_bytes = size - 8 - header_length
-    for key, entry in header.items():
-        if key == "__metadata__":
-            continue
-        try:
-            dtype, shape, (start, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
-        except (TypeError, KeyError, ValueError) as exc:
-            raise ValueError(f"{label}: malformed header entry {key!r}") from exc
-        if dtype not in _SAFETENSORS_DTYPE_BYTES:
-            raise ValueError(f"{label}: tensor {key!r} has dtype {dtype}, not a float")
-        expected = math.prod(shape) * _SAFETENSORS_DTYPE_BYTES[dtype]
-        if not (0 <= start <= end <= data_bytes and end - start == expected):
-            raise ValueError(f"{label}: tensor {key!r} has inconsistent offsets")
-    return header
-
-
-def validate_lora_file(
-    path: Path,
-    *,
-    max_rank: int,
-    expected_modules: Mapping[str, tuple[int, int]] | Collection[str],
-    max_bytes: int = MAX_LORA_FILE_BYTES,
-) -> dict[str, Any]:
-    """Check a LoRA file before it is stored or loaded; reads only the file's header.
-
-    Accepts the diffusers PEFT format AceStepPipeline.load_lora_weights reads: a safetensors file
-    (pickles and anything else are refused from the header bytes, never unpickled) of at most
-    `max_bytes`, whose every tensor is `transformer.<module>.lora_A.weight` ([rank, in]) or
-    `...lora_B.weight` ([out, rank]) with both halves present for each module, `<module>` one of
-    `expected_modules` (names, or {name: (in_features, out_features)} to check shapes too — see
-    `lora_target_modules` and `AceStepSongModel.lora_target_modules`), and rank ≤ `max_rank`.
-    `path` may be the file or a directory holding `pytorch_lora_weights.safetensors`.
-
-    Returns {"rank": largest rank, "keys": tensor count, "modules": sorted module names}.
-    Raises ValueError naming the file and the problem otherwise.
-    """
-    path = Path(path)
-    if path.is_dir():
-        path = path / LORA_WEIGHT_NAME
-    if not path.is_file():
-        raise ValueError(f"LoRA file {path} does not exist")
-    with path.open("rb") as handle:
-        header = _read_safetensors_header(
-            handle, path.stat().st_size, f"LoRA file {path}", max_bytes
-        )
-    return _check_lora_header(header, f"LoRA file {path}", max_rank, expected_modules)
-
-
-def lora_validator(
-    checkpoint: str | Path, *, max_rank: int, max_bytes: int = MAX_LORA_FILE_BYTES
-) -> Callable[[bytes], dict[str, Any]]:
-    """A validator for uploaded LoRA bytes against `checkpoint`'s transformer (module names and
-    shapes read once, on the meta device: no weights are loaded). The returned callable applies
-    the checks of `validate_lora_file` to an in-memory file and returns its report."""
-    expected = lora_target_modules(Path(checkpoint).expanduser())
-
-    def validate(weights: bytes) -> dict[str, Any]:
-        label = "the LoRA file"
-        header = _read_safetensors_header(io.BytesIO(weights), len(weights), label, max_bytes)
-        return _check_lora_header(header, label, max_rank, expected)
-
-    return validate
-
-
-def _check_lora_header(
-    header: dict[str, Any],
-    label: str,
-    max_rank: int,
-    expected_modules: Mapping[str, tuple[int, int]] | Collection[str],
-) -> dict[str, Any]:
-    tensors = {key: entry for key, entry in header.items() if key != "__metadata__"}
-    if not tensors:
-        raise ValueError(f"{label} holds no tensors")
-
-    shapes: dict[str, dict[str, list[int]]] = {}
-    for key, entry in tensors.items():
-        match = _LORA_KEY.match(key)
-        if match is None:
-            raise ValueError(
-                f"{label}: key {key!r} is not a diffusers LoRA key "
-                "(transformer.<module>.lora_A.weight / lora_B.weight)"
-            )
-        module = match["module"]
-        if module not in expected_modules:
-            raise ValueError(
-                f"{label}: key {key!r} targets {module!r}, which is not an attention "
-                "projection of this model's transformer (wrong base model?)"
-            )
-        shape = list(entry["shape"])
-        if len(shape) != 2:
-            raise ValueError(f"{label}: {key!r} has shape {shape}, expected 2-D")
-        shapes.setdefault(module, {})[match["part"]] = shape
-
-    rank = 0
-    for module, parts in shapes.items():
-        if set(parts) != {"A", "B"}:
-            raise ValueError(f"{label}: {module!r} lacks its lora_A or lora_B half")
-        (module_rank, in_features), (out_features, b_rank) = parts["A"], parts["B"]
-        if module_rank != b_rank or module_rank < 1:
-            raise ValueError(
-                f"{label}: {module!r} has lora_A rank {module_rank} but lora_B rank {b_rank}"
-            )
-        if isinstance(expected_modules, Mapping) and (in_features, out_features) != tuple(
-            expected_modules[module]
-        ):
-            raise ValueError(
-                f"{label}: {module!r} maps {in_features}→{out_features} features, "
-                f"the model's layer {expected_modules[module][0]}→"
-                f"{expected_modules[module][1]} (trained for another model size?)"
-            )
-        if module_rank > max_rank:
-            raise ValueError(
-                f"{label}: rank {module_rank} (at {module!r}) exceeds the limit "
-                f"{max_rank} (loras.max_rank)"
-            )
-        rank = max(rank, module_rank)
-    return {"rank": rank, "keys": len(tensors), "modules": sorted(shapes)}
 
 
 class AceStepSongModel:
@@ -764,8 +271,8 @@ class AceStepSongModel:
                 self._restore_base()
         return [output for output in outputs if output is not None]
 
-    def _checked_audio_inputs(self, request: RenderRequest) -> _AudioInputs | None:
-        inputs = _audio_inputs(request, self.sample_rate)
+    def _checked_audio_inputs(self, request: RenderRequest) -> AudioInputs | None:
+        inputs = audio_inputs(request, self.sample_rate)
         label = f"job {request.job_id} variation {request.variation}"
         if request.reference_key is not None and request.reference_audio is None:
             raise ValueError(
@@ -773,7 +280,7 @@ class AceStepSongModel:
                 "(reference_audio is None)"
             )
         if inputs is not None and inputs.task_type == COVER:
-            missing = [m for m in _COVER_MODULES if getattr(self._pipeline, m, None) is None]
+            missing = [m for m in COVER_MODULES if getattr(self._pipeline, m, None) is None]
             if missing:
                 raise ValueError(
                     f"{label}: a cover needs the ACE-Step checkpoint's {' and '.join(missing)} "
@@ -783,7 +290,7 @@ class AceStepSongModel:
                 )
         return inputs
 
-    def _finished(self, rendered: np.ndarray, inputs: _AudioInputs | None) -> np.ndarray:
+    def _finished(self, rendered: np.ndarray, inputs: AudioInputs | None) -> np.ndarray:
         """A repaint or extension spliced into its source; anything else as rendered."""
         if inputs is None or inputs.window is None or inputs.source is None:
             return rendered
@@ -800,7 +307,7 @@ class AceStepSongModel:
         groups: dict[_GroupKey, list[int]] = {}
         for index, request in enumerate(requests):
             key = self._group_key(request)
-            if _takes_audio(request):
+            if takes_audio(request):
                 # Source and reference audio are one value per pipeline call: such a request
                 # renders alone (its index makes its key unique).
                 key = replace(key, solo=index)
@@ -838,7 +345,7 @@ class AceStepSongModel:
         *,
         steps_before: int,
         total_steps: int,
-        audio_inputs: _AudioInputs | None = None,
+        audio_inputs: AudioInputs | None = None,
     ) -> Any:
         torch = self._torch
         # CPU generators: the same seed gives the same initial noise on every device.
@@ -856,7 +363,7 @@ class AceStepSongModel:
             # Such a call has one request: its seed draws the VAE posterior samples too, from a
             # stream apart from its initial noise's.
             self._pipeline.encode_generator = torch.Generator("cpu").manual_seed(
-                int(requests[0].seed) ^ _ENCODE_STREAM
+                int(requests[0].seed) ^ ENCODE_STREAM
             )
         try:
             output = self._run_pipeline(key, requests, generators, step_end, extra)
@@ -866,7 +373,7 @@ class AceStepSongModel:
             return output
         return [self._decode_latents(output[row : row + 1])[0] for row in range(len(requests))]
 
-    def _audio_arguments(self, inputs: _AudioInputs) -> dict[str, Any]:
+    def _audio_arguments(self, inputs: AudioInputs) -> dict[str, Any]:
         """The pipeline arguments of an edit or a reference (see the module docstring)."""
         torch = self._torch
 
@@ -948,13 +455,13 @@ class AceStepSongModel:
             validate_lora_file(
                 path,
                 max_rank=max_rank,
-                expected_modules=_linear_targets(self._pipeline.transformer),
+                expected_modules=linear_targets(self._pipeline.transformer),
             )
             if lora_id in self._loras:
                 self._delete_adapter(lora_id)
             try:
                 self._pipeline.load_lora_weights(
-                    str(path.parent), weight_name=path.name, adapter_name=_adapter_name(lora_id)
+                    str(path.parent), weight_name=path.name, adapter_name=adapter_name(lora_id)
                 )
             except Exception:
                 self._remove_untracked_adapters()
@@ -979,7 +486,7 @@ class AceStepSongModel:
     def lora_target_modules(self) -> dict[str, tuple[int, int]]:
         """{module: (in_features, out_features)} a LoRA for this model may adapt; pass it to
         `validate_lora_file`."""
-        return _linear_targets(self._pipeline.transformer)
+        return linear_targets(self._pipeline.transformer)
 
     def _unknown_lora_message(self, lora_id: str) -> str:
         # Not the loaded ones: they are refs of other owners' LoRAs, and this message can reach
@@ -990,12 +497,12 @@ class AceStepSongModel:
         return list(self._pipeline.get_list_adapters().get("transformer", []))
 
     def _delete_adapter(self, lora_id: str) -> None:
-        self._pipeline.delete_adapters([_adapter_name(lora_id)])
+        self._pipeline.delete_adapters([adapter_name(lora_id)])
         self._loras.pop(lora_id, None)
 
     def _remove_untracked_adapters(self) -> None:
         # A load that failed half-way must not leave its adapter in the transformer.
-        tracked = {_adapter_name(lora_id) for lora_id in self._loras}
+        tracked = {adapter_name(lora_id) for lora_id in self._loras}
         stray = [name for name in self._adapter_names() if name not in tracked]
         if stray:
             self._pipeline.delete_adapters(stray)
@@ -1006,7 +513,7 @@ class AceStepSongModel:
             return
         # disable_lora() sets a flag set_adapters() does not clear: enable first.
         self._pipeline.enable_lora()
-        self._pipeline.set_adapters([_adapter_name(key.lora_id)], [key.lora_scale])
+        self._pipeline.set_adapters([adapter_name(key.lora_id)], [key.lora_scale])
 
     def _restore_base(self) -> None:
         if self._adapter_names():

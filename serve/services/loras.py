@@ -58,7 +58,7 @@ class LoraService:
                     "no pool on this server serves a model that takes LoRAs (models.pools)",
                     None,
                 )
-            from pipeline.engines.ace_step import lora_validator
+            from pipeline.engines.ace_step_lora import lora_validator
 
             self._validator = lora_validator(checkpoint, max_rank=self._config.loras.max_rank)
         return self._validator

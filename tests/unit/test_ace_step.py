@@ -17,12 +17,8 @@ import pytest
 pytest.importorskip("diffusers")
 pytest.importorskip("peft")
 
-from pipeline.engines.ace_step import (
-    AceStepSongModel,
-    lora_target_modules,
-    lora_validator,
-    validate_lora_file,
-)
+from pipeline.engines.ace_step import AceStepSongModel
+from pipeline.engines.ace_step_lora import lora_target_modules, lora_validator, validate_lora_file
 from pipeline.lyrics import LyricSection
 from pipeline.song_models import RenderRequest, load_song_model
 from pipeline.tags import StyleTags
