@@ -118,13 +118,18 @@ def delivered_prediction_lookup(
     objects: ObjectStore,
 ) -> Callable[[str], Coroutine[Any, Any, dict[str, Any] | None]]:
     """What a decoder gives its Replicate engine: a prediction's delivered JSON, None until its
-    webhook has been received (raises when the store cannot be read)."""
+    webhook has been received (raises when the store cannot be read). A delivery is deleted once
+    read; one for a prediction that finished in its create call is never read and stays (about
+    1 KB)."""
 
     async def delivered(prediction_id: str) -> dict[str, Any] | None:
+        key = replicate_prediction_key(prediction_id)
         try:
-            data = await objects.get(replicate_prediction_key(prediction_id))
+            data = await objects.get(key)
         except KeyError:
             return None
+        # Read once, by the render that waits for it: nothing else needs it afterwards.
+        await objects.delete_prefix(key)
         found = json.loads(data)
         return found if isinstance(found, dict) else None
 

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from serve.config import AppConfig, DecoderPoolConfig, resolve_config
 from serve.http.app import create_app
 from serve.services import ApiServices
 from serve.services.replicate_webhooks import delivered_prediction_lookup
-from serve.store import open_object_store, replicate_prediction_key
+from serve.store import open_object_store
 from serve.webhooks import signed_headers
 from tests.http_graph import REMOTE_CLIENT, api_client, api_services
 from tests.replicate_server import ModelError, ReplicateServer, RunContext
@@ -72,6 +72,7 @@ class Ingress:
     url: str  # the webhook route's URL on this loopback port
     config: AppConfig
     services: ApiServices
+    read: list[dict[str, Any]] = field(default_factory=list)  # what engines' lookups returned
 
     @property
     def pool(self) -> DecoderPoolConfig:
@@ -82,8 +83,15 @@ class Ingress:
 
     def engine(self, server: ReplicateServer) -> ReplicateSongModel:
         """The engine as the decoder builds it: the lookup reads the ingress's object store."""
-        objects = open_object_store(self.config.storage)
-        engine = load_song_model(self.pool, delivered=delivered_prediction_lookup(objects))
+        lookup = delivered_prediction_lookup(open_object_store(self.config.storage))
+
+        async def recorded(prediction_id: str) -> dict[str, Any] | None:
+            found = await lookup(prediction_id)
+            if found is not None:
+                self.read.append(found)
+            return found
+
+        engine = load_song_model(self.pool, delivered=recorded)
         assert isinstance(engine, ReplicateSongModel)
         return engine
 
@@ -154,7 +162,6 @@ def test_results_arrive_by_signed_webhook_without_polling(
         elapsed = time.monotonic() - started
         server.wait_idle()
         stored = ingress.stored()
-        lookup = delivered_prediction_lookup(ingress.services.objects)
 
     assert isinstance(good, RenderedAudio) and good.audio.shape == (2, 96_000)
     assert isinstance(bad, RenderFailed)
@@ -166,11 +173,13 @@ def test_results_arrive_by_signed_webhook_without_polling(
     )
     assert elapsed < 15  # the webhook's result, well before the 30 s fallback poll
     assert _gets(server) == []  # Replicate was never polled
-    # Stored where any decoder replica looks, trimmed: no input (the lyrics), no logs.
-    assert stored == sorted(replicate_prediction_key(p) for p in server.predictions)
+    # Stored where any decoder replica looks, trimmed (no input, the lyrics; no logs), read once
+    # by the waiting render and deleted.
+    assert sorted(p["id"] for p in ingress.read) == sorted(server.predictions)
+    assert stored == []
     good_id = good.details["prediction_id"]
-    kept = asyncio.run(lookup(good_id))
-    assert kept is not None and kept["status"] == "succeeded" and kept["id"] == good_id
+    kept = next(p for p in ingress.read if p["id"] == good_id)
+    assert kept["status"] == "succeeded"
     assert "input" not in kept and "logs" not in kept
     # The delivered metrics travel with the audio, as a polled prediction's do.
     predict_time = server.prediction(good_id)["metrics"]["predict_time"]
