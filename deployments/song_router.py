@@ -164,6 +164,7 @@ class SongRouter:
         self._pools_by_model: dict[str, list[str]] = {}
         for pool in models.pools:
             self._pools_by_model.setdefault(pool.model, []).append(pool.name)
+        self._tasks = {pool.name: pool.served_tasks for pool in models.pools}
         # Counts up per call; taken modulo the placeable pools, so they alternate on ties even
         # while one pool of the model is unplaceable.
         self._rotation = {model: itertools.count() for model in self._pools_by_model}
@@ -326,12 +327,15 @@ class SongRouter:
             m
             for m in models
             if (capabilities_of(m).loras or not with_lora)
-            and task in capabilities_of(m).tasks
             and (capabilities_of(m).reference_audio or not reference)
         ]
         chosen: list[str] = []
         for name in models:
-            pools = [p for p in self._pools_by_model.get(name, []) if p not in self._unplaceable]
+            pools = [
+                p
+                for p in self._pools_by_model.get(name, [])
+                if p not in self._unplaceable and task in self._tasks[p]
+            ]
             if pools:
                 load = {pool: self.load(pool) for pool in pools}
                 chosen.extend(order_by_wait(pools, load, next(self._rotation[name])))

@@ -928,6 +928,12 @@ class DecoderPoolConfig(_Strict):
     replicate: ReplicateModelConfig | None = Field(
         None, description="The Replicate model and client settings; required for yue, heartmula."
     )
+    tasks: list[Literal["text2music", "extend", "repaint", "cover"]] | None = Field(
+        None,
+        description="What this pool serves, when less than its model can do (unset: all of it). "
+        "An ACE-Step turbo checkpoint has no audio tokenizer, so its pools serve "
+        "[text2music, extend, repaint]: covers go to a pool of a base/SFT checkpoint.",
+    )
     batching: BatchingConfig = Field(
         default_factory=BatchingConfig, description="Cross-request batching (models that batch)."
     )
@@ -944,6 +950,12 @@ class DecoderPoolConfig(_Strict):
         "(unset options keep these defaults).",
     )
 
+    @property
+    def served_tasks(self) -> frozenset[str]:
+        """The tasks requests may bring to this pool: `tasks`, else all its model can do."""
+        able = capabilities_of(self.model).tasks
+        return able if self.tasks is None else frozenset(self.tasks)
+
     @field_validator("deployment", mode="before")
     @classmethod
     def _keep_pool_defaults(cls, given: Any) -> Any:
@@ -959,6 +971,12 @@ class DecoderPoolConfig(_Strict):
         if self.model != "ace-step" and self.ace_step is not None:
             raise ValueError(
                 f"models.pools[{self.name}]: `ace_step` settings apply only to model ace-step"
+            )
+        able = capabilities_of(self.model).tasks
+        if self.tasks is not None and not set(self.tasks) <= able:
+            raise ValueError(
+                f"models.pools[{self.name}].tasks: {self.model} cannot "
+                f"{', '.join(sorted(set(self.tasks) - able))}; it can {', '.join(sorted(able))}"
             )
         remote = capabilities_of(self.model).remote
         if remote and self.replicate is None:
@@ -1033,6 +1051,10 @@ class ModelsConfig(_Strict):
     def served_models(self) -> list[str]:
         """Model names requests may ask for, in pool order."""
         return list(dict.fromkeys(pool.model for pool in self.pools))
+
+    def serves(self, model: str, task: str) -> bool:
+        """Whether some pool of `model` serves `task` (its model can, and the pool does)."""
+        return any(p.model == model and task in p.served_tasks for p in self.pools)
 
     @property
     def lora_checkpoint(self) -> str | None:

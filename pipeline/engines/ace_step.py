@@ -196,6 +196,15 @@ class AceStepSongModel:
         missing = [c for c in _REQUIRED_COMPONENTS if getattr(pipeline, c, None) is None]
         if missing:
             raise _checkpoint_error(location, pool.name, f"lacks components {missing}")
+        no_cover = [m for m in COVER_MODULES if getattr(pipeline, m, None) is None]
+        if COVER in pool.served_tasks and no_cover:
+            # Said at start-up, not per song: the API would accept covers this pool cannot make.
+            raise ValueError(
+                f"models.pools[{pool.name}].tasks: the checkpoint at {location} has no "
+                f"{' or '.join(no_cover)} (turbo checkpoints do not), so it cannot cover: set "
+                f"`tasks: [text2music, extend, repaint]` on this pool and serve covers from a "
+                "pool of a base/SFT checkpoint"
+            )
         pipeline.to(self.device)
         pipeline.set_progress_bar_config(disable=True)
         pipeline.text_pad_multiple = self._config.text_pad_multiple

@@ -55,8 +55,7 @@ class EditResolver:
 
     def models_for(self, body: SongRequest) -> list[str]:
         """The served models that can do what `body` asks (its task, reference audio)."""
-        served = self._config.models.served_models
-        return [m for m in served if _can(m, body.task, body.reference_audio is not None)]
+        return self._able(body.task, body.reference_audio is not None)
 
     async def resolve(self, body: SongRequest, owner: str) -> tuple[SongRequest, dict[str, Any]]:
         """The request with its duration fixed by the edit, and what to store beside it (the
@@ -129,7 +128,7 @@ class EditResolver:
         wants_reference = body.reference_audio is not None
         if body.model != "auto":
             capabilities = capabilities_of(body.model)
-            if body.task not in capabilities.tasks:
+            if not self._config.models.serves(body.model, body.task):
                 able = self._able(body.task, False)
                 raise _invalid(
                     f"model {body.model!r} cannot {body.task}"
@@ -149,7 +148,13 @@ class EditResolver:
             raise _invalid(f"no model this server offers {what}", field)
 
     def _able(self, task: str, reference: bool) -> list[str]:
-        return [m for m in self._config.models.served_models if _can(m, task, reference)]
+        """Served models with a pool that serves `task` (and that take a reference, if asked)."""
+        models = self._config.models
+        return [
+            m
+            for m in models.served_models
+            if models.serves(m, task) and (capabilities_of(m).reference_audio or not reference)
+        ]
 
     async def _audio(self, spec: AudioSource, owner: str, field: str) -> ResolvedAudio:
         if (spec.upload is None) == (spec.song is None):
@@ -194,11 +199,6 @@ class EditResolver:
             ingredient_key=objects[ingredient] if ingredient else None,
             title=str(title),
         )
-
-
-def _can(model: str, task: str, reference: bool) -> bool:
-    capabilities = capabilities_of(model)
-    return task in capabilities.tasks and (capabilities.reference_audio or not reference)
 
 
 def _invalid(message: str, field: str) -> ApiError:

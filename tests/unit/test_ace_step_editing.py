@@ -104,11 +104,14 @@ def cover(seed: int = 7, source: np.ndarray = SOURCE, strength: float = 0.7) -> 
     )
 
 
-def pool_for(path: Path) -> DecoderPoolConfig:
-    return DecoderPoolConfig(
-        name="DiT",
-        model="ace-step",
-        ace_step={"path": str(path), "device": "cpu", "num_inference_steps": STEPS},
+def pool_for(path: Path, tasks: list[str] | None = None) -> DecoderPoolConfig:
+    return DecoderPoolConfig.model_validate(
+        {
+            "name": "DiT",
+            "model": "ace-step",
+            "ace_step": {"path": str(path), "device": "cpu", "num_inference_steps": STEPS},
+            "tasks": tasks,
+        }
     )
 
 
@@ -250,12 +253,17 @@ def test_malformed_edits_are_refused(
 def test_a_checkpoint_without_the_audio_tokenizer_refuses_covers(
     tiny_acestep_checkpoint: Path, tmp_path: Path
 ) -> None:
-    """Like the official turbo checkpoints: text2music, repaint and extend, but no cover."""
+    """Like the official turbo checkpoints: text2music, repaint and extend, but no cover. A pool
+    that says it serves covers from one fails at start-up, naming the setting; a pool that
+    serves the rest starts, and a cover that reaches it anyway is refused before rendering."""
     turbo_like = copy_without_cover_modules(tiny_acestep_checkpoint, tmp_path / "turbo-like")
     assert not {"audio_tokenizer", "audio_token_detokenizer"} & set(
         json.loads((turbo_like / "model_index.json").read_text())
     )
-    without = AceStepSongModel(pool_for(turbo_like))
+    with pytest.raises(ValueError, match=r"models\.pools\[DiT\]\.tasks") as error:
+        AceStepSongModel(pool_for(turbo_like))
+    assert str(turbo_like) in str(error.value) and "audio_tokenizer" in str(error.value)
+    without = AceStepSongModel(pool_for(turbo_like, ["text2music", "extend", "repaint"]))
     with pytest.raises(ValueError, match="audio_tokenizer and audio_token_detokenizer") as error:
         without.render([request(), cover()], no_progress)
     assert str(turbo_like) in str(error.value)

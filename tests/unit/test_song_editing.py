@@ -303,3 +303,27 @@ def test_an_upload_is_a_source_and_a_reference(tmp_path: Path) -> None:
     assert _error(refused) == (422, "reference_audio")
     missing = _post(client, task="extend", source={"upload": "upl_nope"}, extend_s=5)
     assert _error(missing) == (422, "source.upload")
+
+
+def test_a_pool_serves_what_its_tasks_say(tmp_path: Path) -> None:
+    from serve.config import DecoderPoolConfig, ModelsConfig
+
+    with pytest.raises(ValueError, match=r"models\.pools\[Sketch\]\.tasks: sketch cannot cover"):
+        DecoderPoolConfig.model_validate({"name": "Sketch", "model": "sketch", "tasks": ["cover"]})
+    turbo = {
+        "name": "DiT_Turbo",
+        "model": "ace-step",
+        "ace_step": {"path": str(tmp_path)},
+        "tasks": ["text2music", "extend", "repaint"],
+    }
+    models = ModelsConfig.model_validate({"pools": [turbo]})
+    assert models.serves("ace-step", "repaint") and not models.serves("ace-step", "cover")
+    client, services = _api(tmp_path, models={"auto_order": ["ace-step"], "pools": [turbo]})
+    source = _finished_song(services)
+    refused = _post(client, task="cover", source={"song": source}, model="ace-step")
+    assert _error(refused) == (422, "task")
+    assert _error(_post(client, task="cover", source={"song": source})) == (422, "task")
+    accepted = _post(
+        client, task="repaint", source={"song": source}, window={"start_s": 1, "end_s": 3}
+    )
+    assert accepted.status_code == 202, accepted.text

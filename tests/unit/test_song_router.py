@@ -529,3 +529,25 @@ def test_generate_names_each_pool_tried_and_measures_the_one_that_rendered(
         assert mps["in_flight"] == 0
 
     run(scenario)
+
+
+def test_only_pools_that_serve_a_task_are_candidates_for_it(nodes: list[NodeInfo]) -> None:
+    """A turbo pool serves no covers (config/mixed.yaml's two are turbo); a pool of a base
+    checkpoint next to it does."""
+    models = mixed_models()
+    base = models.pools[0].model_copy(update={"name": "DiT_Base", "tasks": None})
+    models = models.model_copy(update={"pools": [*models.pools, base]})
+
+    async def scenario() -> None:
+        router = SongRouter(models, {}, replica_counts=fixed_counts({}))
+        assert sorted(router.candidates("ace-step", task="repaint")) == [
+            "DiT_Base",
+            "DiT_CUDA",
+            "DiT_MPS",
+        ]
+        assert router.candidates("ace-step", task="cover") == ["DiT_Base"]
+        assert router.candidates("auto", task="cover") == ["DiT_Base"]
+        assert router.candidates("auto", task="cover", reference=True) == ["DiT_Base"]
+        assert router.candidates("sketch", task="cover") == []
+
+    run(scenario)
