@@ -452,6 +452,8 @@ async def _serve_cells(s: Settings, results: Results, checkpoint: Path, workdir:
             {
                 "name": "DiT_GPU_Check",
                 "model": "ace-step",
+                # Built like a turbo checkpoint: no audio tokenizer, so no covers.
+                "tasks": ["text2music", "extend", "repaint"],
                 "ace_step": {
                     "path": str(checkpoint),
                     "device": s.device,
