@@ -21,7 +21,13 @@ pytestmark = pytest.mark.e2e
 def test_up_serves_and_stops_on_a_signal(tmp_path: Path, stop_signal: signal.Signals) -> None:
     config_path, port = local_config_on_free_port(tmp_path)
     log_path = tmp_path / "up.log"
-    env = {**os.environ, "RAY_ADDRESS": "local", "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {
+        **os.environ,
+        "RAY_ADDRESS": "local",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        # Start-up and signals, not the tag model: test_serve_run serves the default engine.
+        "SONGSERVE_TAGS__ENGINE": "lexical",
+    }
 
     def ignore_sigint() -> None:
         # As under nohup or a non-interactive shell's `&`: SIGINT starts out ignored.
