@@ -6,8 +6,10 @@ is functions on its arrays.
 
 How a text is matched (`semantic_style`):
 1. Common music words in Spanish, French, German, Portuguese and Italian are translated word by word
-   (`translate_music_words`: "canción triste" → "song sad"), because the lexicon and MiniLM are
-   English-centric. Text with no such word passes through unchanged.
+   (`translate_music_words`: "canción triste" → "song sad"), and Chinese, Japanese and Korean
+   script is rendered in the English words of the lexicon's glossary ("伤感的流行歌" → "sad pop
+   song"), because the lexicon and MiniLM are English-centric. Text with no such word passes
+   through unchanged.
 2. The lexical matcher (`pipeline.tags.normalize_style`) runs on that text. What it found by name is
    kept: a genre or sub-genre phrase, named moods, instruments, vocals, an explicit bpm or key.
 3. The text's embedding is compared by cosine similarity with embeddings of the vocabulary, each
@@ -47,6 +49,7 @@ from pipeline.tags import (
     GenreSource,
     StyleTags,
     correct_word,
+    english_rendering,
     find_matches,
     genre_source,
     normalize_style,
@@ -443,7 +446,8 @@ _FOREIGN_WORDS: tuple[tuple[str, str], ...] = (
     ("klassische", "classical"), ("electrónica", "electronic"), ("eletrônica", "electronic"),
     ("électronique", "electronic"), ("elettronica", "electronic"), ("elektronisch", "electronic"),
     ("elektronische", "electronic"), ("alternatif", "alternative"), ("alternativo", "alternative"),
-    ("celtique", "celtic"), ("balada", "ballad"), ("ballade", "ballad"), ("wiegenlied", "lullaby"),
+    ("celtique", "celtic"), ("balada", "ballad"), ("ballade", "ballad"), ("ballata", "ballad"),
+    ("wiegenlied", "lullaby"),
     ("schlaflied", "lullaby"), ("canción de cuna", "lullaby"), ("berceuse", "lullaby"),
     ("ninna nanna", "lullaby"), ("volksmusik", "folk music"), ("volkslied", "folk song"),
     ("schlager", "schlager german pop"), ("chanson française", "french chanson"),
@@ -515,7 +519,12 @@ def translate_music_words(text: str) -> str:
     (FOREIGN_MUSIC_WORDS; accents optional, case ignored, longest phrase first, German compounds
     of two known words split) by English ones. An elided article before a replaced word ("d'",
     "l'") becomes a separate word. Everything else, punctuation and "#" included, is kept, so
-    explicit keys and tempos survive; text without such words comes back unchanged."""
+    explicit keys and tempos survive; text without such words comes back unchanged.
+
+    Chinese, Japanese and Korean script is read first, by the lexicon's glossary
+    (`pipeline.tags.english_rendering`: "切ないピアノバラード" → "wistful piano ballad"); its words
+    the glossary does not know are dropped, as the sentence encoder cannot read them either."""
+    text = english_rendering(text)
     spans = [(m.start(), m.end(), _plain(m.group())) for m in _WORD.finditer(text)]
     pieces: list[str] = []
     position = 0

@@ -5,13 +5,22 @@ Pure: no Ray, no network, no mutable module state. The lexical matcher is the we
 
 How text is matched (see `normalize_style` for the output contract):
 1. Normalise: lowercase, strip accents and apostrophes, split on anything but letters, digits and
-   "&" ("Hip-Hop!" → hip hop; "R&B" → r&b).
-2. Correct spelling per word: a plural of a known word loses its "s"; an unknown word of ≥ 5
-   letters is replaced by a vocabulary word with the same first letter when it is one adjacent
+   "&" ("Hip-Hop!" → hip hop; "R&B" → r&b). Chinese, Japanese and Korean script is cut into words
+   against a glossary of music words in those languages (`CJK_MUSIC_WORDS`), each read as its
+   English words: "朋克摇滚" → punk rock, "ロックバラード" → rock ballad (see `cjk_words`).
+2. Correct spelling per word: a plural of a known word loses its "s"; an unknown word one typing
+   slip (a letter added, dropped, changed, or two swapped) from a single-word genre or sub-genre
+   name with the same first letter becomes that name ("raggae" → reggae, "punck" → punk,
+   "dupstep" → dubstep), when exactly one name is that near (a genre's own name before a
+   sub-genre's, before a synonym: "raggae" is reggae, not ragga; "fonk" is left alone); a word of
+   four letters only by a swap ("pink" is no "punk", "disc" no "disco"), and never by dropping
+   the name's last letter ("rancher" is no "ranchera"). Otherwise an unknown word of ≥ 5 letters
+   is replaced by a vocabulary word with the same first letter when it is one adjacent
    transposition away ("reggea", "dubstpe"), or, from 8 letters on, when rapidfuzz's ratio is
-   ≥ 88 ("eletronic", "psychadelic"). Shorter words get no edit distance at all: at 5–7 letters
-   one edit turns real words into vocabulary words ("better" → "bitter", "stone" → "stoner").
-   Real words that still sit near vocabulary words ("county") are blocklisted.
+   ≥ 88 ("eletronic", "psychadelic"); shorter words get no edit distance beyond that: at 5–7
+   letters one edit turns real words into vocabulary words ("better" → "bitter", "stone" →
+   "stoner"). Real words that still sit near vocabulary words ("county", "phone") are
+   blocklisted.
 3. Match phrases longest first (up to four words), never reusing a word: "drum and bass" beats
    "bass", "dream pop" beats "pop".
 """
@@ -28,8 +37,10 @@ from types import MappingProxyType
 from typing import Literal
 
 from rapidfuzz import fuzz, process
+from rapidfuzz.distance import OSA
 
 from pipeline.vocabulary import (
+    CJK_MUSIC_WORDS,
     COMMON_TONICS,
     ELECTRIC_GUITAR_FAMILIES,
     FAMILY_DEFAULT_VOCAL,
@@ -37,9 +48,11 @@ from pipeline.vocabulary import (
     GENERIC_GUITAR_WORDS,
     GENRE_TYPICAL_MOODS,
     GENRES,
+    HANGUL_ENDINGS,
     INSTRUMENTS,
     MOODS,
     SOLO_WORDS,
+    SONG_FORMS,
     TEMPO_WORDS,
     TONIC_SPELLINGS,
     VOCAL_CUES,
@@ -146,11 +159,152 @@ class PhraseMatch:
 def phrase_tokens(text: str) -> tuple[str, ...]:
     """The normalised word sequence of a text: lowercase, accents and apostrophes dropped, split on
     every character but letters, digits and "&". Vocabulary phrases and user text both go through
-    this, so spelling variants of punctuation ("hip-hop", "hip hop") meet."""
+    this, so spelling variants of punctuation ("hip-hop", "hip hop") meet.
+
+    Text in Chinese, Japanese or Korean script is cut into words by `cjk_words`, and each word of
+    the glossary (`CJK_MUSIC_WORDS`) becomes its English words: "伤感的流行歌" → ("sad", "的",
+    "pop", "song"); the words it does not know stay as they are."""
+    if not _CJK_OR_HALFWIDTH.search(text):
+        return tuple(_latin_tokens(text))
+    text = unicodedata.normalize("NFKC", text)
+    tokens: list[str] = []
+    position = 0
+    for run in _CJK_RUN.finditer(text):
+        tokens += _latin_tokens(text[position : run.start()])
+        for word in cjk_words(run.group()):
+            tokens += _CJK_ENGLISH.get(word, (word,))
+        position = run.end()
+    tokens += _latin_tokens(text[position:])
+    return tuple(tokens)
+
+
+def _latin_tokens(text: str) -> list[str]:
     decomposed = unicodedata.normalize("NFKD", text.lower())
     plain = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
     plain = plain.replace("'", "").replace("\u2019", "")
-    return tuple(_TOKEN.findall(plain))
+    return _TOKEN.findall(plain)
+
+
+# --- Chinese, Japanese and Korean script ---------------------------------------------------------
+
+# Han (with 々), Hiragana, Katakana (with ー, without the ・ that separates words) and Hangul
+# syllables. Half-width Katakana is folded to full width (NFKC) before runs are found.
+_CJK_RUN = re.compile(
+    "[\u3005\u3041-\u3096\u309d\u309e\u30a1-\u30fa\u30fc-\u30fe\u3400-\u4dbf"
+    "\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7a3]+"
+)
+_CJK_OR_HALFWIDTH = re.compile(f"{_CJK_RUN.pattern[:-2]}\\uff65-\\uff9f]")
+_KATAKANA, _HANGUL, _HAN = "katakana", "hangul", "han"  # script classes; Hiragana counts as Han
+_CJK_ENGLISH: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {word: tuple(_latin_tokens(english)) for word, english in CJK_MUSIC_WORDS.items()}
+)
+_CJK_LONGEST = max(map(len, CJK_MUSIC_WORDS))
+_HANGUL_ENDINGS = frozenset(HANGUL_ENDINGS)
+
+
+def _script(char: str) -> str:
+    if "\u30a1" <= char <= "\u30fe":
+        return _KATAKANA
+    if "\uac00" <= char <= "\ud7a3":
+        return _HANGUL
+    return _HAN
+
+
+def cjk_words(run: str) -> list[str]:
+    """A run of Chinese, Japanese or Korean script cut into words, in order.
+
+    The run is first cut where the script class changes (Han with Hiragana, Katakana, Hangul),
+    as Japanese text changes script at most word boundaries. Han and Hiragana, written without
+    spaces, are cut by forward maximum matching against the glossary (`CJK_MUSIC_WORDS`): the
+    longest glossary word at each position, the characters between glossary words kept together
+    as one unknown word ("伤感的中文流行歌" → 伤感 / 的 / 中文 / 流行 / 歌). Katakana and Hangul
+    words are read whole, because a glossary word inside a longer one is seldom that word
+    ("ブロック" is no "ロック", "기록" no "록"): as glossary words, as an unknown modifier of two
+    characters or more followed by glossary words ("アイドル" + "ポップ"), or in Hangul as
+    glossary words followed by a particle or ending ("몽환" + "적인", `HANGUL_ENDINGS`); anything
+    else stays one unknown word."""
+    words: list[str] = []
+    start = 0
+    for end in range(1, len(run) + 1):
+        if end == len(run) or _script(run[end]) != _script(run[start]):
+            piece = run[start:end]
+            if _script(piece[0]) == _HAN:
+                words += _forward_maximum_match(piece)
+            else:
+                words += _compound(piece, particles=_script(piece[0]) == _HANGUL)
+            start = end
+    return words
+
+
+def _forward_maximum_match(text: str) -> list[str]:
+    words: list[str] = []
+    unknown = 0
+    position = 0
+    while position < len(text):
+        size = next(
+            (
+                size
+                for size in range(min(_CJK_LONGEST, len(text) - position), 0, -1)
+                if text[position : position + size] in CJK_MUSIC_WORDS
+            ),
+            0,
+        )
+        if not size:
+            position += 1
+            continue
+        if unknown < position:
+            words.append(text[unknown:position])
+        words.append(text[position : position + size])
+        position += size
+        unknown = position
+    if unknown < len(text):
+        words.append(text[unknown:])
+    return words
+
+
+def _glossary_split(text: str) -> list[str] | None:
+    """`text` as a sequence of glossary words (longest first), or None."""
+    if not text:
+        return []
+    for size in range(min(_CJK_LONGEST, len(text)), 0, -1):
+        if text[:size] in CJK_MUSIC_WORDS:
+            rest = _glossary_split(text[size:])
+            if rest is not None:
+                return [text[:size], *rest]
+    return None
+
+
+def _compound(word: str, *, particles: bool) -> list[str]:
+    whole = _glossary_split(word)
+    if whole is not None:
+        return whole
+    for cut in range(2, len(word) - 1):
+        tail = _glossary_split(word[cut:])
+        if tail is not None:
+            return [word[:cut], *tail]
+    if particles:
+        for cut in range(len(word) - 1, 0, -1):
+            head = _glossary_split(word[:cut])
+            if head is not None and word[cut:] in _HANGUL_ENDINGS:
+                return [*head, word[cut:]]
+    return [word]
+
+
+def english_rendering(text: str) -> str:
+    """`text` with every run of Chinese, Japanese or Korean script replaced by the English words of
+    the glossary words in it, and its unknown words dropped: what an English-only reader of the
+    text (such as an English sentence encoder) can use. "切ないピアノバラード, 80 bpm" →
+    " wistful piano ballad , 80 bpm". Text without such script comes back unchanged."""
+    if not _CJK_OR_HALFWIDTH.search(text):
+        return text
+    text = unicodedata.normalize("NFKC", text)
+    pieces: list[str] = []
+    position = 0
+    for run in _CJK_RUN.finditer(text):
+        english = [CJK_MUSIC_WORDS[word] for word in cjk_words(run.group()) if word in _CJK_ENGLISH]
+        pieces += [text[position : run.start()], " ", " ".join(english), " "]
+        position = run.end()
+    return "".join([*pieces, text[position:]])
 
 
 def _vocabulary_phrases() -> Iterable[tuple[tuple[str, ...], _Target]]:
@@ -204,6 +358,7 @@ _TONICS = MappingProxyType(dict(TONIC_SPELLINGS))
 _COMMON_TONICS = MappingProxyType(dict(COMMON_TONICS))
 _VOCAL_CUES = frozenset(VOCAL_CUES)
 _SOLO_WORDS = frozenset(SOLO_WORDS)
+_SONG_FORMS = frozenset(map(phrase_tokens, SONG_FORMS))
 KNOWN_WORDS = frozenset(
     {word for phrase in _PHRASES for word in phrase}
     | set(GENRE_HINTS)
@@ -217,13 +372,60 @@ _FUZZY_BLOCKED = frozenset(FUZZY_BLOCKLIST)
 _FUZZY_TARGETS = tuple(sorted(word for word in KNOWN_WORDS if len(word) >= 5 and word.isalpha()))
 
 
+def _genre_name_words() -> dict[str, dict[str, int]]:
+    """First letter → {single-word genre or sub-genre phrase of ≥ 4 letters: rank}, rank 0 for a
+    genre's name, 1 for a sub-genre's, 2 for a synonym."""
+    ranks: dict[str, int] = {}
+    for genre in GENRES:
+        named = [(genre.name, 0), *((phrase, 2) for phrase in genre.synonyms)]
+        for sub in genre.subgenres:
+            named += [(sub.name, 1), *((phrase, 2) for phrase in sub.synonyms)]
+        for phrase, rank in named:
+            words = phrase_tokens(phrase)
+            if len(words) == 1 and len(words[0]) >= 4 and words[0].isalpha():
+                ranks[words[0]] = min(rank, ranks.get(words[0], rank))
+    by_letter: dict[str, dict[str, int]] = {}
+    for word, rank in ranks.items():
+        by_letter.setdefault(word[0], {})[word] = rank
+    return by_letter
+
+
+_GENRE_NAME_WORDS = MappingProxyType(
+    {letter: MappingProxyType(words) for letter, words in _genre_name_words().items()}
+)
+
+
+def _genre_name_typo(word: str) -> str | None:
+    """The genre word `word` is one typing slip from (see the module doc), or None when there is
+    none or several equally likely ones."""
+    found: list[tuple[int, str]] = []
+    for target, rank in _GENRE_NAME_WORDS.get(word[0], {}).items():
+        if abs(len(target) - len(word)) > 1 or OSA.distance(word, target, score_cutoff=1) > 1:
+            continue
+        if len(word) == 4 and not (len(target) == 4 and _is_adjacent_transposition(word, target)):
+            continue  # "pink", "fund", "disc", "nose": one slip in four letters is another word
+        if word == target[:-1]:
+            continue  # "rancher", "american": a genre name short of its ending is another word
+        found.append((rank, target))
+    if not found:
+        return None
+    best = min(rank for rank, _ in found)
+    winners = {target for rank, target in found if rank == best}
+    return winners.pop() if len(winners) == 1 else None
+
+
 def correct_word(word: str) -> str:
     """Map a possibly misspelt word onto a vocabulary word, conservatively (see module doc)."""
-    if word in KNOWN_WORDS or not word.isalpha():
+    if word in KNOWN_WORDS or not word.isalpha() or not word.isascii():
         return word
     if len(word) >= 4 and word.endswith("s") and word[:-1] in KNOWN_WORDS:
         return word[:-1]
-    if len(word) < 5 or word in _FUZZY_BLOCKED:
+    if len(word) < 4 or word in _FUZZY_BLOCKED:
+        return word
+    typo = _genre_name_typo(word)
+    if typo is not None:
+        return typo
+    if len(word) < 5:
         return word
     candidates = [target for target in _FUZZY_TARGETS if target[0] == word[0]]
     if len(word) >= 8:
@@ -314,9 +516,11 @@ def _resolve_genre(
     """The (genre, subgenre) the text asks for.
 
     The first genre or sub-genre phrase in the text is the primary one (no phrase → the first hint
-    adjective such as "jazzy", else DEFAULT_GENRE). A plain primary genre then takes the first later
-    sub-genre of its own, else a sub-genre combining it with a later genre phrase or hint; any
-    other genre is dropped.
+    adjective such as "jazzy", else DEFAULT_GENRE), unless it names a song form (`SONG_FORMS`:
+    "ballad") and another genre is named by a later phrase or a hint: then that one is. A plain
+    primary genre then takes the first later sub-genre of its own, else a sub-genre combining it
+    with a later genre phrase or hint (the song form included: "ballad … rock" → rock / power
+    ballad); any other genre is dropped.
     """
     mentions = [
         _GenreMention(
@@ -337,6 +541,11 @@ def _resolve_genre(
             return hints[0].genre, None
         return GENRES_BY_NAME[DEFAULT_GENRE], None
     primary = mentions[0]
+    if primary.words in _SONG_FORMS:
+        style = next((m for m in [*mentions[1:], *hints] if m.genre != primary.genre), None)
+        if style is not None:
+            mentions = [style, *(mention for mention in mentions if mention is not style)]
+            primary = style
     if primary.sub is not None:
         return primary.genre, primary.sub
     for mention in mentions[1:]:
@@ -460,8 +669,10 @@ def normalize_style(
     always gives the same tags; nothing is random and hashing uses hashlib.
 
     - genre/subgenre/family: the first genre or sub-genre named wins (a sub-genre implies its
-      genre); a plain genre picks up a later sub-genre of its own or a sub-genre combining it with
-      a later genre ("jazz … hip hop" → hip hop / jazz rap); otherwise later genres are dropped.
+      genre; a song form, `SONG_FORMS`, gives way to a genre named later or hinted: "a ballad in
+      bossa nova style" → bossa nova); a plain genre picks up a later sub-genre of its own or a
+      sub-genre combining it with a later genre ("jazz … hip hop" → hip hop / jazz rap);
+      otherwise later genres are dropped.
       No genre named → a hint adjective ("jazzy" → jazz) or else "pop".
     - moods: canonical moods in text order, at most MAX_MOODS. A text that names a genre (or a
       hint of one) but no mood gets the genre's conventional moods (`GENRE_TYPICAL_MOODS`:

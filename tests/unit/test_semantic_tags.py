@@ -291,6 +291,45 @@ def test_misspelt_genres_are_found(engine: SemanticTagEngine) -> None:
     assert _tags(engine, "tecno rave").genre == "techno"
     assert _tags(engine, "countri music about trucks").genre == "country"
     assert _tags(engine, "opra singer").genre == "opera"
+    assert _tags(engine, "raggae with offbeat skank guitar").genre == "reggae"  # not ska
+    assert _tags(engine, "punck rock with shouted vocals").genre == "punk rock"  # not rock
+    assert _tags(engine, "punk").genre == "punk rock"
+
+
+def test_a_translated_ballad_gives_way_to_a_named_genre(engine: SemanticTagEngine) -> None:
+    assert _tags(engine, "uma balada romântica de bossa nova").genre == "bossa nova"
+    assert _tags(engine, "balada romántica en español").subgenre == "ballad"
+
+
+@pytest.mark.parametrize(
+    ("text", "family", "mood"),
+    [
+        ("轻快的流行歌曲", "pop", "upbeat"),
+        ("伤感的中文流行歌", "pop", "sad"),
+        ("热血的摇滚乐", "rock", "energetic"),
+        ("ロックバラード", "rock", None),
+        ("切ないピアノバラード", "pop", "melancholic"),
+        ("激しいメタルコア、シャウトとブレイクダウン", "metal", "intense"),
+        ("신나는 케이팝 댄스곡", "pop", "upbeat"),
+        ("잔잔한 어쿠스틱 발라드", "folk", "peaceful"),  # "acoustic ballad": singer-songwriter
+    ],
+)
+def test_chinese_japanese_and_korean_styles(
+    engine: SemanticTagEngine, text: str, family: str, mood: str | None
+) -> None:
+    tags = _tags(engine, text)
+    assert tags.family == family, (text, tags)
+    assert mood is None or mood in tags.moods, (text, tags.moods)
+
+
+def test_the_encoder_never_sees_cjk_script(engine: SemanticTagEngine) -> None:
+    counting = CountingEmbedder(engine.embedder)
+    for text in ("夏のドライブに合うシティポップ", "今日はいい天気", "说唱，节奏很重"):
+        normalize_style_semantic(text, counting, engine.index)
+    assert all(text.isascii() for text in counting.texts), counting.texts
+    # nothing it could read: the lexical default, no mood made up from unreadable text
+    tags = normalize_style_semantic("今日はいい天気", counting, engine.index)
+    assert (tags.genre, tags.moods) == ("pop", [])
 
 
 # --- per-model outputs ---------------------------------------------------------------------------
