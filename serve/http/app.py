@@ -1,8 +1,9 @@
 """`create_app`: the FastAPI app of HTTP API v1 over the services `services_of()` returns.
 
-Every router but `system` and `replicate` (Replicate's webhooks, authenticated by their signature)
-gets the caller check as its default dependency (media routes accept a signed link instead of a
-key); `RequestGuard` runs the same check before any body is read and caps bodies as they stream.
+Every router but `system`, `replicate` (Replicate's webhooks, authenticated by their signature) and
+the studio (the web page's static files) gets the caller check as its default dependency (media
+routes accept a signed link instead of a key); `RequestGuard` runs the same check before any body
+is read and caps bodies as they stream.
 All errors have the one shape of `serve.http.errors`.
 """
 
@@ -19,6 +20,7 @@ from .auth import require_media_owner, require_owner
 from .errors import install_error_handlers
 from .guard import RequestGuard
 from .routes import loras, media, replicate, songs, stems, suno, system, tools, uploads
+from .routes.studio import mount_studio
 
 
 def create_app(services_of: Callable[[], ApiServices]) -> FastAPI:
@@ -46,4 +48,5 @@ def create_app(services_of: Callable[[], ApiServices]) -> FastAPI:
     ]
     for router, dependencies, statuses in routers:
         app.include_router(router, dependencies=dependencies, responses=error_responses(*statuses))
+    mount_studio(app)  # the web page at `/`: public static files, outside the schema
     return app

@@ -37,10 +37,13 @@ if TYPE_CHECKING:
 LOCAL_OWNER = "local"
 CALLER_STATE = "songserve_caller"  # where the guard leaves the caller in the ASGI scope's state
 
-# (method, path) of the routes that take no API key: health, the API's own documentation, and
-# Replicate's webhook (its Standard Webhooks signature authenticates it: routes/replicate.py).
+# (method, path) of the routes that take no API key: health, the API's own documentation,
+# Replicate's webhook (its Standard Webhooks signature authenticates it: routes/replicate.py), and
+# the studio page (routes/studio.py: static files; the calls it makes carry the user's key).
 PUBLIC_ROUTES = frozenset(
     {
+        ("GET", "/"),
+        ("HEAD", "/"),
         ("GET", "/healthz"),
         ("POST", "/v1/replicate/webhook"),
         ("GET", "/openapi.json"),
@@ -55,8 +58,16 @@ PUBLIC_ROUTES = frozenset(
 )
 
 
+# Paths under which every GET and HEAD is public: the studio page's assets (a static mount, so
+# not a route of its own in PUBLIC_ROUTES).
+PUBLIC_PREFIXES = ("/studio/",)
+
+
 def is_public(method: str, path: str) -> bool:
-    return (method.upper(), path) in PUBLIC_ROUTES
+    method = method.upper()
+    if (method, path) in PUBLIC_ROUTES:
+        return True
+    return method in ("GET", "HEAD") and path.startswith(PUBLIC_PREFIXES)
 
 
 def is_loopback(host: str | None) -> bool:
