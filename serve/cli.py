@@ -457,6 +457,8 @@ def _ready_message(base: str) -> str:
     return f"""
 songserve is up at {base}  (Ray dashboard: http://127.0.0.1:8265)
 
+  Open {base}/ in a browser: the studio makes, plays and downloads songs.
+
   {_songserve_command()} generate "a sunny indie-pop song about sailing home" --out sea.m4a
 
   curl -s -X POST {base}/v1/songs -H 'Content-Type: application/json' \\

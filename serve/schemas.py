@@ -394,6 +394,13 @@ class LoraList(BaseModel):
 class PoolOut(BaseModel):
     name: str
     model: str
+    tasks: list[str] = Field(
+        default_factory=list,
+        description="What songs sent to it may ask (text2music, extend, repaint, cover): its "
+        "model's tasks, narrowed by the pool's `tasks` setting.",
+    )
+    loras: bool = Field(False, description="Its model takes a LoRA per request.")
+    reference_audio: bool = Field(False, description="Its model takes a timbre reference.")
     placeable: bool
     reason: str | None
     replicas: int | None = Field(

@@ -72,7 +72,21 @@ class ToolService:
         return tags_out(tags.to_dict())
 
     async def pools(self) -> list[dict[str, Any]]:
-        return await self._graph.pools()
+        """The router's report of each pool, with what the pool serves (from the config)."""
+        from pipeline.song_contracts import capabilities_of
+
+        served = {pool.name: pool for pool in self._config.models.pools}
+        listed = await self._graph.pools()
+        for entry in listed:
+            pool = served.get(entry["name"])
+            if pool is not None:
+                capabilities = capabilities_of(pool.model)
+                entry |= {
+                    "tasks": sorted(pool.served_tasks),
+                    "loras": capabilities.loras,
+                    "reference_audio": capabilities.reference_audio,
+                }
+        return listed
 
     async def verify(self, data: bytes) -> dict[str, Any]:
         """C2PA credentials and watermark of an uploaded audio file. The format is checked from

@@ -327,3 +327,15 @@ def test_a_pool_serves_what_its_tasks_say(tmp_path: Path) -> None:
         client, task="repaint", source={"song": source}, window={"start_s": 1, "end_s": 3}
     )
     assert accepted.status_code == 202, accepted.text
+
+
+def test_pools_say_what_they_serve(tmp_path: Path) -> None:
+    """GET /v1/pools lists each pool's tasks and capabilities (the studio offers only the edits
+    some pool can make)."""
+    turbo = {**_with_ace_step(tmp_path)["pools"][1], "tasks": ["text2music", "extend", "repaint"]}
+    client, _ = _api(tmp_path, models={"pools": [{"name": "Sketch", "model": "sketch"}, turbo]})
+    pools = {p["name"]: p for p in client.get("/v1/pools").json()["pools"]}
+    assert pools["Sketch"]["tasks"] == ["extend", "repaint", "text2music"]
+    assert (pools["Sketch"]["loras"], pools["Sketch"]["reference_audio"]) == (False, False)
+    assert pools["DiT"]["tasks"] == ["extend", "repaint", "text2music"]  # no cover: turbo
+    assert (pools["DiT"]["loras"], pools["DiT"]["reference_audio"]) == (True, True)

@@ -108,6 +108,18 @@ export async function api(path, options = {}) {
   return response.status === 204 ? null : response.json();
 }
 
+// The tasks some decoder pool serves (GET /v1/pools), asked once per page: the edits to offer.
+let servedTasksOnce = null;
+export function servedTasks() {
+  servedTasksOnce ??= api("/v1/pools")
+    .then(({ pools }) => new Set(pools.flatMap((pool) => pool.tasks || [])))
+    .catch(() => {
+      servedTasksOnce = null; // ask again next time; meanwhile offer every edit
+      return new Set(["extend", "repaint", "cover"]);
+    });
+  return servedTasksOnce;
+}
+
 const FIELD_NAMES = {
   prompt: "the song idea",
   lyrics: "the lyrics",

@@ -1,7 +1,7 @@
 // One finished take of a song: waveform, player, facts, downloads, stems, and the edits that
 // start a new song from it (extend, repaint, cover) or refill the form (reuse).
 
-import { api, plainError } from "./api.js";
+import { api, plainError, servedTasks } from "./api.js";
 import { Waveform } from "./waveform.js";
 import { el, formatSeconds, slug } from "./dom.js";
 
@@ -102,6 +102,10 @@ export function renderClip(song, variation, { onReuse, onEdited }) {
     });
     actions.append(button);
   }
+  // Only the edits some pool of this server can make (a sketch-only server cannot cover).
+  servedTasks().then((tasks) => {
+    actions.querySelectorAll("[data-task]").forEach((b) => (b.hidden = !tasks.has(b.dataset.task)));
+  });
   card.append(actions, stemsBox, editBox);
   return card;
 }
