@@ -103,9 +103,13 @@ class SongService:
             ),
         )
 
-    async def list(self, owner: str, limit: int, cursor: str | None) -> SongList:
+    async def list(
+        self, owner: str, limit: int, cursor: str | None, search: str | None = None
+    ) -> SongList:
         try:
-            jobs, next_cursor = await self._jobs.list_jobs(owner, limit=limit, cursor=cursor)
+            jobs, next_cursor = await self._jobs.list_jobs(
+                owner, limit=limit, cursor=cursor, search=search
+            )
         except ValueError as error:
             raise ApiError(422, "invalid_request", str(error), "cursor") from error
         return SongList(songs=[self._views.song(job) for job in jobs], next_cursor=next_cursor)

@@ -51,6 +51,7 @@ from .records import (
     ACTIVE_STATUSES,
     JOBS,
     JSON_VARIATION_FIELDS,
+    SEARCHED_REQUEST_FIELDS,
     STEMS,
     TERMINAL_EVENTS,
     VARIATION_FIELDS,
@@ -70,6 +71,7 @@ from .records import (
     exhausted_error,
     new_job_id,
     new_lease_token,
+    search_words,
 )
 from .tenancy import Admission
 
@@ -518,23 +520,25 @@ class PostgresJobStore(PostgresTenancy, PostgresWebhooks):
         return int(row["n"])
 
     async def list_jobs(
-        self, owner: str, *, limit: int, cursor: str | None = None
+        self, owner: str, *, limit: int, cursor: str | None = None, search: str | None = None
     ) -> tuple[list[JobRecord], str | None]:
         after = decode_cursor(cursor) if cursor else None  # ValueError before any query
+        where = "owner = %s"
+        params: list[object] = [owner]
+        if after is not None:
+            where += " AND (created_at, id) < (%s, %s)"
+            params += [after[0], after[1]]
+        words = search_words(search)
+        if words:
+            text = ", ".join(f"request->>'{name}'" for name in SEARCHED_REQUEST_FIELDS)
+            where += "".join(f" AND strpos(lower(concat_ws(' ', {text})), %s) > 0" for _ in words)
+            params += words
         async with self._cursor() as cur:
-            if after is None:
-                rows = await self._all(
-                    cur,
-                    f"{_SELECT_JOB} WHERE owner = %s ORDER BY created_at DESC, id DESC LIMIT %s",
-                    (owner, limit + 1),
-                )
-            else:
-                rows = await self._all(
-                    cur,
-                    f"{_SELECT_JOB} WHERE owner = %s AND (created_at, id) < (%s, %s) "
-                    "ORDER BY created_at DESC, id DESC LIMIT %s",
-                    (owner, after[0], after[1], limit + 1),
-                )
+            rows = await self._all(
+                cur,
+                f"{_SELECT_JOB} WHERE {where} ORDER BY created_at DESC, id DESC LIMIT %s",
+                (*params, limit + 1),
+            )
         jobs = [_job(row) for row in rows[:limit]]
         next_cursor = encode_cursor(jobs[-1].created_at, jobs[-1].id) if len(rows) > limit else None
         return jobs, next_cursor

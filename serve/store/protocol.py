@@ -65,10 +65,12 @@ class JobStore(Protocol):
         ...
 
     async def list_jobs(
-        self, owner: str, *, limit: int, cursor: str | None = None
+        self, owner: str, *, limit: int, cursor: str | None = None, search: str | None = None
     ) -> tuple[list[JobRecord], str | None]:
         """Newest first; returns the page and the cursor of the next page (None at the end).
-        Raises ValueError for a cursor this store did not issue."""
+        With `search`, only songs whose prompt, title, style or lyrics contain every word of it
+        (case-insensitive; `search_words`). Raises ValueError for a cursor this store did not
+        issue."""
         ...
 
     async def claim_next(

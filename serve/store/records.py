@@ -23,6 +23,16 @@ ACTIVE_STEMS_STATUSES = frozenset({"queued", "running"})
 FINISHED_STEMS_STATUSES = frozenset({"succeeded", "failed"})
 
 
+SEARCHED_REQUEST_FIELDS = ("prompt", "title", "style", "lyrics")
+"""What `list_jobs(search=…)` looks in: the song's own words, as the request gave them."""
+MAX_SEARCH_WORDS = 8
+
+
+def search_words(search: str | None) -> list[str]:
+    """The lower-cased words a song must all contain (at most MAX_SEARCH_WORDS)."""
+    return (search or "").lower().split()[:MAX_SEARCH_WORDS]
+
+
 class LeaseLost(RuntimeError):
     """The caller's claim token no longer holds the lease: the work was taken over (or ended)."""
 

@@ -21,6 +21,7 @@ from .records import (
     ACTIVE_STATUSES,
     JOBS,
     JSON_VARIATION_FIELDS,
+    SEARCHED_REQUEST_FIELDS,
     STEMS,
     TERMINAL_EVENTS,
     VARIATION_FIELDS,
@@ -40,6 +41,7 @@ from .records import (
     exhausted_error,
     new_job_id,
     new_lease_token,
+    search_words,
 )
 from .sqlite_tenancy import SQLiteTenancy, admit, migrate_tenancy
 from .sqlite_webhooks import WEBHOOKS_SCHEMA, SQLiteWebhooks, insert_webhook
@@ -374,29 +376,36 @@ class SQLiteJobStore(SQLiteTenancy, SQLiteWebhooks):
         return result
 
     def _list(
-        self, owner: str, limit: int, cursor: str | None
+        self, owner: str, limit: int, cursor: str | None, search: str | None
     ) -> tuple[list[JobRecord], str | None]:
+        where = "owner = ?"
+        params: list[object] = [owner]
         if cursor:
             created_at, job_id = decode_cursor(cursor)
-            rows = self._db.execute(
-                "SELECT * FROM jobs WHERE owner = ? AND (created_at < ? OR "
-                "(created_at = ? AND id < ?)) ORDER BY created_at DESC, id DESC LIMIT ?",
-                (owner, created_at, created_at, job_id, limit + 1),
-            ).fetchall()
-        else:
-            rows = self._db.execute(
-                "SELECT * FROM jobs WHERE owner = ? ORDER BY created_at DESC, id DESC LIMIT ?",
-                (owner, limit + 1),
-            ).fetchall()
+            where += " AND (created_at < ? OR (created_at = ? AND id < ?))"
+            params += [created_at, created_at, job_id]
+        words = search_words(search)
+        if words:
+            text = " || ' ' || ".join(
+                f"coalesce(json_extract(request, '$.{name}'), '')"
+                for name in SEARCHED_REQUEST_FIELDS
+            )
+            # lower() folds ASCII only in SQLite; Postgres folds every script.
+            where += "".join(f" AND instr(lower({text}), ?) > 0" for _ in words)
+            params += words
+        rows = self._db.execute(
+            f"SELECT * FROM jobs WHERE {where} ORDER BY created_at DESC, id DESC LIMIT ?",
+            (*params, limit + 1),
+        ).fetchall()
         jobs = [self._job_from_row(self._db, row) for row in rows[:limit]]
         next_cursor = encode_cursor(jobs[-1].created_at, jobs[-1].id) if len(rows) > limit else None
         return jobs, next_cursor
 
     async def list_jobs(
-        self, owner: str, *, limit: int, cursor: str | None = None
+        self, owner: str, *, limit: int, cursor: str | None = None, search: str | None = None
     ) -> tuple[list[JobRecord], str | None]:
         result: tuple[list[JobRecord], str | None] = await self._run(
-            self._list, owner, limit, cursor
+            self._list, owner, limit, cursor, search
         )
         return result
 

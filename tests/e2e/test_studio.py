@@ -224,11 +224,15 @@ def test_a_song_made_from_the_page(
     assert item.locator(".badge").inner_text() == "Ready"
     assert IDEA in item.inner_text()
     snap(page, screenshots, "library")
-    page.fill("#library-search", "sailing home")
+    # The search runs on the server (GET /v1/songs?q=…), over every song, not just this page.
+    page.fill("#library-search", "SAILING home")
+    page.wait_for_selector("#library-status >> text=matching song")
     assert item.is_visible()
     page.fill("#library-search", "no song says this")
+    page.wait_for_selector("#library-status >> text=No song matches")
     assert page.locator("li.song-item").count() == 0
     page.fill("#library-search", "")
+    item.wait_for()
 
     # Verify: the downloaded m4a carries a valid C2PA manifest.
     page.click('nav a[data-nav="verify"]')

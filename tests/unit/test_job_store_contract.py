@@ -861,3 +861,34 @@ def test_check_database_says_what_is_wrong_without_the_password(
         assert expected in message, message
         assert "storage.database_url" in message and "SONGSERVE_DATABASE_URL" in message
         assert PASSWORD not in "".join(traceback.format_exception(caught.value)), message
+
+
+def test_list_jobs_searches_the_songs_own_words(backend: Backend) -> None:
+    async def scenario(store: JobStore) -> None:
+        requests = [
+            {"prompt": "A sunny song about Sailing home", "style": "indie pop"},
+            {"lyrics": "[verse]\nsailing on and on", "style": "sea shanty"},
+            {"prompt": "rainy night drive", "style": "synthwave", "title": "Neon Sailing"},
+            {"prompt": "nothing to see here", "style": "ambient"},
+        ]
+        ids = [(await _create(store, request=r)).id for r in requests]
+        await _create(store, owner="b", request={"prompt": "sailing too"})
+
+        async def found(search: str, limit: int = 10) -> list[str]:
+            listed: list[str] = []
+            cursor: str | None = None
+            while True:  # every page, with the search kept
+                page, cursor = await store.list_jobs("a", limit=limit, cursor=cursor, search=search)
+                listed += [job.id for job in page]
+                if cursor is None:
+                    return listed
+
+        # Prompt, lyrics and title, any case; newest first; only the owner's.
+        assert await found("SAILING") == [ids[2], ids[1], ids[0]]
+        assert await found("sailing", limit=1) == [ids[2], ids[1], ids[0]]
+        assert await found("sailing pop") == [ids[0]]  # every word, anywhere in the song
+        assert await found("synthwave neon") == [ids[2]]
+        assert await found("jazz") == []
+        assert await found("   ") == ids[::-1]  # no words: everything
+
+    backend.run(scenario)

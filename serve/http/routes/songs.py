@@ -39,8 +39,14 @@ async def list_songs(
     owner: Owner,
     limit: int = Query(20, ge=1, le=100),
     cursor: str | None = Query(None, max_length=200),
+    q: str | None = Query(
+        None,
+        max_length=200,
+        description="Only songs whose prompt, title, style or lyrics contain every word of it "
+        "(case-insensitive); page on with the same q and the next_cursor.",
+    ),
 ) -> SongList:
-    return await services.songs.list(owner, limit, cursor)
+    return await services.songs.list(owner, limit, cursor, q)
 
 
 @router.get("/v1/songs/{song_id}", response_model=SongOut)

@@ -1,11 +1,11 @@
-// The caller's songs, newest first, a page at a time (GET /v1/songs?limit&cursor), searchable by
-// idea, lyrics or style. The API has no search parameter: the search runs over the songs loaded
-// so far, and "Load older songs" widens it.
+// The caller's songs, newest first, a page at a time (GET /v1/songs?limit&cursor), searched by
+// the server over every song's idea, title, lyrics and style (GET /v1/songs?q=…).
 
 import { api, plainError } from "./api.js";
 import { TASK_NAMES, el, formatDate, formatSeconds, songName } from "./dom.js";
 
 const PAGE = 20;
+const SEARCH_PAUSE_MS = 250;
 const STATUS_TEXT = {
   queued: "Queued",
   running: "Making",
@@ -20,7 +20,11 @@ export class LibraryView {
     this.songs = [];
     this.cursor = null;
     this.loading = false;
-    this.$("library-search").addEventListener("input", () => this.render());
+    this.searchTimer = null;
+    this.$("library-search").addEventListener("input", () => {
+      clearTimeout(this.searchTimer); // one request once the typing pauses
+      this.searchTimer = setTimeout(() => this.show(), SEARCH_PAUSE_MS);
+    });
     this.$("library-more").addEventListener("click", () => this.loadPage());
   }
 
@@ -38,8 +42,11 @@ export class LibraryView {
     status.textContent = "Loading your songs…";
     const query = new URLSearchParams({ limit: String(PAGE) });
     if (this.cursor) query.set("cursor", this.cursor);
+    const search = this.$("library-search").value.trim();
+    if (search) query.set("q", search);
     try {
       const page = await api(`/v1/songs?${query}`);
+      if (search !== this.$("library-search").value.trim()) return; // typed on meanwhile
       this.songs.push(...page.songs);
       this.cursor = page.next_cursor;
       this.render();
@@ -50,28 +57,19 @@ export class LibraryView {
     }
   }
 
-  matches(song, words) {
-    const request = song.request || {};
-    const haystack = [request.prompt, request.title, request.style, request.lyrics, song.tags?.caption]
-      .filter(Boolean)
-      .join(" ")
-      .toLowerCase();
-    return words.every((word) => haystack.includes(word));
-  }
-
   render() {
-    const words = this.$("library-search").value.toLowerCase().split(/\s+/).filter(Boolean);
-    const shown = this.songs.filter((song) => this.matches(song, words));
-    this.$("library-list").replaceChildren(...shown.map(songItem));
+    const searching = Boolean(this.$("library-search").value.trim());
+    this.$("library-list").replaceChildren(...this.songs.map(songItem));
     this.$("library-more").hidden = !this.cursor;
     const status = this.$("library-status");
-    if (!this.songs.length) {
+    const more = this.cursor ? " (newest first; more below)" : "";
+    if (!this.songs.length && searching) {
+      status.textContent = "No song matches. Try fewer words.";
+    } else if (!this.songs.length) {
       status.replaceChildren("No songs yet. ", el("a", { href: "#/create" }, "Make your first one."));
-    } else if (words.length) {
-      const older = this.cursor ? " Load older songs to search further back." : "";
-      status.textContent = `${shown.length} of ${this.songs.length} songs match.${older}`;
     } else {
-      status.textContent = `${this.songs.length} song${this.songs.length === 1 ? "" : "s"}${this.cursor ? " (newest first; more below)" : ""}.`;
+      const noun = `${this.songs.length} ${searching ? "matching " : ""}song${this.songs.length === 1 ? "" : "s"}`;
+      status.textContent = `${noun}${more}.`;
     }
   }
 }
