@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,46 +14,17 @@ import pytest
 
 from pipeline.encode import decode_audio
 from pipeline.loudness import measure_loudness_lufs
-from tests.helpers import REPO, local_config_on_free_port, wait_for_song
+from tests.helpers import wait_for_song
+
+from .conftest import LocalServer
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    work = tmp_path_factory.mktemp("e2e")
-    config_path, port = local_config_on_free_port(work)
-    log_path = work / "serve.log"
-    env = {**os.environ, "RAY_ADDRESS": "local", "RAY_USAGE_STATS_ENABLED": "0"}
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [str(Path(sys.executable).with_name("serve")), "run", str(config_path)],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            assert process.poll() is None, log_path.read_text()[-5000:]
-            assert time.monotonic() < deadline, "serve run never became healthy"
-            try:
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        yield base
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+def server(local_server: LocalServer) -> str:
+    """`serve run` of the embedded default (tests/e2e/conftest.py), once for the module."""
+    return local_server.base_url
 
 
 @pytest.fixture
