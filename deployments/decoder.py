@@ -167,7 +167,7 @@ class SongDecoder:
         for lora_id in sorted({r.lora_id for r in requests if r.lora_id}):
             await self._lora(lora_id)
         # Edits and references get their audio here, on this replica, from the object store.
-        prepared = [await self._with_audio(request) for request in requests]
+        prepared = list(await asyncio.gather(*(self._with_audio(r) for r in requests)))
         loop = asyncio.get_running_loop()
         started_at = time.time()
         self._counters["batches"] += 1

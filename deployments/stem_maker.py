@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline.engines.sketch import SketchSongModel
 from pipeline.song_contracts import capabilities_of
 from pipeline.song_models import RenderRequest
-from serve.store import open_object_store, variation_key
+from serve.store import VARIATION_AUDIO_PREFERENCE, open_object_store, variation_key
 
 from .post_processor import (
     DeliveryChain,
@@ -43,11 +43,6 @@ if TYPE_CHECKING:
     import numpy as np
 
     from serve.config import AudioFormat, PostProcessConfig, StorageConfig
-
-# Formats a separator reads the delivered song from, best first: lossless ones give it exactly
-# the master (the kept "master" is the delivered audio as 24-bit FLAC, there whenever a format
-# is made on request); a lossy one still works, with the codec's error in every stem.
-_SOURCE_FORMATS = ("master", "wav", "flac", "m4a", "mp3")
 
 
 @dataclass(frozen=True)
@@ -223,7 +218,8 @@ class StemMaker:
     @staticmethod
     def _separation_source(task: StemsTask) -> str:
         """The key of the variation's best file to separate (mastered, watermarked)."""
-        fmt = next((f for f in _SOURCE_FORMATS if f in task.objects), None)
+        # Lossless gives the separator exactly the master; lossy adds the codec's error.
+        fmt = next((f for f in VARIATION_AUDIO_PREFERENCE if f in task.objects), None)
         if fmt is None:
             raise StemsUnavailable(
                 f"variation {task.render.variation} has no audio file to separate "

@@ -55,7 +55,7 @@ def conform_audio(
     resampling. With `n_samples`, the result is fitted to exactly that length: a longer render is
     cut with a short fade-out (no click at the cut), a shorter one padded with silence.
     """
-    from scipy import signal
+    from pipeline.stems import to_model_rate  # the project's one polyphase resampler
 
     array = np.asarray(audio, dtype=np.float32)
     if array.ndim == 1:
@@ -64,12 +64,7 @@ def conform_audio(
         raise ValueError(f"audio must be [channels, n_samples], got {array.shape}")
     stereo = np.repeat(array, 2, axis=0) if array.shape[0] == 1 else array[:2]
     if sample_rate != target_rate:
-        from math import gcd
-
-        common = gcd(sample_rate, target_rate)
-        stereo = signal.resample_poly(
-            stereo, target_rate // common, sample_rate // common, axis=-1
-        ).astype(np.float32)
+        stereo = to_model_rate(stereo, sample_rate, target_rate)
     if n_samples is None:
         return np.ascontiguousarray(stereo)
     if stereo.shape[-1] >= n_samples:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pipeline.song_contracts import COVER, EXTEND, REPAINT, TEXT2MUSIC, capabilities_of
 from serve.http.errors import ApiError
+from serve.store import VARIATION_AUDIO_PREFERENCE
 
 if TYPE_CHECKING:
     from serve.config import AppConfig
@@ -23,9 +24,6 @@ if TYPE_CHECKING:
 
 MAX_SONG_S = 600.0
 MIN_WINDOW_S = 1.0
-# Where a source song's audio is read from when its raw render is gone: the kept master (24-bit
-# FLAC), then the delivered files, lossless first.
-_SOURCE_OBJECTS = ("master", "flac", "wav", "m4a", "mp3")
 # The file named as the C2PA ingredient of an edit: a delivered, signed one.
 _INGREDIENT_OBJECTS = ("m4a", "flac", "wav", "mp3")
 
@@ -187,7 +185,8 @@ class EditResolver:
         # The model's own render, before mastering and watermarking: an edit is mastered and
         # marked once, as a whole, and keeps the source's rendered samples outside its window.
         raw_key = (variation.render.get("raw") or {}).get("render_key")
-        name = next((n for n in _SOURCE_OBJECTS if n in objects), None)
+        # Without a raw render: the delivered audio (serve.store.VARIATION_AUDIO_PREFERENCE).
+        name = next((n for n in VARIATION_AUDIO_PREFERENCE if n in objects), None)
         if raw_key is None and name is None:
             raise _invalid(f"song {spec.song} keeps no audio to edit", f"{field}.song")
         ingredient = next((n for n in _INGREDIENT_OBJECTS if n in objects), None)

@@ -25,6 +25,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pipeline.audio import STORED_RAW_RATE
 from serve.http.errors import ApiError
 from serve.store import (
     RAW_RENDER_CONTENT_TYPE,
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
     from serve.config import AppConfig, UploadFormat
     from serve.store import ObjectStore
 
-UPLOAD_SAMPLE_RATE = 48_000
+UPLOAD_SAMPLE_RATE = STORED_RAW_RATE  # what the decoder reads raw .npy audio at
 UPLOAD_CHANNELS = 2
 # Decoding runs this far past uploads.max_duration_s, so a longer file is told apart from one of
 # exactly the limit, and no further.

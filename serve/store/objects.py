@@ -51,6 +51,12 @@ def master_key(job_id: str, index: int) -> str:
     return variation_key(job_id, index, "master.flac")
 
 
+VARIATION_AUDIO_PREFERENCE = ("master", "wav", "flac", "m4a", "mp3")
+"""Which of a variation's recorded objects to read its delivered audio from, best first: the kept
+master (24-bit FLAC, there whenever a format is made on request), then the lossless files, then
+the lossy ones (their codec's error comes along)."""
+
+
 def master_info_key(job_id: str, index: int) -> str:
     """Next to the master: its sample rate and the content credentials its files are signed
     with (JSON), so a file encoded later is signed exactly as the eager ones were."""
