@@ -733,6 +733,7 @@ def style_for(
     moods: list[str],
     *,
     genre_from_text: bool = False,
+    conventions_lead: bool = False,
     language: str = "en",
     instrumental: bool = False,
 ) -> StyleTags:
@@ -745,7 +746,9 @@ def style_for(
     and `genre_from_text` says the genre was read from the text rather than defaulted, the
     genre's conventional moods (`GENRE_TYPICAL_MOODS`) become the tags' moods; bpm and key are
     derived from the given moods only, so conventional moods change the moods and the caption
-    and nothing else."""
+    and nothing else. `conventions_lead` puts the conventional moods ahead of given ones that
+    were inferred rather than named (the semantic engine's, for a text that named its genre),
+    up to MAX_MOODS."""
     raw = text or ""
     words = tuple(correct_word(word) for word in phrase_tokens(raw))
     language_code = (language or "").strip().lower()
@@ -760,8 +763,8 @@ def style_for(
     else:
         bpm = _explicit_bpm(raw) or _derived_bpm(words, moods, genre, subgenre, fingerprint)
         key = _explicit_key(raw) or _derived_key(moods, genre, fingerprint)
-    if not moods and genre_from_text:
-        moods = list(GENRE_TYPICAL_MOODS[genre.name][:MAX_MOODS])
+    if genre_from_text and (conventions_lead or not moods):
+        moods = list(dict.fromkeys([*GENRE_TYPICAL_MOODS[genre.name], *moods]))[:MAX_MOODS]
 
     subgenre_name = subgenre.name if subgenre else None
     caption_parts = [genre.name, *([subgenre_name] if subgenre_name else []), *moods, *instruments]

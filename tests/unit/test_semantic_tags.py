@@ -26,11 +26,13 @@ from pipeline.semantic_tags import (
     GENRE_GLOSSES,
     GENRE_TYPICAL_MOODS,
     MOOD_GLOSSES,
+    SCENE_GENRE_MIN_SIMILARITY,
     ace_step_metadata,
     genre_entries,
     lexical_evidence,
     needs_embedding,
     normalize_style_semantic,
+    scene_vote,
     semantic_style,
     spelling_neighbours,
     translate_music_words,
@@ -415,15 +417,17 @@ def test_sentence_transformer_embedder_rows_are_unit_length(engine: SemanticTagE
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
 
 
-def test_a_described_scene_without_a_mood_gets_its_genres_typical_moods(
+def test_a_described_scene_takes_genre_and_moods_from_the_scene_bank(
     engine: SemanticTagEngine,
 ) -> None:
-    # No mood word, and none close enough in the embedding: the genre the embedding picked for
-    # the scene is the best evidence of the mood.
+    # No genre and no mood word: the nearest scenes of the bank vote on both.
     text = "a boxing gym at 6am"
+    vote = scene_vote(engine.embedder.embed([text])[0], engine.index)
+    assert vote.nearest >= SCENE_GENRE_MIN_SIMILARITY
     tags = _tags(engine, text)
-    assert tags.genre != normalize_style(text).genre  # the embedding picked the genre
-    assert tags.moods == list(GENRE_TYPICAL_MOODS[tags.genre])
+    assert tags.genre != normalize_style(text).genre
+    assert (tags.genre, tags.moods) == (vote.genres[0], list(vote.moods[:2]))
+    assert {"intense", "energetic", "confident", "aggressive"} & set(tags.moods)
     assert all(mood in tags.caption for mood in tags.moods)
 
 

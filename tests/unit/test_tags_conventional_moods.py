@@ -145,3 +145,20 @@ def test_the_embedding_is_not_asked_when_only_named_things_remain(
     before = len(embedder.texts)
     assert normalize_style_semantic("heavy metal with piano at 120 bpm", embedder, index).moods
     assert len(embedder.texts) == before
+
+
+def test_a_named_genres_conventions_lead_the_moods_the_embedding_found(
+    embedder_and_index: tuple[OrthogonalEmbedder, VocabularyIndex],
+) -> None:
+    _, index = embedder_and_index
+    text = "thrash metal with fast palm-muted riffs"
+    assert lexical_evidence(text).genre_source == "phrase"
+    nostalgic_row = next(i for i, mood in enumerate(index.moods) if mood == "nostalgic")
+    tags = semantic_style(text, index.mood_vectors[nostalgic_row], index)
+    conventions = list(GENRE_TYPICAL_MOODS["thrash metal"])
+    assert "nostalgic" not in conventions
+    assert tags.moods == [*conventions, "nostalgic"][:MAX_MOODS]
+    # Tempo and key follow the mood the text gave (found), not the conventions.
+    genre = next(genre for genre in GENRES if genre.name == "thrash metal")
+    found = style_for(text, genre, None, ["nostalgic"])
+    assert (tags.bpm, tags.key) == (found.bpm, found.key)
