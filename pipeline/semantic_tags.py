@@ -5,7 +5,7 @@ tiny `Embedder` protocol (the deployment layer wraps sentence-transformers in it
 is functions on its arrays.
 
 How a text is matched (`semantic_style`):
-1. Common music words in Spanish, French, German, Portuguese and Italian are translated word by word
+1. Common music words in other languages (`pipeline.foreign_words`) are translated word by word
    (`translate_music_words`: "canción triste" → "song sad"), and Chinese, Japanese and Korean
    script is rendered in the English words of the lexicon's glossary ("伤感的流行歌" → "sad pop
    song"), because the lexicon and MiniLM are English-centric. Text with no such word passes
@@ -453,8 +453,10 @@ def _translate_compound(word: str) -> str | None:
 
 
 def translate_music_words(text: str) -> str:
-    """Replace the common Spanish, French, German, Portuguese and Italian music words of `text`
-    (FOREIGN_MUSIC_WORDS; accents optional, case ignored, longest phrase first, German compounds
+    """Replace the common music words of `text` in other languages (`pipeline.foreign_words`:
+    Spanish, French, German, Portuguese, Italian, Dutch, the Scandinavian languages, Polish,
+    Turkish, Russian, Ukrainian, Indonesian, Hindi in Latin letters, Greek, Vietnamese, Tagalog;
+    FOREIGN_MUSIC_WORDS; accents optional, case ignored, longest phrase first, German compounds
     of two known words split) by English ones. An elided article before a replaced word ("d'",
     "l'") becomes a separate word. Everything else, punctuation and "#" included, is kept, so
     explicit keys and tempos survive; text without such words comes back unchanged.
