@@ -45,10 +45,11 @@ from scripts.eval_tags import is_holdout, load_phrases, score
 from serve.config import TagsConfig
 
 KEY_FORMAT = re.compile(r"^(C|C#|D|Eb|E|F|F#|G|Ab|A|Bb|B) (major|minor)$")
-# Targets on the development rows (the rows the glosses were written against); the held-out rows,
-# written after the glosses and thresholds were frozen, guard against regressions only.
-MIN_GENRE_ACCURACY, MIN_MOOD_ACCURACY = 0.85, 0.75
-MIN_HELDOUT_GENRE_ACCURACY, MIN_HELDOUT_MOOD_ACCURACY = 0.65, 0.5
+# Regression floors, a few points under what the engine scores (2026-12-07: all rows genre 90.2 %,
+# mood 92.5 %; held-out rows 88.8 % and 91.9 %). They guard; the estimates of accuracy on unseen
+# text are the newest hold-out's figures in docs/benchmarks.md, scored once before tuning.
+MIN_GENRE_ACCURACY, MIN_MOOD_ACCURACY = 0.88, 0.88
+MIN_HELDOUT_GENRE_ACCURACY, MIN_HELDOUT_MOOD_ACCURACY = 0.85, 0.85
 
 
 @pytest.fixture(scope="module")
@@ -393,7 +394,7 @@ def test_labelled_set_accuracy(engine: SemanticTagEngine) -> None:
         f"mood {everything.accuracy('mood'):.1%}; held-out rows ({len(held)}): genre "
         f"{held_scores.accuracy('genre'):.1%}, mood {held_scores.accuracy('mood'):.1%}"
     )
-    # The targets hold on the whole labelled set; held-out rows guard against regressions.
+    # Floors on the whole labelled set and on its held-out rows (see MIN_GENRE_ACCURACY).
     assert everything.accuracy("genre") >= MIN_GENRE_ACCURACY, everything.misses
     assert everything.accuracy("mood") >= MIN_MOOD_ACCURACY, everything.misses
     assert held_scores.accuracy("genre") >= MIN_HELDOUT_GENRE_ACCURACY, held_scores.misses
