@@ -900,6 +900,24 @@ class UploadsConfig(_Strict):
         description="Formats accepted, judged from the file's bytes (never its name or content "
         "type): wav, mp3, flac, m4a, aac, ogg, opus.",
     )
+    max_concurrent_decodes: int = Field(
+        2,
+        ge=1,
+        description="Uploads one API replica decodes at once. A decode holds the file as 48 kHz "
+        "stereo float32 (about 230 MB for 600 s) and a CPU core while it runs.",
+    )
+    max_waiting_decodes: int = Field(
+        8,
+        ge=0,
+        description="Uploads that may wait for a decode on one API replica; more get 429 with "
+        "Retry-After (api.overload_retry_after_s).",
+    )
+    max_per_owner: int | None = Field(
+        500,
+        ge=1,
+        description="Uploads one owner may keep at once; another gets 409 until some are deleted "
+        "or expire. null: no cap.",
+    )
 
 
 _POOL_DEFAULTS: dict[str, Any] = {

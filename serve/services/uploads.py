@@ -8,6 +8,8 @@ decoded off the event loop, at most a little past `uploads.max_duration_s` (a lo
 refused without decoding the rest), made float32 stereo at 48 kHz and stored in the raw render
 format (`pipeline.audio.raw_render_bytes`), so a decoder loads it as it loads a render. A C2PA
 manifest it carries is read (and validated) on upload, and its report kept with the upload.
+Each API replica decodes at most `uploads.max_concurrent_decodes` at once and queues at most
+`uploads.max_waiting_decodes` (then 429), and an owner keeps at most `uploads.max_per_owner`.
 
 Storage is the object store alone: `uploads/<owner>/<id>/original.<format>` (the file as sent,
 its manifest intact, for edits to name as their C2PA ingredient), `audio.npy`, then `upload.json`
@@ -19,9 +21,11 @@ Uploads expire with `jobs.retention_days`: the conductors' retention sweep delet
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import unicodedata
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -169,11 +173,17 @@ class UploadService:
     def __init__(self, config: AppConfig, objects: ObjectStore) -> None:
         self._config = config
         self._objects = objects
+        # Per API replica: decoding is the memory- and CPU-heavy step, so it is admitted here
+        # (uploads.max_concurrent_decodes at once, uploads.max_waiting_decodes queued).
+        self._decode_slots = asyncio.Semaphore(config.uploads.max_concurrent_decodes)
+        self._waiting_decodes = 0
 
     async def create(self, owner: str, data: bytes, filename: str | None) -> UploadOut:
         """Check, decode and store an uploaded file as `owner`'s. 413 over `uploads.max_bytes`;
         415 for a format not in `uploads.formats`; 422 for an empty or undecodable file or one
-        longer than `uploads.max_duration_s`; all name the field `file`."""
+        longer than `uploads.max_duration_s`; 409 when `owner` keeps `uploads.max_per_owner`
+        already; 429 with Retry-After when this replica's decodes and their queue are full; all
+        name the field `file`."""
         settings = self._config.uploads
         if len(data) > settings.max_bytes:
             raise ApiError(
@@ -194,8 +204,10 @@ class UploadService:
                 "from its bytes, not its name): upload one of those",
                 "file",
             )
+        await self._check_owner_cap(owner)
         try:
-            decoded = await asyncio.to_thread(_decode, data, fmt, settings.max_duration_s)
+            async with self._decode_slot():
+                decoded = await asyncio.to_thread(_decode, data, fmt, settings.max_duration_s)
         except _TooLong:
             raise ApiError(
                 422,
@@ -244,6 +256,61 @@ class UploadService:
         )
         return self._out(record)
 
+    async def _check_owner_cap(self, owner: str) -> None:
+        """409 when `owner` keeps `uploads.max_per_owner` uploads. Checked before decoding, so
+        two uploads racing for the last place may both be kept: the cap is a soft one."""
+        cap = self._config.uploads.max_per_owner
+        if cap is None:
+            return
+        kept = len(await self._ids(owner))
+        if kept >= cap:
+            raise ApiError(
+                409,
+                "too_many_uploads",
+                f"this key keeps {kept} uploads, the most allowed (uploads.max_per_owner = {cap}): "
+                "delete some with DELETE /v1/uploads/{id}, or wait for them to expire",
+                "file",
+            )
+
+    @contextlib.asynccontextmanager
+    async def _decode_slot(self) -> AsyncIterator[None]:
+        """One of this replica's `uploads.max_concurrent_decodes`, waited for in a queue of at
+        most `uploads.max_waiting_decodes`; a full queue is a 429 with Retry-After."""
+        settings = self._config.uploads
+        if self._decode_slots.locked() and self._waiting_decodes >= settings.max_waiting_decodes:
+            retry_after = self._config.api.overload_retry_after_s
+            raise ApiError(
+                429,
+                "uploads_busy",
+                f"this server is decoding {settings.max_concurrent_decodes} uploads with "
+                f"{self._waiting_decodes} waiting (uploads.max_concurrent_decodes, "
+                f"uploads.max_waiting_decodes): send the file again after {retry_after} s",
+                "file",
+                {"Retry-After": str(retry_after)},
+            )
+        self._waiting_decodes += 1
+        try:
+            await self._decode_slots.acquire()
+        finally:
+            self._waiting_decodes -= 1
+        try:
+            yield
+        finally:
+            self._decode_slots.release()
+
+    async def _ids(self, owner: str) -> list[str]:
+        """`owner`'s upload ids, newest first (ids are time-ordered)."""
+        keys = await self._objects.list_keys(upload_prefix(owner))
+        return sorted(
+            {
+                located[1]
+                for key in keys
+                if key.endswith(f"/{UPLOAD_RECORD_NAME}")
+                and (located := upload_location(key)) is not None
+            },
+            reverse=True,
+        )
+
     async def list(self, owner: str, limit: int, cursor: str | None) -> UploadList:
         """`owner`'s uploads, newest first, `limit` a page; `cursor` is the last id of the page
         before (422 naming `cursor` for anything else)."""
@@ -254,16 +321,7 @@ class UploadService:
                 "cursor must be the next_cursor of an earlier page of GET /v1/uploads",
                 "cursor",
             )
-        keys = await self._objects.list_keys(upload_prefix(owner))
-        ids = sorted(
-            {
-                located[1]
-                for key in keys
-                if key.endswith(f"/{UPLOAD_RECORD_NAME}")
-                and (located := upload_location(key)) is not None
-            },
-            reverse=True,  # ids are time-ordered
-        )
+        ids = await self._ids(owner)
         if cursor is not None:
             ids = [upload_id for upload_id in ids if upload_id < cursor]
         page: list[UploadOut] = []

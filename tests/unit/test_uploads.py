@@ -357,3 +357,62 @@ def test_uploads_expire_with_jobs_retention_days(tmp_path: Path) -> None:
     assert client.get("/v1/uploads").json()["uploads"] == []
     with pytest.raises(ApiError):
         asyncio.run(services.uploads.source(LOCAL_OWNER, uploads[0]["id"], "source.upload"))
+
+
+# -- admission -------------------------------------------------------------------------------------
+
+
+def test_an_owner_keeps_at_most_max_per_owner_uploads(tmp_path: Path) -> None:
+    client, _ = api_client(_config(tmp_path, uploads={"max_per_owner": 2}))
+    kept = [_upload(client, _file("wav", 0.3)).json()["id"] for _ in range(2)]
+    refused = _upload(client, _file("wav", 0.3))
+    assert refused.status_code == 409, refused.text
+    error = refused.json()["error"]
+    assert error["code"] == "too_many_uploads" and error["field"] == "file"
+    assert "uploads.max_per_owner" in error["message"] and "DELETE" in error["message"]
+    # Deleting one makes room; the cap is per owner, not per server.
+    assert client.delete(f"/v1/uploads/{kept[0]}").status_code == 204
+    assert _upload(client, _file("wav", 0.3)).status_code == 201
+
+
+def test_decodes_are_admitted_per_replica_and_a_full_queue_is_a_429(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import serve.services.uploads as uploads_module
+
+    _, services = api_client(
+        _config(tmp_path, uploads={"max_concurrent_decodes": 1, "max_waiting_decodes": 1})
+    )
+    real_decode = uploads_module._decode
+    release = threading.Event()
+    running: list[int] = []
+    most_at_once = 0
+
+    def held_decode(*args: Any) -> Any:
+        nonlocal most_at_once
+        running.append(1)
+        most_at_once = max(most_at_once, len(running))
+        release.wait(10)
+        try:
+            return real_decode(*args)
+        finally:
+            running.pop()
+
+    monkeypatch.setattr(uploads_module, "_decode", held_decode)
+
+    async def scenario() -> list[Any]:
+        create = services.uploads.create
+        first = asyncio.create_task(create(LOCAL_OWNER, _file("wav", 0.3), "a.wav"))
+        second = asyncio.create_task(create(LOCAL_OWNER, _file("wav", 0.3), "b.wav"))
+        await asyncio.sleep(0.2)  # the first decodes, the second waits its turn
+        with pytest.raises(ApiError) as caught:
+            await create(LOCAL_OWNER, _file("wav", 0.3), "c.wav")
+        release.set()
+        return [caught.value, *await asyncio.gather(first, second)]
+
+    refused, *made = asyncio.run(scenario())
+    assert refused.status == 429 and refused.code == "uploads_busy" and refused.field == "file"
+    assert refused.headers["Retry-After"] == "5"
+    assert "uploads.max_concurrent_decodes" in refused.message
+    assert [upload.duration_s for upload in made] == [pytest.approx(0.3)] * 2
+    assert most_at_once == 1  # one decode at a time, as configured

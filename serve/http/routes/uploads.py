@@ -30,7 +30,8 @@ async def create_upload(
 ) -> UploadOut:
     """Store an audio file that only your key can see or use: decoded and made 48 kHz stereo.
     413 over `uploads.max_bytes`; 415 for a format not accepted; 422 for a file that does not
-    decode or runs longer than `uploads.max_duration_s`."""
+    decode or runs longer than `uploads.max_duration_s`; 409 when your key keeps
+    `uploads.max_per_owner` uploads; 429 with Retry-After when this server's decodes are busy."""
     # The body was capped as it streamed (serve.http.guard); one byte over the limit is enough.
     data = await file.read(services.config.uploads.max_bytes + 1)
     return await services.uploads.create(owner, data, file.filename)
