@@ -109,7 +109,12 @@ class Conductor:
         self._metrics = song_metrics()
         self._jobs_gauge = asyncio.get_running_loop().create_task(self._count_jobs_forever())
         # Finished songs past jobs.retention_days go, files and records (serve/workflow).
-        sweeper = RetentionSweeper(config.jobs, self._store, self._objects)
+        sweeper = RetentionSweeper(
+            config.jobs,
+            self._store,
+            self._objects,
+            sweep_deliveries=bool(config.models.webhook_delivered_pools),
+        )
         self._retention = asyncio.get_running_loop().create_task(sweeper.run_forever())
         # Songs with a callback_url get their signed POST (serve/workflow/webhooks.py).
         self._webhooks: asyncio.Task[None] | None = None

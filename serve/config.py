@@ -1075,6 +1075,13 @@ class ModelsConfig(_Strict):
         return any(p.model == model and task in p.served_tasks for p in self.pools)
 
     @property
+    def webhook_delivered_pools(self) -> list[DecoderPoolConfig]:
+        """Pools whose Replicate predictions report back by webhook (`replicate.delivery`)."""
+        return [
+            p for p in self.pools if p.replicate is not None and p.replicate.delivery == "webhook"
+        ]
+
+    @property
     def lora_checkpoint(self) -> str | None:
         """The base checkpoint LoRAs are validated against: the first ace-step pool's."""
         return next((p.ace_step.path for p in self.pools if p.ace_step is not None), None)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -49,8 +50,8 @@ class ReplicateWebhookService:
         self._secret_envs = sorted(
             {
                 pool.replicate.webhook_secret_env
-                for pool in config.models.pools
-                if pool.replicate is not None and pool.replicate.delivery == "webhook"
+                for pool in config.models.webhook_delivered_pools
+                if pool.replicate is not None
             }
         )
 
@@ -90,7 +91,10 @@ class ReplicateWebhookService:
             raise ApiError(400, "invalid_body", "the webhook body is not a prediction", "body")
         if prediction["status"] not in FINISHED_STATUSES:
             return  # only `completed` is asked for; an earlier event has nothing to keep
-        data = json.dumps(prediction, separators=(",", ":")).encode()
+        # received_at lets the retention sweep find deliveries nobody read
+        # (serve.workflow.retention.sweep_stale_deliveries).
+        stored = {**prediction, "received_at": time.time()}
+        data = json.dumps(stored, separators=(",", ":")).encode()
         key = replicate_prediction_key(prediction["id"])
         await self._objects.put(key, data, REPLICATE_PREDICTION_CONTENT_TYPE)
         logger.info("replicate webhook: prediction %s %s", prediction["id"], prediction["status"])
@@ -119,8 +123,8 @@ def delivered_prediction_lookup(
 ) -> Callable[[str], Coroutine[Any, Any, dict[str, Any] | None]]:
     """What a decoder gives its Replicate engine: a prediction's delivered JSON, None until its
     webhook has been received (raises when the store cannot be read). A delivery is deleted once
-    read; one for a prediction that finished in its create call is never read and stays (about
-    1 KB)."""
+    read; one nobody reads (its prediction finished in the create call, or a poll found it first)
+    is deleted by the conductors' retention sweep a day later."""
 
     async def delivered(prediction_id: str) -> dict[str, Any] | None:
         key = replicate_prediction_key(prediction_id)

@@ -109,6 +109,7 @@ def upload_location(key: str) -> tuple[str, str] | None:
 
 
 REPLICATE_PREDICTION_CONTENT_TYPE = "application/json"
+REPLICATE_PREDICTIONS_ROOT = "replicate/predictions/"
 
 
 def replicate_prediction_key(prediction_id: str) -> str:
@@ -117,7 +118,7 @@ def replicate_prediction_key(prediction_id: str) -> str:
     id that would break the layout (Replicate's are lower-case letters and digits)."""
     if not prediction_id or not prediction_id.isascii() or not prediction_id.isalnum():
         raise ValueError(f"prediction id {prediction_id!r} cannot name a key")
-    return f"replicate/predictions/{prediction_id}.json"
+    return f"{REPLICATE_PREDICTIONS_ROOT}{prediction_id}.json"
 
 
 class ChecksumMismatch(RuntimeError):

@@ -5,14 +5,28 @@ every job-store backend."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 
 from serve.config import JobsConfig, resolve_config
 from serve.http.auth import LOCAL_OWNER
-from serve.store import JobStore, ObjectStore, open_object_store, song_prefix, variation_key
+from serve.store import (
+    REPLICATE_PREDICTIONS_ROOT,
+    JobStore,
+    ObjectStore,
+    open_object_store,
+    replicate_prediction_key,
+    song_prefix,
+    variation_key,
+)
 from serve.store.files import FilesystemObjectStore
-from serve.workflow.retention import RetentionSweeper, sweep_expired
+from serve.workflow.retention import (
+    STALE_DELIVERY_S,
+    RetentionSweeper,
+    sweep_expired,
+    sweep_stale_deliveries,
+)
 from tests.http_graph import api_client
 from tests.store_backends import Backend
 
@@ -95,3 +109,48 @@ def test_each_conductor_replica_sweeps_on_its_interval(tmp_path: Path) -> None:
     asyncio.run(scenario())
     # Without retention_days the sweeper has nothing to do and ends at once.
     asyncio.run(RetentionSweeper(JobsConfig(), None, None).run_forever())  # type: ignore[arg-type]
+
+
+async def _delivery(objects: ObjectStore, prediction_id: str, received_at: object) -> str:
+    key = replicate_prediction_key(prediction_id)
+    body = {"id": prediction_id, "status": "succeeded", "received_at": received_at}
+    await objects.put(key, json.dumps(body).encode(), "application/json")
+    return key
+
+
+def test_replicate_deliveries_nobody_read_go_after_a_day(tmp_path: Path) -> None:
+    objects = FilesystemObjectStore(tmp_path)
+    now = time.time()
+
+    async def scenario() -> None:
+        fresh = await _delivery(objects, "fresh1", now - 60)
+        old = [await _delivery(objects, f"old{i}", now - STALE_DELIVERY_S - 1) for i in range(2)]
+        unreadable = replicate_prediction_key("broken1")
+        await objects.put(unreadable, b"{not json", "application/json")
+        # A batch at a time; the fresh one stays for the render that waits for it.
+        assert await sweep_stale_deliveries(objects, 2, now) == 2
+        assert await sweep_stale_deliveries(objects, 2, now) == 1
+        assert await sweep_stale_deliveries(objects, 2, now) == 0
+        assert await objects.list_keys(REPLICATE_PREDICTIONS_ROOT) == [fresh]
+        assert not {*old, unreadable} & set(await objects.list_keys(REPLICATE_PREDICTIONS_ROOT))
+
+    asyncio.run(scenario())
+
+
+def test_the_sweeper_clears_stale_deliveries_without_retention_days(tmp_path: Path) -> None:
+    objects = FilesystemObjectStore(tmp_path)
+    config = JobsConfig(retention_sweep_interval_s=0.05)
+    assert config.retention_days is None
+
+    async def scenario() -> None:
+        stale = await _delivery(objects, "stale1", time.time() - STALE_DELIVERY_S - 1)
+        sweeper = RetentionSweeper(config, None, objects, sweep_deliveries=True)  # type: ignore[arg-type]
+        task = asyncio.create_task(sweeper.run_forever())
+        deadline = time.monotonic() + 10
+        while stale in await objects.list_keys(REPLICATE_PREDICTIONS_ROOT):
+            assert time.monotonic() < deadline, "the sweeper never deleted the stale delivery"
+            await asyncio.sleep(0.05)
+        assert not task.done()  # it keeps sweeping
+        task.cancel()
+
+    asyncio.run(scenario())
