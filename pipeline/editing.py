@@ -9,6 +9,10 @@ window's edges the new audio is joined to the old within `EDIT_CROSSFADE_S`:
 - where the source ends (an extension's start), the new audio carries an offset that makes the
   waveform continuous at the join and ramps to zero, so the continuation starts without a click
   and without fading in from silence.
+
+`splice_edit` first brings the new audio to the source's level (`match_level`): a source is
+usually a delivered, mastered song or an upload, while a model renders at its own level, and the
+whole edited song is mastered as one afterwards, so a level step at the window would stay.
 """
 
 from __future__ import annotations
@@ -16,6 +20,11 @@ from __future__ import annotations
 import numpy as np
 
 EDIT_CROSSFADE_S = 0.25
+# match_level compares at least this much audio, and moves the new audio by at most this much.
+LEVEL_MATCH_MIN_S = 0.5
+LEVEL_MATCH_MAX_DB = 12.0
+# Quieter than this (RMS) is silence: no level to match.
+_SILENT_RMS = 1e-5
 
 
 def window_samples(
@@ -76,6 +85,44 @@ def splice_window(
         span = slice(end - fade, end)
         out[:, span] = rendered[:, span] * new_out + source[:, span] * old_in
     return out
+
+
+def match_level(
+    source: np.ndarray, rendered: np.ndarray, start: int, end: int, sample_rate: int
+) -> np.ndarray:
+    """`rendered` scaled so that, where the source is kept (outside [start, end), as far as the
+    source goes), its RMS level is the source's: both renderings of the same stretch of song are
+    compared, so the gain is the level difference between the two, not between their contents.
+    Unscaled when less than LEVEL_MATCH_MIN_S is kept or either side is silent there; the gain
+    is held to ±LEVEL_MATCH_MAX_DB."""
+    rendered = np.asarray(rendered, dtype=np.float32)
+    source = np.asarray(source, dtype=np.float32)
+    kept = min(source.shape[-1], rendered.shape[-1])
+    spans = [slice(0, min(start, kept)), slice(min(end, kept), kept)]
+    if sum(span.stop - span.start for span in spans) < LEVEL_MATCH_MIN_S * sample_rate:
+        return rendered
+    source_rms = _rms([source[:, span] for span in spans])
+    rendered_rms = _rms([rendered[:, span] for span in spans])
+    if source_rms < _SILENT_RMS or rendered_rms < _SILENT_RMS:
+        return rendered
+    limit = 10.0 ** (LEVEL_MATCH_MAX_DB / 20.0)
+    gain = float(np.clip(source_rms / rendered_rms, 1.0 / limit, limit))
+    return rendered * np.float32(gain)
+
+
+def splice_edit(
+    source: np.ndarray, rendered: np.ndarray, start: int, end: int, sample_rate: int
+) -> np.ndarray:
+    """An edit's result: `rendered` at the source's level (`match_level`), spliced into the
+    source (`splice_window`)."""
+    matched = match_level(source, rendered, start, end, sample_rate)
+    return splice_window(source, matched, start, end, sample_rate)
+
+
+def _rms(parts: list[np.ndarray]) -> float:
+    total = sum(float(np.square(part, dtype=np.float64).sum()) for part in parts)
+    count = sum(part.size for part in parts)
+    return (total / count) ** 0.5 if count else 0.0
 
 
 def _ramp(length: int) -> np.ndarray:

@@ -51,10 +51,10 @@ such a request always has a call of its own:
 - reference audio, with any task: the pipeline's `reference_audio` (timbre conditioning).
 
 The pipeline re-renders the whole song (and peak-normalises it), so a repaint or extension is
-spliced back into the source (`pipeline.editing.splice_window`): outside the window the output is
-the source's samples, exactly. Source and reference audio are VAE-encoded by sampling the
-posterior; the samples are drawn from the request's seed (a CPU generator, like the initial
-noise), so an edit is as deterministic as a text2music render.
+brought to the source's level and spliced back into it (`pipeline.editing.splice_edit`): outside
+the window the output is the source's samples, exactly. Source and reference audio are
+VAE-encoded by sampling the posterior; the samples are drawn from the request's seed (a CPU
+generator, like the initial noise), so an edit is as deterministic as a text2music render.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.devices import pick_torch_device
-from pipeline.editing import fitted_source, splice_window
+from pipeline.editing import fitted_source, splice_edit
 from pipeline.lyrics import format_lyrics
 from pipeline.semantic_tags import ace_step_metadata
 from pipeline.song_contracts import COVER, SONG_MODELS
@@ -304,7 +304,7 @@ class AceStepSongModel:
         if inputs is None or inputs.window is None or inputs.source is None:
             return rendered
         start, end = inputs.window
-        return splice_window(inputs.source, rendered, start, end, self.sample_rate)
+        return splice_edit(inputs.source, rendered, start, end, self.sample_rate)
 
     def model_calls(self, requests: list[RenderRequest]) -> list[list[int]]:
         """How `render` splits `requests` into pipeline calls: request indices per call, in

@@ -37,12 +37,13 @@ class SketchSongModel:
 
     def _render_one(self, request: RenderRequest, on_progress: ProgressCallback) -> np.ndarray:
         """A new song; for an edit, the new song inside the edit window and the source's own
-        samples outside it, bit for bit (`pipeline.editing.splice_window`)."""
+        samples outside it, bit for bit, the new audio at the source's level
+        (`pipeline.editing.splice_edit`)."""
         mix = self.render_parts(request, on_progress).mix
         edit = request.edit
         if edit is None:
             return mix
-        from pipeline.editing import fitted_source, splice_window, window_samples
+        from pipeline.editing import fitted_source, splice_edit, window_samples
 
         if edit.task not in self.capabilities.tasks:
             raise ValueError(f"the sketch model cannot {edit.task}")
@@ -54,7 +55,7 @@ class SketchSongModel:
             mix = fitted_source(mix, request.source_audio.shape[-1])
         n_samples = mix.shape[-1]
         start, end = window_samples(edit.start_s, edit.end_s, self.sample_rate, n_samples)
-        return splice_window(request.source_audio, mix, start, end, self.sample_rate)
+        return splice_edit(request.source_audio, mix, start, end, self.sample_rate)
 
     def render_parts(self, request: RenderRequest, on_progress: ProgressCallback) -> SketchRender:
         """One song with each part on its own track: what its exact stems are made of."""

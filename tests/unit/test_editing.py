@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.editing import EDIT_CROSSFADE_S, fitted_source, splice_window, window_samples
+from pipeline.editing import (
+    EDIT_CROSSFADE_S,
+    LEVEL_MATCH_MAX_DB,
+    fitted_source,
+    match_level,
+    splice_edit,
+    splice_window,
+    window_samples,
+)
 
 SR = 48_000
 FADE = round(EDIT_CROSSFADE_S * SR)
@@ -117,3 +125,41 @@ def test_an_empty_window_is_the_source() -> None:
 def test_windows_outside_the_song_are_refused(window: tuple[int, int]) -> None:
     with pytest.raises(ValueError, match="outside the song"):
         splice_window(noise(1.0, 17), noise(1.0, 18), *window, SR)
+
+
+def _rms(audio: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
+
+
+def test_an_edit_is_brought_to_the_sources_level() -> None:
+    """A mastered source and a model's quieter render of the same song: the new window comes in
+    at the source's level, and the source's samples outside it stay exact."""
+    source, rendered = 0.6 * noise(4.0, 19), 0.2 * noise(4.0, 20)  # 9.5 dB apart
+    start, end = SR, 3 * SR
+    out = splice_edit(source, rendered, start, end, SR)
+    assert np.array_equal(out[:, :start], source[:, :start])
+    assert np.array_equal(out[:, end:], source[:, end:])
+    inside = out[:, start + FADE : end - FADE]
+    assert _rms(inside) == pytest.approx(_rms(source[:, start:end]), rel=0.05)
+    # The gain is the level difference measured where both have the same stretch of song.
+    gain = _rms(np.concatenate([source[:, :start], source[:, end:]], axis=1)) / _rms(
+        np.concatenate([rendered[:, :start], rendered[:, end:]], axis=1)
+    )
+    assert np.allclose(match_level(source, rendered, start, end, SR), rendered * gain, rtol=1e-5)
+
+
+def test_level_matching_is_bounded_and_needs_something_to_compare() -> None:
+    source = noise(4.0, 21)
+    whisper = 1e-3 * noise(4.0, 22)
+    limit = 10 ** (LEVEL_MATCH_MAX_DB / 20)
+    matched = match_level(source, whisper, SR, 2 * SR, SR)
+    assert _rms(matched) == pytest.approx(_rms(whisper) * limit, rel=1e-4)
+    # Silence, or too little kept source to measure, leaves the render as it is.
+    silent = np.zeros_like(source)
+    assert np.array_equal(match_level(silent, whisper, SR, 2 * SR, SR), whisper)
+    rendered = noise(4.0, 23)
+    short = source[:, : SR // 4]
+    assert np.array_equal(match_level(short, rendered, SR // 4, 4 * SR, SR), rendered)
+    # An extension compares the whole source with the render's same stretch.
+    extended = match_level(source, 0.5 * noise(6.0, 24), 4 * SR, 6 * SR, SR)
+    assert _rms(extended[:, : 4 * SR]) == pytest.approx(_rms(source), rel=1e-4)
