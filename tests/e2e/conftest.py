@@ -27,10 +27,20 @@ class LocalServer:
     log_path: Path
 
 
-@pytest.fixture(scope="module")
+def _default_sigint() -> None:
+    """In the child before exec: SIGINT handled by default. A test run started in the
+    background (`make test &`, nohup, CI) has SIGINT ignored, and a child inherits that: `serve
+    run` would then never see the SIGINT that stops it, and every teardown would wait out the
+    90 s below before SIGKILL."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture(scope="session")
 def local_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
-    """config/local.yaml on a free loopback port with its own data dir, once per module; stopped
-    with SIGINT (SIGKILL to its own process group if it does not stop)."""
+    """config/local.yaml on a free loopback port with its own data dir, once per session (every
+    e2e module talks to the same server; a test that changes how it answers — a managed key —
+    undoes that before it ends); stopped with SIGINT (SIGKILL to its own process group if it
+    does not stop)."""
     work = tmp_path_factory.mktemp("e2e-server")
     config_path, port = local_config_on_free_port(work)
     log_path = work / "serve.log"
@@ -43,6 +53,7 @@ def local_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServ
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_default_sigint,
         )
     base = f"http://127.0.0.1:{port}"
     try:

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def server(local_server: LocalServer) -> str:
-    """`serve run` of the embedded default (tests/e2e/conftest.py), once for the module."""
+    """`serve run` of the embedded default (tests/e2e/conftest.py), shared by the e2e tier."""
     return local_server.base_url
 
 

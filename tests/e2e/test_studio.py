@@ -2,10 +2,11 @@
 sync API with `executable_path`; Playwright's own browser download cannot work here) against
 `serve run` of the embedded default.
 
-One server for the module. The first test makes a song from the page with the keyboard alone and
+One server for the tier. The first test makes a song from the page with the keyboard alone and
 follows it to the end: bars move, waveforms draw, the player plays, a download decodes, the
 library lists it, verify reports its C2PA manifest. The last one creates a managed key (which
-makes the server require keys) and sees the page ask for one.
+makes the server require keys), sees the page ask for one, and revokes the key again: the server
+(tests/e2e/conftest.py) is shared by the whole e2e tier.
 
 Screenshots of each view, at desktop and phone width, go to a temporary directory, or to
 $STUDIO_SCREENSHOTS_DIR when set (`STUDIO_SCREENSHOTS_DIR=docs/studio` refreshes the README's).
@@ -244,17 +245,13 @@ def test_a_song_made_from_the_page(
     snap(page, screenshots, "verify")
 
 
-def test_the_page_asks_for_a_key_once_the_server_needs_one(
-    local_server: LocalServer, page: Any, screenshots: Path
-) -> None:
-    """Runs last: a managed key makes the server require keys from then on."""
-    created = subprocess.run(
+def _keys(local_server: LocalServer, *args: str) -> subprocess.CompletedProcess[str]:
+    """`songserve keys ARGS` on the server's job store; it must succeed."""
+    return subprocess.run(
         [
             str(Path(sys.executable).with_name("songserve")),
             "keys",
-            "create",
-            "--name",
-            "studio",
+            *args,
             "--config",
             str(local_server.config_path),
         ],
@@ -264,7 +261,29 @@ def test_the_page_asks_for_a_key_once_the_server_needs_one(
         timeout=120,
         check=True,
     )
-    key = created.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture
+def managed_key(local_server: LocalServer) -> Iterator[str]:
+    """A managed key, which makes the server require keys from then on; revoked afterwards, and
+    the server open again (every replica notices within serve.http.auth.KEY_CACHE_S), for the
+    other e2e tests that share it."""
+    created = _keys(local_server, "create", "--name", "studio")
+    try:
+        yield created.stdout.strip().splitlines()[-1]
+    finally:
+        _keys(local_server, "revoke", "studio")
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{local_server.base_url}/v1/pools").status_code != 200:
+            assert time.monotonic() < deadline, "the server still requires keys"
+            time.sleep(0.5)
+
+
+def test_the_page_asks_for_a_key_once_the_server_needs_one(
+    local_server: LocalServer, managed_key: str, page: Any, screenshots: Path
+) -> None:
+    """A managed key makes the server require keys (until the fixture revokes it)."""
+    key = managed_key
     deadline = time.monotonic() + 30  # every replica notices within serve.http.auth.KEY_CACHE_S
     while httpx.get(f"{local_server.base_url}/v1/pools").status_code != 401:
         assert time.monotonic() < deadline, "the server never began to require keys"

@@ -31,6 +31,7 @@ METRICS_PORT = free_port()
 def serve_url() -> Iterator[str]:
     import ray
     from ray import serve
+    from ray.serve._private import client as serve_client
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault(REPLICATE_TOKEN_ENV, REPLICATE_TOKEN)
@@ -49,11 +50,16 @@ def serve_url() -> Iterator[str]:
     )
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    with pytest.MonkeyPatch.context() as patch:
+        # serve.run and serve.delete ask for the app's status once a second: every delete took a
+        # whole second (done in a fraction here) and every deploy half a second more than it
+        # needed. Tests deploy and delete dozens of times; a tenth of a second is plenty.
+        patch.setattr(serve_client, "CLIENT_POLLING_INTERVAL_S", 0.1)
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            serve.shutdown()
+            ray.shutdown()
 
 
 def exported_samples(prefix: str = "ray_s") -> list[tuple[str, dict[str, str], float]]:
@@ -112,13 +118,14 @@ class FreshMetrics:
         """The sum of the fresh samples of `name` with these labels (0 when none)."""
         return sum(value for _, value in self.samples(name, **labels))
 
-    def read(self) -> MetricsReading:
-        """Every fresh sample of Serve's and songserve's series, read once: late in a run one
-        read of the export takes seconds, so checks of many series share one."""
+    def read(self, prefix: str = "ray_s") -> MetricsReading:
+        """Every fresh sample of the series whose names start with `prefix` (default: Serve's
+        and songserve's), read once: late in a run one read of the export takes seconds, so
+        checks of many series share one (and a narrower prefix parses less of it)."""
         return MetricsReading(
             [
                 (name, tags, value)
-                for name, tags, value in exported_samples()
+                for name, tags, value in exported_samples(prefix)
                 if tags.get("replica") not in self.earlier_replicas
             ]
         )
@@ -181,6 +188,23 @@ def test_args(data_dir: Path, **overrides: Any) -> dict[str, Any]:
             args[section] = {**args[section], **values}
         else:
             args[section] = values
+    # Deployments and pools a test gives stop at once too, unless it says otherwise: a deleted
+    # app's busy replicas otherwise look every 2 s whether their requests have finished.
+    args["deployments"] = {
+        role: {**QUICK_STOP, **options} if isinstance(options, dict) else options
+        for role, options in args["deployments"].items()
+    }
+    pools = args["models"].get("pools")
+    if isinstance(pools, list):
+        args["models"] = {
+            **args["models"],
+            "pools": [
+                {**pool, "deployment": {**QUICK_STOP, **pool.get("deployment", {})}}
+                if isinstance(pool, dict)
+                else pool
+                for pool in pools
+            ],
+        }
     return args
 
 
@@ -228,7 +252,11 @@ def kill_replicas(deployment: str) -> int:
 @contextlib.contextmanager
 def _deployer(serve_url: str, data_dir: Path) -> Iterator[Callable[..., Deployed]]:
     """`deploy(**overrides)` runs the app on `data_dir`; again, it redeploys. The app is deleted
-    on exit."""
+    on exit.
+
+    The first deploy deletes whatever app still runs under the name first, so each deployer
+    starts on an empty Serve: a module's shared app (`module_deploy`) is gone once one of the
+    module's tests deploys its own (such tests come after the ones sharing it)."""
     from ray import serve
 
     from serve.app import build_app
@@ -238,6 +266,8 @@ def _deployer(serve_url: str, data_dir: Path) -> Iterator[Callable[..., Deployed
 
     def run(**overrides: Any) -> Deployed:
         config = AppConfig.model_validate(test_args(data_dir, **overrides))
+        if not clients:
+            serve.delete(APP_NAME)  # nothing to do unless a module's shared app still runs
         serve.run(build_app(config), name=APP_NAME, route_prefix="/")
         storage = resolve_config(config).storage
         client = httpx.Client(base_url=serve_url, timeout=60)

@@ -90,8 +90,10 @@ def app_args(args: argparse.Namespace) -> dict[str, Any]:
         section = defaults.model_dump()
         return section | {
             "num_replicas": replicas or defaults.num_replicas,
-            # Short: replicas stop fast at the end; nothing here scales down mid-run.
+            # Short: replicas stop fast at the end; nothing here scales down mid-run. (Serve stops
+            # the graph a layer at a time, each replica looking every wait loop: 2 s by default.)
             "graceful_shutdown_timeout_s": 1.0,
+            "graceful_shutdown_wait_loop_s": 0.1,
             # Serve learns of a replica lost with its node through its health check.
             "health_check_period_s": 2.0,
             "actor": section["actor"] | {"label_selector": selector},

@@ -17,9 +17,19 @@ pytestmark = pytest.mark.integration
 DeployFn = Callable[..., Deployed]
 
 
-def test_api_keys_gate_every_call_and_scope_songs_to_their_key(deploy: DeployFn) -> None:
-    app = deploy(auth={"api_keys": ["key-alice", "key-bob"]})
-    client = app.client
+@pytest.fixture(scope="module")
+def keyed_app(module_deploy: DeployFn) -> Deployed:
+    """Static API keys, deployed once for the two tests below; each test's songs are made with
+    keys of its own (alice and bob; carol), so neither sees the other's."""
+    return module_deploy(
+        auth={"api_keys": ["key-alice", "key-bob", "key-carol"]},
+        postprocess={"formats": ["m4a", "wav"]},
+    )
+
+
+def test_api_keys_gate_every_call_and_scope_songs_to_their_key(keyed_app: Deployed) -> None:
+    app = keyed_app
+    client = httpx.Client(base_url=app.client.base_url, timeout=60)
     body = {"style": "lofi", "duration_s": 5, "variations": 1}
 
     missing = client.post("/v1/songs", json=body)
@@ -43,17 +53,18 @@ def test_api_keys_gate_every_call_and_scope_songs_to_their_key(deploy: DeployFn)
     assert wait_for_song(client, song_id)["status"] == "succeeded"
     # Health is for load balancers and needs no key.
     assert app.client.get("/healthz", headers={"Authorization": ""}).status_code == 200
+    client.close()
 
 
-def test_media_links_are_signed_for_players_that_cannot_send_a_key(deploy: DeployFn) -> None:
-    app = deploy(auth={"api_keys": ["key-alice"]}, postprocess={"formats": ["m4a", "wav"]})
-    alice = httpx.Client(
-        base_url=app.client.base_url, headers={"Authorization": "Bearer key-alice"}, timeout=60
+def test_media_links_are_signed_for_players_that_cannot_send_a_key(keyed_app: Deployed) -> None:
+    app = keyed_app
+    carol = httpx.Client(
+        base_url=app.client.base_url, headers={"Authorization": "Bearer key-carol"}, timeout=60
     )
     player = httpx.Client(base_url=app.client.base_url, timeout=60)  # an <audio> element
     body = {"style": "lofi", "duration_s": 9, "variations": 1}
-    song_id = alice.post("/v1/songs", json=body).json()["id"]
-    (variation,) = wait_for_song(alice, song_id)["variations"]
+    song_id = carol.post("/v1/songs", json=body).json()["id"]
+    (variation,) = wait_for_song(carol, song_id)["variations"]
 
     wav_url = variation["audio"]["wav"]
     path, _, query = wav_url.partition("?")
@@ -78,13 +89,13 @@ def test_media_links_are_signed_for_players_that_cannot_send_a_key(deploy: Deplo
 
     # Stems links are signed the same way.
     stems_url = f"/v1/songs/{song_id}/variations/0/stems"
-    assert alice.post(stems_url).status_code == 202
+    assert carol.post(stems_url).status_code == 202
     deadline = time.monotonic() + 120
-    while (stems := alice.get(stems_url).json())["status"] != "succeeded":
+    while (stems := carol.get(stems_url).json())["status"] != "succeeded":
         assert stems["status"] in ("queued", "running") and time.monotonic() < deadline, stems
         time.sleep(0.2)
     assert player.get(stems["stems"][0]["audio"]["wav"]).status_code == 200
-    alice.close()
+    carol.close()
     player.close()
 
 

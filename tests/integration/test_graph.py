@@ -19,6 +19,14 @@ pytestmark = pytest.mark.integration
 DeployFn = Callable[..., Deployed]
 
 
+@pytest.fixture(scope="module")
+def app(module_deploy: DeployFn) -> Deployed:
+    """The test defaults (two decoder and two post-processor replicas), deployed once for the
+    tests that need nothing else: each waits for its own songs, with seeds and an idempotency
+    key of its own. (A start of the whole graph costs ~10 s of both cores.)"""
+    return module_deploy()
+
+
 def _overlap_s(first: dict, second: dict) -> float:
     """Seconds during which two renders were both running."""
     return min(first["render_finished_at"], second["render_finished_at"]) - max(
@@ -30,8 +38,7 @@ def _render_s(render: dict) -> float:
     return float(render["render_finished_at"] - render["render_started_at"])
 
 
-def test_two_songs_at_once(deploy: DeployFn) -> None:
-    app = deploy()
+def test_two_songs_at_once(app: Deployed) -> None:
     bodies = [
         {"prompt": "a sunny indie-pop song about sailing home", "duration_s": 12, "seed": 1},
         {
@@ -58,8 +65,7 @@ def test_two_songs_at_once(deploy: DeployFn) -> None:
     assert max(_overlap_s(a, b) for i, a in enumerate(renders) for b in renders[i + 1 :]) > 0
 
 
-def test_variations_render_in_parallel_on_different_replicas(deploy: DeployFn) -> None:
-    app = deploy()
+def test_variations_render_in_parallel_on_different_replicas(app: Deployed) -> None:
     song_id = app.client.post(
         "/v1/songs", json={"style": "rock anthem", "duration_s": 40, "seed": 3}
     ).json()["id"]
@@ -69,8 +75,7 @@ def test_variations_render_in_parallel_on_different_replicas(deploy: DeployFn) -
     assert _overlap_s(first, second) > 0.5 * min(_render_s(first), _render_s(second))
 
 
-def test_sse_order_and_replay_for_late_subscribers(deploy: DeployFn) -> None:
-    app = deploy()
+def test_sse_order_and_replay_for_late_subscribers(app: Deployed) -> None:
     song_id = app.client.post(
         "/v1/songs", json={"prompt": "rain on the harbour at night", "duration_s": 8, "seed": 5}
     ).json()["id"]
@@ -105,8 +110,7 @@ def test_sse_order_and_replay_for_late_subscribers(deploy: DeployFn) -> None:
     assert read_events(app.client, song_id, last_event_id=live[-3][0]) == live[-2:]
 
 
-def test_seeds_make_variations_differ_and_reruns_identical(deploy: DeployFn) -> None:
-    app = deploy()
+def test_seeds_make_variations_differ_and_reruns_identical(app: Deployed) -> None:
     body = {
         "style": "acoustic folk, warm",
         "lyrics": "[verse]\nfields of gold\n[chorus]\nhome",
@@ -126,8 +130,7 @@ def test_seeds_make_variations_differ_and_reruns_identical(deploy: DeployFn) -> 
     assert audio[0] == audio[1]  # the same seed gives the same songs, sample for sample
 
 
-def test_idempotency_key_returns_the_same_job(deploy: DeployFn) -> None:
-    app = deploy()
+def test_idempotency_key_returns_the_same_job(app: Deployed) -> None:
     body = {"style": "lofi hip hop", "duration_s": 5, "variations": 1}
     headers = {"Idempotency-Key": "retry-123"}
     first = app.client.post("/v1/songs", json=body, headers=headers)
@@ -187,8 +190,13 @@ def _assert_resumed(app: Deployed, song_id: str, done_before: dict[int, dict]) -
     assert [t for _, t, _ in events].count("variation") == 2
 
 
+# Serve notices a killed replica at its next health check (every 10 s by default) and only then
+# starts another: checking every second keeps the wait for the new conductor short.
+_QUICK_RESTART = {"conductor": {"health_check_period_s": 1.0, "health_check_timeout_s": 5.0}}
+
+
 def test_a_job_survives_its_conductor_dying(deploy: DeployFn) -> None:
-    app = deploy(models=_ONE_DECODER)
+    app = deploy(models=_ONE_DECODER, deployments=_QUICK_RESTART)
     song_id, done_before = _start_song_and_wait_for_first_variation(app)
     assert kill_replicas("Conductor") == 1  # Serve replaces the replica; the job must go on
     _assert_resumed(app, song_id, done_before)

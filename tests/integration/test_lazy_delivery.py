@@ -28,6 +28,12 @@ pytestmark = pytest.mark.integration
 DeployFn = Callable[..., Deployed]
 
 
+@pytest.fixture(scope="module")
+def app(module_deploy: DeployFn) -> Deployed:
+    """The default config, deployed once: each test follows songs of its own."""
+    return module_deploy()
+
+
 def _delivery(app: Deployed, song_id: str, fmt: str) -> DeliveryRecord | None:
     record: DeliveryRecord | None = app._read(lambda store: store.get_delivery(song_id, 0, fmt))
     return record
@@ -39,8 +45,7 @@ def _files(app: Deployed, song_id: str) -> dict[str, Path]:
     return {str(p.relative_to(root)): p for p in root.rglob("*") if p.is_file()}
 
 
-def test_only_eager_files_are_made_and_lazy_ones_once_on_first_request(deploy: DeployFn) -> None:
-    app = deploy()
+def test_only_eager_files_are_made_and_lazy_ones_once_on_first_request(app: Deployed) -> None:
     song_id = app.client.post(
         "/v1/songs", json={"style": "bossa nova", "duration_s": 8, "variations": 1, "seed": 11}
     ).json()["id"]
@@ -117,8 +122,7 @@ def _mastering(events: list[EventRecord]) -> set[int]:
     return started - finished
 
 
-def test_verify_answers_while_every_post_processor_is_mastering(deploy: DeployFn) -> None:
-    app = deploy()
+def test_verify_answers_while_every_post_processor_is_mastering(app: Deployed) -> None:
     signed_id = app.client.post(
         "/v1/songs", json={"style": "lofi", "duration_s": 6, "variations": 1, "seed": 2}
     ).json()["id"]

@@ -56,9 +56,15 @@ def _wait_for_stems(client: httpx.Client, url: str, timeout_s: float = 120.0) ->
     raise AssertionError(f"stems at {url} did not finish in {timeout_s} s")
 
 
-def test_sketch_stems_add_up_to_the_song(deploy: DeployFn) -> None:
-    app = deploy(postprocess={"formats": ["wav", "mp3"]})
-    client = app.client
+@pytest.fixture(scope="module")
+def sketch_app(module_deploy: DeployFn) -> Deployed:
+    """Sketch pools with wav and mp3 made eagerly, deployed once for the tests that need nothing
+    else (they come before the module's `deploy` tests, whose deploys replace it)."""
+    return module_deploy(postprocess={"formats": ["wav", "mp3"]})
+
+
+def test_sketch_stems_add_up_to_the_song(sketch_app: Deployed) -> None:
+    client = sketch_app.client
     song_id, variation = _song(
         client, {"style": "funky disco", "lyrics": "[verse]\nDance all night\nunder the light",
                  "duration_s": 8, "variations": 1, "seed": 11},
@@ -117,8 +123,31 @@ def test_sketch_stems_add_up_to_the_song(deploy: DeployFn) -> None:
     assert [kind for _, kind, _ in replayed] == kinds
 
 
+def test_stems_requests_are_checked(sketch_app: Deployed) -> None:
+    client = sketch_app.client
+    song_id, _ = _song(client, {"style": "ambient", "duration_s": 5, "variations": 1})
+    out_of_range = client.post(f"/v1/songs/{song_id}/variations/3/stems")
+    assert out_of_range.status_code == 404
+    assert out_of_range.json()["error"]["field"] == "index"
+    assert client.post("/v1/songs/song_unknown/variations/0/stems").status_code == 404
+    not_made = client.get(f"/v1/songs/{song_id}/variations/0/stems/drums.wav")
+    assert not_made.status_code == 404
+    # A variation still rendering has no stems to make yet: 409, saying what to wait for.
+    long_song = client.post(
+        "/v1/songs", json={"style": "ambient", "duration_s": 120, "variations": 1}
+    ).json()["id"]
+    early = client.post(f"/v1/songs/{long_song}/variations/0/stems")
+    assert early.status_code == 409, early.text
+    error = early.json()["error"]
+    assert error["code"] == "not_ready" and "`variation` event" in error["message"]
+    assert client.get(f"/v1/songs/{long_song}/variations/0/stems").status_code == 404
+
+
 def test_a_stems_job_survives_its_conductor_dying(deploy: DeployFn) -> None:
-    app = deploy(postprocess={"formats": ["wav"]})
+    # Serve notices the killed conductor at its next health check (every 10 s by default) and
+    # only then starts another: checking every second keeps the wait short.
+    quick_restart = {"health_check_period_s": 1.0, "health_check_timeout_s": 5.0}
+    app = deploy(postprocess={"formats": ["wav"]}, deployments={"conductor": quick_restart})
     client = app.client
     song_id, _ = _song(
         client,
@@ -141,27 +170,6 @@ def test_a_stems_job_survives_its_conductor_dying(deploy: DeployFn) -> None:
     assert app.stems(song_id, 0).attempts == 2  # taken over once, after its lease expired
     statuses = [d["status"] for _, k, d in read_events(client, song_id) if k == "stems"]
     assert statuses == ["queued", "running", "running", "succeeded"]
-
-
-def test_stems_requests_are_checked(deploy: DeployFn) -> None:
-    app = deploy()
-    client = app.client
-    song_id, _ = _song(client, {"style": "ambient", "duration_s": 5, "variations": 1})
-    out_of_range = client.post(f"/v1/songs/{song_id}/variations/3/stems")
-    assert out_of_range.status_code == 404
-    assert out_of_range.json()["error"]["field"] == "index"
-    assert client.post("/v1/songs/song_unknown/variations/0/stems").status_code == 404
-    not_made = client.get(f"/v1/songs/{song_id}/variations/0/stems/drums.wav")
-    assert not_made.status_code == 404
-    # A variation still rendering has no stems to make yet: 409, saying what to wait for.
-    long_song = client.post(
-        "/v1/songs", json={"style": "ambient", "duration_s": 120, "variations": 1}
-    ).json()["id"]
-    early = client.post(f"/v1/songs/{long_song}/variations/0/stems")
-    assert early.status_code == 409, early.text
-    error = early.json()["error"]
-    assert error["code"] == "not_ready" and "`variation` event" in error["message"]
-    assert client.get(f"/v1/songs/{long_song}/variations/0/stems").status_code == 404
 
 
 @pytest.fixture(scope="module")

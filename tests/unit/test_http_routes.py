@@ -366,6 +366,10 @@ def test_songs_stored_in_an_older_shape_still_read(local: tuple[TestClient, ApiS
     # A `variation` event with a field this version does not know.
     data = {"index": 0, "status": "succeeded", "objects": {}, "mood_score": 0.3}
     asyncio.run(services.jobs.append_event(song_id, "variation", data))
+    # Then the `done` that ends every finished song's log, so the event stream below closes
+    # after replaying it (without one it stays open until its 15 s keep-alive).
+    done = {"status": "succeeded", "succeeded": 1, "failed": 0}
+    asyncio.run(services.jobs.append_event(song_id, "done", done))
     song = client.get(f"/v1/songs/{song_id}")
     assert song.status_code == 200, song.text
     assert song.json()["request"]["language"] == "xx"
@@ -374,6 +378,7 @@ def test_songs_stored_in_an_older_shape_still_read(local: tuple[TestClient, ApiS
     assert listed.status_code == 200 and listed.json()["songs"][0]["id"] == song_id
     events = client.get(f"/v1/songs/{song_id}/events")
     assert events.status_code == 200 and "event: variation" in events.text
+    assert "event: done" in events.text
 
 
 # -- logs ------------------------------------------------------------------------------------------
