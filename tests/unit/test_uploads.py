@@ -404,7 +404,12 @@ def test_decodes_are_admitted_per_replica_and_a_full_queue_is_a_429(
         create = services.uploads.create
         first = asyncio.create_task(create(LOCAL_OWNER, _file("wav", 0.3), "a.wav"))
         second = asyncio.create_task(create(LOCAL_OWNER, _file("wav", 0.3), "b.wav"))
-        await asyncio.sleep(0.2)  # the first decodes, the second waits its turn
+        # Until the first decodes and the second waits its turn (polled: a loaded machine may
+        # take a while to get there, and a fixed sleep would race it).
+        deadline = time.monotonic() + 10
+        while not (running and services.uploads._waiting_decodes == 1):
+            assert time.monotonic() < deadline, "the first two uploads never got going"
+            await asyncio.sleep(0.01)
         with pytest.raises(ApiError) as caught:
             await create(LOCAL_OWNER, _file("wav", 0.3), "c.wav")
         release.set()
