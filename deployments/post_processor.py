@@ -13,8 +13,11 @@ the peaks. When other formats are served, the delivered master (mastered and wat
 kept once, as 24-bit FLAC (`serve.store.master_key`), with the content credentials its files
 are signed with (`master_info_key`): the `OnDemandEncoder` makes a lazy format from them on its
 first request, signed exactly as an eager file would have been (`deliver_from_master`).
-The work is CPU-bound and runs on a worker thread; one variation per replica at a time is the
-intended setting (`max_ongoing_requests: 1`), scale with replicas.
+The work is CPU-bound and runs on the replica's one mastering thread, so a replica masters one
+variation at a time whatever its `max_ongoing_requests`. The default of 2 is a prefetch of one:
+the second request fetches its render while the first is mastered and starts the moment the
+thread is free, instead of waiting in the caller's handle, whose retries back off up to 0.5 s
+while every replica is busy (docs/benchmarks.md, "the ceiling on two cores"). Scale with replicas.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import asyncio
 import json
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -268,6 +272,10 @@ class PostProcessor:
         self._config = config
         self._objects = open_object_store(storage)
         self._delivery = DeliveryChain(config)
+        # One variation is mastered at a time (more at once only share the cores): a second
+        # request admitted to this replica fetches its render meanwhile and starts the moment
+        # the first is done.
+        self._mastering = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mastering")
 
     def _master_and_encode(
         self,
@@ -393,8 +401,16 @@ class PostProcessor:
                 provenance.source_title, await _get_if_kept(self._objects, provenance.source_key)
             )
         fetched_s = time.perf_counter() - started
-        artefacts, summary = await asyncio.to_thread(
-            self._master_and_encode, rendered, raw, target_lufs, provenance, job_id, index, source
+        artefacts, summary = await asyncio.get_running_loop().run_in_executor(
+            self._mastering,
+            self._master_and_encode,
+            rendered,
+            raw,
+            target_lufs,
+            provenance,
+            job_id,
+            index,
+            source,
         )
         started = time.perf_counter()
         objects: dict[str, str] = {}

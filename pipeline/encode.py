@@ -17,11 +17,17 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
-import av
 import numpy as np
 
 from pipeline.audio import checked_audio
+
+if TYPE_CHECKING:
+    # FFmpeg's libraries are imported where audio is encoded or decoded, not with the format
+    # tables: coordinators that only name formats or content types (the conductor hashing a
+    # prompt for provenance) never load them.
+    import av
 
 AUDIO_FORMATS = ("m4a", "mp3", "flac", "wav")
 CONTENT_TYPES = {"m4a": "audio/mp4", "mp3": "audio/mpeg", "flac": "audio/flac", "wav": "audio/wav"}
@@ -71,6 +77,8 @@ def encode_audio(
     unknown format, audio that is not float `[1 or 2, n >= 1]`, or a sample rate or bitrate the
     encoder refuses (AAC: 7.35-96 kHz; MP3: 8-48 kHz).
     """
+    import av
+
     if fmt not in _RECIPES:
         raise ValueError(f"unknown audio format {fmt!r}; expected one of {AUDIO_FORMATS}")
     recipe = _RECIPES[fmt]
@@ -111,6 +119,8 @@ def _encode_into(
     recipe: _Recipe,
     bitrate_kbps: int,
 ) -> None:
+    import av
+
     layout = "mono" if samples.shape[0] == 1 else "stereo"
     stream = out.add_stream(
         recipe.codec, rate=sample_rate, layout=layout, options=recipe.codec_options
@@ -142,6 +152,8 @@ def decode_audio(data: bytes, *, max_duration_s: float | None = None) -> tuple[n
     result is cut to it): untrusted uploads cannot make the decoder run for long. Raises
     ValueError if the data holds no decodable audio.
     """
+    import av
+
     chunks: list[np.ndarray] = []
     decoded = 0
     try:
@@ -187,6 +199,8 @@ def _trimmed_to_duration(samples: np.ndarray, frame: av.AudioFrame) -> np.ndarra
 
 def _to_frame(chunk: np.ndarray, sample_format: str, layout: str) -> av.AudioFrame:
     """One encoder frame from float `[channels, n]` samples already clipped to [-1, 1]."""
+    import av
+
     if sample_format == "fltp":
         planar = np.ascontiguousarray(chunk, dtype=np.float32)
         return av.AudioFrame.from_ndarray(planar, format=sample_format, layout=layout)

@@ -335,7 +335,9 @@ def run_plain(options: argparse.Namespace, workers: int, data_dir: Path) -> dict
         # Warm-up: one short song per process, so every worker has imported and built its chain.
         asyncio.run(_plain_burst(server.url, bodies(workers, 5, 1, 0)))
         songs = bodies(options.songs, options.duration_s, options.variations, 100)
+        began = time.time()
         wall_s, latencies = asyncio.run(_plain_burst(server.url, songs))
+        _say_window(f"plain-{workers}", began)
     finally:
         server.stop()
     name = f"FastAPI + {workers}-process pool" + (
@@ -371,13 +373,21 @@ def run_graph(options: argparse.Namespace, data_dir: Path) -> tuple[dict[str, An
         # Warm-up: two short songs (each replica imports and JITs on its first call).
         asyncio.run(_graph_burst(url, bodies(2, 5, options.variations, 0)))
         songs = bodies(options.songs, options.duration_s, options.variations, 100)
+        began = time.time()
         wall_s, latencies = asyncio.run(_graph_burst(url, songs))
+        _say_window("graph", began)
     finally:
         try:
             serve.shutdown()
         finally:
             ray.shutdown()
     return _row(f"songserve graph ({options.config})", wall_s, latencies), startup_s
+
+
+def _say_window(system: str, began: float) -> None:
+    """The burst's wall-clock window (epoch seconds) on stderr, to line up with a CPU profile
+    taken beside the run."""
+    print(f"burst window {system}: {began:.2f} {time.time():.2f}", file=sys.stderr)
 
 
 def _wait_running(timeout_s: float) -> None:

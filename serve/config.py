@@ -167,7 +167,8 @@ _ROLE_DEFAULTS: dict[str, dict[str, Any]] = {
     "lyrics": {"max_ongoing_requests": 32},
     "tags": {"max_ongoing_requests": 64},
     "router": {"max_ongoing_requests": 64},
-    "postprocess": {"num_replicas": 2, "max_ongoing_requests": 1, "actor": {"num_cpus": 0.25}},
+    # Masters one variation at a time; the second admitted request is a prefetch of one.
+    "postprocess": {"num_replicas": 2, "max_ongoing_requests": 2, "actor": {"num_cpus": 0.25}},
     "stems": {"num_replicas": 1, "max_ongoing_requests": 1, "actor": {"num_cpus": 0.25}},
     "separator": {"num_replicas": 1, "max_ongoing_requests": 1, "actor": {"num_cpus": 1}},
     # Lazy formats on first request: seconds of CPU each, a few at once, never behind mastering.

@@ -222,7 +222,7 @@ def test_setting_one_deployment_option_keeps_the_roles_other_defaults() -> None:
     assert (api.max_ongoing_requests, api.max_queued_requests) == (256, 1024)
     assert api.actor.label_selector == {"role": "head"}
     postprocess = config.deployments.postprocess
-    assert postprocess.num_replicas == 3 and postprocess.max_ongoing_requests == 1
+    assert postprocess.num_replicas == 3 and postprocess.max_ongoing_requests == 2
     assert postprocess.actor.num_cpus == 0.25
     pool = config.models.pools[0].deployment
     assert (pool.num_replicas, pool.max_ongoing_requests, pool.actor.num_cpus) == (2, 1, 0.5)

@@ -214,3 +214,19 @@ def test_decoding_can_be_capped(fmt: str) -> None:
     assert rate == SR and capped.shape == (2, SR // 2)
     whole, _ = decode_audio(data)
     np.testing.assert_array_equal(capped, whole[:, : SR // 2])
+
+
+def test_naming_formats_does_not_load_ffmpeg() -> None:
+    """The conductor hashes prompts with pipeline.provenance, which names formats from this
+    module: neither may load PyAV (FFmpeg) or c2pa into a coordination replica."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; import pipeline.provenance, deployments.conductor; "
+        "print(sorted(m for m in ('av', 'c2pa') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert result.stdout.strip() == "[]"

@@ -91,7 +91,8 @@ def test_light_deployments_have_their_own_concurrent_defaults() -> None:
     assert deployments.verifier.max_ongoing_requests == 8  # role default kept under an override
     assert deployments.verifier.actor.num_cpus == 0.2
     assert deployments.encoder.max_ongoing_requests >= 2
-    assert deployments.postprocess.max_ongoing_requests == 1  # mastering stays one at a time
+    # One mastering at a time (its lane, tests/unit/test_post_processor.py), one prefetched.
+    assert deployments.postprocess.max_ongoing_requests == 2
 
 
 def test_the_encoder_signs_and_the_verifier_holds_no_key(tmp_path: Path) -> None:
