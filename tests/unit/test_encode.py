@@ -221,12 +221,18 @@ def test_naming_formats_does_not_load_ffmpeg() -> None:
     module: neither may load PyAV (FFmpeg) or c2pa into a coordination replica."""
     import subprocess
     import sys
+    from pathlib import Path
 
     probe = (
         "import sys; import pipeline.provenance, deployments.conductor; "
         "print(sorted(m for m in ('av', 'c2pa') if m in sys.modules))"
     )
     result = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[2],
     )
     assert result.stdout.strip() == "[]"
