@@ -234,6 +234,33 @@ export async function* songEvents(songId, { signal } = {}) {
   }
 }
 
+// Resolves once a download URL's file exists, so a link to it can download. A format that is not
+// encoded while mastering (mp3, flac and wav by default) is made on its first request, and the
+// server answers 503 with Retry-After when that outlasts its wait (postprocess.
+// lazy_encode_wait_s): a plain link would end in the browser's "server problem". HEAD starts the
+// encode as GET does, without the bytes; a redirect (to the object store) means it is stored.
+// `onWaiting(seconds)` hears of each wait; an answer that is not 503 rejects with an ApiError,
+// and a URL fetch cannot reach (another origin) is left to the browser.
+export async function fileReady(url, { onWaiting, signal } = {}) {
+  for (;;) {
+    let response;
+    try {
+      response = await fetch(url, { method: "HEAD", redirect: "manual", signal });
+    } catch (error) {
+      if (error.name === "AbortError") throw error;
+      return;
+    }
+    if (response.ok || response.type === "opaqueredirect") return;
+    const retryAfterS = Number(response.headers.get("Retry-After")) || null;
+    if (response.status !== 503) {
+      const reason = response.statusText || "the server gave no reason";
+      throw new ApiError(response.status, `http_${response.status}`, reason, null, retryAfterS);
+    }
+    onWaiting?.(retryAfterS ?? 2);
+    await sleep((retryAfterS ?? 2) * 1000, signal);
+  }
+}
+
 function sleep(ms, signal) {
   return new Promise((resolve) => {
     const timer = setTimeout(resolve, ms);

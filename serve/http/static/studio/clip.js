@@ -1,7 +1,7 @@
 // One finished take of a song: waveform, player, facts, downloads, stems, and the edits that
 // start a new song from it (extend, repaint, cover) or refill the form (reuse).
 
-import { api, plainError, servedTasks } from "./api.js";
+import { api, fileReady, plainError, servedTasks } from "./api.js";
 import { Waveform } from "./waveform.js";
 import { el, formatSeconds, slug } from "./dom.js";
 
@@ -15,6 +15,31 @@ export function playbackSource(variation, probe = document.createElement("audio"
   }
   const format = FORMAT_ORDER.find((name) => variation.audio[name]);
   return { kind: format || "none", url: format ? variation.audio[format] : "" };
+}
+
+// A download chip asks for its file first (fileReady): a format made on its first request may
+// take longer than the server waits, and the chip then says so and retries instead of handing the
+// browser a 503. Once the file exists, the click goes through as a plain download.
+async function downloadWhenReady(event, link, format, note) {
+  if (link.dataset.ready === "yes") return;
+  event.preventDefault();
+  if (link.getAttribute("aria-busy") === "true") return;
+  link.setAttribute("aria-busy", "true");
+  note.textContent = "";
+  try {
+    await fileReady(link.href, {
+      onWaiting: (seconds) => {
+        note.textContent = `Encoding the ${format.toUpperCase()} file for its first download; trying again in ${seconds} s…`;
+      },
+    });
+    link.dataset.ready = "yes";
+    note.textContent = "";
+    link.click();
+  } catch (error) {
+    note.textContent = plainError(error);
+  } finally {
+    link.removeAttribute("aria-busy");
+  }
 }
 
 export function renderClip(song, variation, { onReuse, onEdited }) {
@@ -63,20 +88,21 @@ export function renderClip(song, variation, { onReuse, onEdited }) {
   const downloads = el("div", { class: "downloads", role: "group", "aria-label": `Download take ${number}` }, [
     el("span", { class: "muted" }, "Download"),
   ]);
+  const downloadNote = el("p", { class: "muted download-note", role: "status", "aria-live": "polite" });
   for (const format of FORMAT_ORDER) {
     const url = variation.audio[format];
     if (!url) continue;
-    downloads.append(
-      el("a", {
-        class: "chip",
-        href: url,
-        download: `${slug(name)}-take${number}.${format}`,
-        "data-format": format,
-        "aria-label": `Download take ${number} as ${format.toUpperCase()}`,
-      }, format.toUpperCase()),
-    );
+    const link = el("a", {
+      class: "chip",
+      href: url,
+      download: `${slug(name)}-take${number}.${format}`,
+      "data-format": format,
+      "aria-label": `Download take ${number} as ${format.toUpperCase()}`,
+    }, format.toUpperCase());
+    link.addEventListener("click", (event) => downloadWhenReady(event, link, format, downloadNote));
+    downloads.append(link);
   }
-  card.append(downloads);
+  card.append(downloads, downloadNote);
 
   const stemsBox = el("div", { class: "stems", hidden: "" });
   const editBox = el("div", { class: "edit", hidden: "" });
