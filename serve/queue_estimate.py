@@ -7,7 +7,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from pipeline.song_contracts import auto_models
+from pipeline.song_contracts import TEXT2MUSIC, auto_models
 
 from .pool_load import PoolLoad, expected_start_s
 from .schemas import QueueOut
@@ -51,7 +51,9 @@ class QueueEstimator:
         if place is None:
             return None
         loads = await self._pool_loads(
-            str(request.get("model") or "auto"), str(request.get("language") or "en")
+            str(request.get("model") or "auto"),
+            str(request.get("language") or "en"),
+            str((request.get("edit") or {}).get("task") or TEXT2MUSIC),
         )
         start = expected_start_s(place.audio_s_ahead, loads) if loads else None
         return QueueOut(
@@ -59,11 +61,13 @@ class QueueEstimator:
             expected_start_s=None if start is None else round(start, 1),
         )
 
-    async def _pool_loads(self, model: str, language: str) -> list[PoolLoad]:
-        """The placeable pools that would render `model` (for auto: of the first model in
-        `auto_models` order with any), as the router last reported them (the configured figures
-        until it has). The report is cached for `_POOLS_CACHE_S`, so queued songs polled at once
-        cost one router call; [] when no placeable pool renders `model`."""
+    async def _pool_loads(self, model: str, language: str, task: str) -> list[PoolLoad]:
+        """The placeable pools that would render `model` for `task` (for auto: of the first
+        model in `auto_models` order with any), as the router last reported them (the configured
+        figures until it has). A pool counts only for the tasks it serves, as the router routes
+        (`served_tasks`): an auto cover waits for the pools that cover, not for the first model
+        of `auto_order`. The report is cached for `_POOLS_CACHE_S`, so queued songs polled at
+        once cost one router call; [] when no placeable pool renders `model` for `task`."""
         now = asyncio.get_running_loop().time()
         if self._graph is not None and now - self._pools_at >= _POOLS_CACHE_S:
             self._pools_at = now
@@ -74,8 +78,13 @@ class QueueEstimator:
         served = {p["model"] for p in self._pools_seen}
         auto_order = self._config.models.auto_order
         models = auto_models(language, auto_order, served) if model == "auto" else [model]
+        serves = {pool.name: pool.served_tasks for pool in self._config.models.pools}
         for name in models:
-            pools = [p for p in self._pools_seen if p["model"] == name and p["placeable"]]
+            pools = [
+                p
+                for p in self._pools_seen
+                if p["model"] == name and p["placeable"] and task in serves.get(p["name"], ())
+            ]
             if pools:
                 return [
                     PoolLoad(

@@ -1,0 +1,64 @@
+"""A queued song's expected start counts only the pools that would render it: for `model: auto`,
+the first model of the auto order with a pool that serves the song's task, as the router routes."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from serve.config import resolve_config
+from serve.queue_estimate import QueueEstimator
+from serve.store.sqlite import SQLiteJobStore
+
+
+def _config() -> object:
+    def pool(name: str, model: str, replicas: int, speed: float, **extra: object) -> dict:
+        return {
+            "name": name,
+            "model": model,
+            "expected_render_s_per_audio_s": speed,
+            "deployment": {
+                "num_replicas": replicas,
+                "max_ongoing_requests": 1,
+                "actor": {"num_gpus": 0},
+            },
+            **extra,
+        }
+
+    return resolve_config(
+        {
+            "models": {
+                "auto_order": ["sketch", "ace-step"],
+                "pools": [
+                    # The sketch serves text2music, extend and repaint; this pool only the first.
+                    pool("Sketch", "sketch", 1, 0.5, tasks=["text2music"]),
+                    pool("DiT", "ace-step", 4, 0.1, ace_step={"path": "/models/acestep"}),
+                ],
+            }
+        }
+    )
+
+
+def test_an_auto_song_waits_for_the_pools_that_serve_its_task(tmp_path: Path) -> None:
+    async def scenario() -> dict[str, float | None]:
+        store = SQLiteJobStore(tmp_path / "jobs.sqlite3")
+        estimator = QueueEstimator(_config(), store, graph=None)  # type: ignore[arg-type]
+        starts: dict[str, float | None] = {}
+        ahead = {"prompt": "x", "duration_s": 30, "model": "auto"}
+        await store.create_job(owner="a", request=ahead, seed=1, variations=2)  # 60 s ahead
+        for task in ("text2music", "repaint", "cover"):
+            request = {**ahead, "edit": None if task == "text2music" else {"task": task}}
+            job, _ = await store.create_job(owner="a", request=request, seed=2, variations=1)
+            queued = await estimator.queue_out(job.id, job.request)
+            assert queued is not None
+            starts[task] = queued.expected_start_s
+        return starts
+
+    starts = asyncio.run(scenario())
+    # text2music: the Sketch pool (1 replica at 0.5 s per audio second drains 2 audio s/s):
+    # the 60 s ahead start it after 30 s.
+    assert starts["text2music"] == 30.0
+    # Repaint and cover: not the Sketch pool (it serves text2music only) but DiT, 4 replicas at
+    # 0.1 s per audio second (40 audio s/s); the audio ahead now includes the earlier edits'.
+    assert starts["repaint"] == round((60 + 30) / 40, 1)
+    assert starts["cover"] == round((60 + 30 + 30) / 40, 1)
