@@ -10,10 +10,13 @@ How it fits together (Ray Serve 2.60):
 1. Report. Serve calls each conductor replica's `record_autoscaling_stats()` (only on a
    deployment with an `autoscaling_config`: `resolve_config` gives the conductor a fixed one,
    min = max = its replicas, when a pool autoscales on backlog). The conductor asks the job store
-   for the unrendered variations of queued and running songs, by requested model
-   (`JobStore.backlog_by_model`), and turns them into per-pool figures (`pool_backlog_stats`):
+   for the unrendered variations of queued and running songs, by requested model, task and
+   language (`JobStore.backlog_by_request`), and turns them into per-pool figures
+   (`pool_backlog_stats`):
 
-   - `model: auto` counts for the first model of `models.auto_order` with a placeable pool;
+   - a song counts only for the pools that serve its task (`served_tasks`), as the router
+     routes it; `model: auto` counts for the first model of `auto_models` (the models that
+     prefer its language, then `models.auto_order`) with a placeable pool that serves the task;
    - a model's work is shared among its placeable pools by capacity (RUNNING replicas ×
      `max_ongoing_requests`, from the SongRouter's `pools()`), the way the router spreads it;
    - render seconds = audio seconds × the pool's render seconds per audio second: the measured
@@ -65,11 +68,13 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pipeline.song_contracts import TEXT2MUSIC, auto_models
+
 if TYPE_CHECKING:
     from ray.serve.config import AutoscalingContext
 
     from serve.config import AppConfig, DecoderPoolConfig, ModelsConfig
-    from serve.store import JobStore, ModelBacklog
+    from serve.store import BacklogKey, JobStore, ModelBacklog
 
 logger = logging.getLogger("ray.serve")
 
@@ -186,28 +191,36 @@ class PoolView:
     placeable: bool
     capacity: float  # renders it runs at once now (RUNNING replicas × max_ongoing_requests)
     render_s_per_audio_s: float
+    tasks: frozenset[str] = frozenset({TEXT2MUSIC})  # what requests may bring it (served_tasks)
 
 
 def pool_backlog_stats(
-    backlog: Mapping[str, ModelBacklog], pools: Sequence[PoolView], auto_order: Sequence[str]
+    backlog: Mapping[BacklogKey, ModelBacklog],
+    pools: Sequence[PoolView],
+    auto_order: Sequence[str],
 ) -> dict[str, float]:
     """The metrics `record_autoscaling_stats` reports for the backlog pools (see the module
-    docstring): each model's waiting and rendering work shared among its placeable pools by
-    capacity, in render seconds of each pool. Work for a model no placeable pool serves is left
-    out (nothing can render it); a backlog pool with none gets zeros."""
-    placeable: dict[str, list[PoolView]] = {}
-    for pool in pools:
-        if pool.placeable:
-            placeable.setdefault(pool.model, []).append(pool)
-    auto = next((model for model in auto_order if model in placeable), None)
+    docstring): the work of each requested model, task and language shared among the placeable
+    pools that would render it, by capacity, in render seconds of each pool. Work no placeable
+    pool serves is left out (nothing can render it); a backlog pool with none gets zeros."""
+    placeable = [pool for pool in pools if pool.placeable]
+    served = {pool.model for pool in placeable}
     stats: dict[str, float] = {}
     for pool in pools:
         if pool.backlog:
             stats.update({WAITING_S + pool.name: 0.0, RENDERING + pool.name: 0.0})
             stats[RENDERING_S + pool.name] = 0.0
-    for requested, work in backlog.items():
-        model = auto if requested == "auto" else requested
-        serving = placeable.get(model or "", [])
+    for key, work in backlog.items():
+        models = (
+            auto_models(key.language, list(auto_order), served)
+            if key.model == "auto"
+            else [key.model]
+        )
+        serving: list[PoolView] = []
+        for model in models:
+            serving = [p for p in placeable if p.model == model and key.task in p.tasks]
+            if serving:
+                break
         total_capacity = sum(max(pool.capacity, 1.0) for pool in serving)
         for pool in serving:
             if not pool.backlog:
@@ -242,7 +255,7 @@ class BacklogReporter:
         # Within Serve's deadline for this call (10 s), so a slow store fails this report
         # instead of timing it out; the policy then uses the previous one.
         async with asyncio.timeout(REPORT_TIMEOUT_S):
-            backlog = await self._store.backlog_by_model()
+            backlog = await self._store.backlog_by_request()
         try:
             async with asyncio.timeout(REPORT_TIMEOUT_S):
                 seen = {entry["name"]: entry for entry in await self._router_pools()}
@@ -265,6 +278,7 @@ class BacklogReporter:
                     placeable=bool(entry.get("placeable", True)),
                     capacity=float(entry.get("capacity") or pool.deployment.max_ongoing_requests),
                     render_s_per_audio_s=float(speed),
+                    tasks=pool.served_tasks,
                 )
             )
         return views

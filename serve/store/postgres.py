@@ -55,6 +55,7 @@ from .records import (
     STEMS,
     TERMINAL_EVENTS,
     VARIATION_FIELDS,
+    BacklogKey,
     DeliveryRecord,
     EventRecord,
     JobRecord,
@@ -632,7 +633,7 @@ class PostgresJobStore(PostgresTenancy, PostgresWebhooks):
             return None
         return QueuePlace(position=int(row["position"]), audio_s_ahead=row["audio_s_ahead"])
 
-    async def backlog_by_model(self) -> dict[str, ModelBacklog]:
+    async def backlog_by_request(self) -> dict[BacklogKey, ModelBacklog]:
         rendering = (
             f"j.status = 'running' AND j.lease_expires_at >= {_NOW} AND v.status = 'running'"
         )
@@ -640,7 +641,9 @@ class PostgresJobStore(PostgresTenancy, PostgresWebhooks):
         async with self._cursor() as cur:
             rows = await self._all(
                 cur,
-                "SELECT j.request->>'model' AS model, "
+                "SELECT COALESCE(j.request->>'model', 'auto') AS model, "
+                "COALESCE(j.request->'edit'->>'task', 'text2music') AS task, "
+                "COALESCE(j.request->>'language', 'en') AS language, "
                 f"count(*) FILTER (WHERE NOT COALESCE({rendering}, false)) AS waiting, "
                 f"COALESCE(sum({duration}) FILTER (WHERE NOT COALESCE({rendering}, false)), 0) "
                 "AS waiting_audio_s, "
@@ -648,9 +651,9 @@ class PostgresJobStore(PostgresTenancy, PostgresWebhooks):
                 f"COALESCE(sum({duration}) FILTER (WHERE {rendering}), 0) AS rendering_audio_s "
                 "FROM jobs AS j JOIN variations AS v ON v.job_id = j.id "
                 "WHERE j.status IN ('queued', 'running') AND v.status IN ('queued', 'running') "
-                "AND v.render->'raw' IS NULL GROUP BY 1",
+                "AND v.render->'raw' IS NULL GROUP BY 1, 2, 3",
             )
-        return {row["model"]: ModelBacklog.from_row(row) for row in rows}
+        return {BacklogKey.from_row(row): ModelBacklog.from_row(row) for row in rows}
 
     # -- events -----------------------------------------------------------------------------------
 

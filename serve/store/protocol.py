@@ -17,6 +17,7 @@ from collections.abc import Collection
 from typing import Any, Protocol
 
 from .records import (
+    BacklogKey,
     DeliveryRecord,
     EventRecord,
     JobRecord,
@@ -127,11 +128,12 @@ class JobStore(Protocol):
         driven and of jobs ahead). None when the job is not queued (or does not exist)."""
         ...
 
-    async def backlog_by_model(self) -> dict[str, ModelBacklog]:
+    async def backlog_by_request(self) -> dict[BacklogKey, ModelBacklog]:
         """Unrendered variations of queued and running songs by requested model (`auto`
-        included), for backlog autoscaling: `rendering` are `running` variations without a
-        stored render in jobs whose lease is live, `waiting` all the others (a queued song's, a
-        variation not started, or one whose claim expired). Models with none are left out."""
+        included), task and language (`BacklogKey`), for backlog autoscaling: `rendering` are
+        `running` variations without a stored render in jobs whose lease is live, `waiting` all
+        the others (a queued song's, a variation not started, or one whose claim expired). Keys
+        with none are left out."""
         ...
 
     # -- events -------------------------------------------------------------------------------

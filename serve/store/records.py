@@ -321,8 +321,25 @@ class QueuePlace:
 
 
 @dataclass(frozen=True)
+class BacklogKey:
+    """What decides which pools can render a song's variations, as the router picks them: the
+    requested model (`auto` included), the task (text2music unless the song is an edit) and,
+    for `auto`, the language (a model may prefer it)."""
+
+    model: str
+    task: str = "text2music"
+    language: str = "en"
+
+    @classmethod
+    def from_row(cls, row: Any) -> BacklogKey:
+        """From a backlog query's row of either backend (columns model, task, language; the
+        queries fill in "auto", "text2music" and "en" for what a request leaves out)."""
+        return cls(str(row["model"]), str(row["task"]), str(row["language"]))
+
+
+@dataclass(frozen=True)
 class ModelBacklog:
-    """Song work not yet rendered for one requested model, counted across the cluster (backlog
+    """Song work not yet rendered for one `BacklogKey`, counted across the cluster (backlog
     autoscaling). Variations count while queued or running without a stored render."""
 
     waiting: int  # variations not being rendered: queued songs', and not started or orphaned ones

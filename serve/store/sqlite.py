@@ -25,6 +25,7 @@ from .records import (
     STEMS,
     TERMINAL_EVENTS,
     VARIATION_FIELDS,
+    BacklogKey,
     DeliveryRecord,
     EventRecord,
     JobRecord,
@@ -651,14 +652,16 @@ class SQLiteJobStore(SQLiteTenancy, SQLiteWebhooks):
         result: QueuePlace | None = await self._run(self._queue_place, job_id)
         return result
 
-    def _backlog_by_model(self) -> dict[str, ModelBacklog]:
+    def _backlog_by_request(self) -> dict[BacklogKey, ModelBacklog]:
         rendering = (  # never NULL: a released job has no lease expiry
             "(j.status = 'running' AND j.lease_expires_at IS NOT NULL "
             "AND j.lease_expires_at >= :now AND v.status = 'running')"
         )
         duration = "COALESCE(json_extract(j.request, '$.duration_s'), 0)"
         rows = self._db.execute(
-            "SELECT json_extract(j.request, '$.model') AS model, "
+            "SELECT COALESCE(json_extract(j.request, '$.model'), 'auto') AS model, "
+            "COALESCE(json_extract(j.request, '$.edit.task'), 'text2music') AS task, "
+            "COALESCE(json_extract(j.request, '$.language'), 'en') AS language, "
             f"SUM(NOT {rendering}) AS waiting, "
             f"TOTAL(CASE WHEN {rendering} THEN 0 ELSE {duration} END) AS waiting_audio_s, "
             f"SUM({rendering}) AS rendering, "
@@ -666,14 +669,14 @@ class SQLiteJobStore(SQLiteTenancy, SQLiteWebhooks):
             "FROM jobs AS j JOIN variations AS v ON v.job_id = j.id "
             "WHERE j.status IN ('queued', 'running') AND v.status IN ('queued', 'running') "
             "AND json_extract(v.render, '$.raw') IS NULL "
-            # Not `GROUP BY model`: that would name the variations' own model column.
-            "GROUP BY json_extract(j.request, '$.model')",
+            # By position, not by name: `model` would name the variations' own model column.
+            "GROUP BY 1, 2, 3",
             {"now": time.time()},
         ).fetchall()
-        return {row["model"]: ModelBacklog.from_row(row) for row in rows}
+        return {BacklogKey.from_row(row): ModelBacklog.from_row(row) for row in rows}
 
-    async def backlog_by_model(self) -> dict[str, ModelBacklog]:
-        result: dict[str, ModelBacklog] = await self._run(self._backlog_by_model)
+    async def backlog_by_request(self) -> dict[BacklogKey, ModelBacklog]:
+        result: dict[BacklogKey, ModelBacklog] = await self._run(self._backlog_by_request)
         return result
 
     def _append_event(

@@ -31,7 +31,7 @@ from serve.autoscaling import (
 )
 from serve.cli import CliError, config_to_run
 from serve.config import AppConfig, load_serve_config, resolve_config
-from serve.store import ModelBacklog
+from serve.store import BacklogKey, ModelBacklog
 from serve.store.sqlite import SQLiteJobStore
 
 APP = "songserve"
@@ -206,10 +206,11 @@ def test_pool_figures_share_a_models_work_by_capacity_in_each_pools_render_secon
         PoolView("Sketch", "sketch", False, True, capacity=2, render_s_per_audio_s=0.01),
     ]
     backlog = {
-        "ace-step": ModelBacklog(10, 600.0, 3, 90.0),
-        "auto": ModelBacklog(2, 300.0, 0, 0.0),  # auto_order's first placeable model: ace-step
-        "sketch": ModelBacklog(4, 100.0, 0, 0.0),  # Sketch does not autoscale on backlog
-        "gone": ModelBacklog(1, 60.0, 0, 0.0),  # no pool serves it any more
+        BacklogKey("ace-step"): ModelBacklog(10, 600.0, 3, 90.0),
+        # auto_order's first placeable model: ace-step
+        BacklogKey("auto"): ModelBacklog(2, 300.0, 0, 0.0),
+        BacklogKey("sketch"): ModelBacklog(4, 100.0, 0, 0.0),  # Sketch does not autoscale
+        BacklogKey("gone"): ModelBacklog(1, 60.0, 0, 0.0),  # no pool serves it any more
     }
     stats = pool_backlog_stats(backlog, pools, ["ace-step", "sketch"])
     assert stats == {
@@ -224,6 +225,27 @@ def test_pool_figures_share_a_models_work_by_capacity_in_each_pools_render_secon
         RENDERING + "DiT_C": 0.0,
         RENDERING_S + "DiT_C": 0.0,
     }
+
+
+def test_a_songs_work_counts_for_the_pools_that_serve_its_task() -> None:
+    """As the router routes: a pool serves only its tasks, and `auto` falls through the auto
+    order to the first model with a placeable pool for the song's task."""
+    cover = frozenset({"text2music", "cover"})
+    pools = [
+        PoolView("Sketch", "sketch", True, True, capacity=2, render_s_per_audio_s=0.01),
+        PoolView("DiT", "ace-step", True, True, 4, render_s_per_audio_s=0.1, tasks=cover),
+    ]
+    backlog = {
+        BacklogKey("auto"): ModelBacklog(2, 100.0, 0, 0.0),  # sketch first in auto_order
+        BacklogKey("auto", "cover"): ModelBacklog(1, 200.0, 1, 30.0),  # the sketch cannot
+        BacklogKey("sketch", "cover"): ModelBacklog(1, 50.0, 0, 0.0),  # nothing can render it
+    }
+    stats = pool_backlog_stats(backlog, pools, ["sketch", "ace-step"])
+    assert stats[WAITING_S + "Sketch"] == 100 * 0.01
+    assert stats[RENDERING + "Sketch"] == 0.0
+    assert stats[WAITING_S + "DiT"] == 200 * 0.1
+    assert stats[RENDERING + "DiT"] == 1.0
+    assert stats[RENDERING_S + "DiT"] == 30 * 0.1
 
 
 def _app_config(tmp_path: Path, **backlog_knobs: Any) -> AppConfig:

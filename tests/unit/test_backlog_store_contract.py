@@ -1,20 +1,23 @@
-"""`JobStore.backlog_by_model`, run against every backend (SQLite and Postgres): the unrendered
-work backlog autoscaling counts, split into variations rendering under a live claim and all the
-others."""
+"""`JobStore.backlog_by_request`, run against every backend (SQLite and Postgres): the unrendered
+work backlog autoscaling counts, by requested model, task and language, split into variations
+rendering under a live claim and all the others."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
-from serve.store import JobStore, ModelBacklog
+from serve.store import BacklogKey, JobStore, ModelBacklog
 from serve.store.records import JobRecord
 from tests.store_backends import Backend
 
 
-async def _song(store: JobStore, model: str, duration_s: float, variations: int = 2) -> JobRecord:
+async def _song(
+    store: JobStore, model: str, duration_s: float, variations: int = 2, **request: Any
+) -> JobRecord:
     job, created = await store.create_job(
         owner="a",
-        request={"model": model, "duration_s": duration_s, "prompt": "x"},
+        request={"model": model, "duration_s": duration_s, "prompt": "x", **request},
         seed=1,
         variations=variations,
     )
@@ -32,13 +35,15 @@ async def _claim(
     return claimed.lease_token
 
 
-def test_backlog_counts_unrendered_variations_by_model(backend: Backend) -> None:
+def test_backlog_counts_unrendered_variations_by_model_task_and_language(backend: Backend) -> None:
     async def scenario(store: JobStore) -> None:
-        assert await store.backlog_by_model() == {}
+        assert await store.backlog_by_request() == {}
         jobs: list[JobRecord] = []
 
-        async def song(model: str, duration_s: float, variations: int = 2) -> JobRecord:
-            jobs.append(await _song(store, model, duration_s, variations))
+        async def song(
+            model: str, duration_s: float, variations: int = 2, **request: Any
+        ) -> JobRecord:
+            jobs.append(await _song(store, model, duration_s, variations, **request))
             return jobs[-1]
 
         # Driven: variation 0 rendering, variation 1 not started yet.
@@ -70,21 +75,26 @@ def test_backlog_counts_unrendered_variations_by_model(backend: Backend) -> None
         await store.update_variation(orphaned.id, 0, token, status="running")
         await asyncio.sleep(0.25)
 
-        # Queued songs of another model and of `auto`.
+        # Queued songs of another model and of `auto`; an edit and a language of their own.
         await song("ace-step", 40, variations=3)
         await song("auto", 15)
+        await song("auto", 15, language="en", edit=None)  # the same key, said out loud
+        await song("auto", 20, variations=1, language="ja", edit={"task": "cover"})
 
-        backlog = await backend.new_store().backlog_by_model()  # any replica sees the same
+        backlog = await backend.new_store().backlog_by_request()  # any replica sees the same
         assert backlog == {
             # rendering: driven/0; waiting: driven/1, released/0, orphaned/0
-            "sketch": ModelBacklog(
+            BacklogKey("sketch"): ModelBacklog(
                 waiting=3, waiting_audio_s=60.0, rendering=1, rendering_audio_s=30.0
             ),
-            "ace-step": ModelBacklog(
+            BacklogKey("ace-step"): ModelBacklog(
                 waiting=3, waiting_audio_s=120.0, rendering=0, rendering_audio_s=0.0
             ),
-            "auto": ModelBacklog(
-                waiting=2, waiting_audio_s=30.0, rendering=0, rendering_audio_s=0.0
+            BacklogKey("auto", "text2music", "en"): ModelBacklog(
+                waiting=4, waiting_audio_s=60.0, rendering=0, rendering_audio_s=0.0
+            ),
+            BacklogKey("auto", "cover", "ja"): ModelBacklog(
+                waiting=1, waiting_audio_s=20.0, rendering=0, rendering_audio_s=0.0
             ),
         }
 
