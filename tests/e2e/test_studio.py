@@ -236,6 +236,26 @@ def test_a_song_made_from_the_page(
     page.unroute("**/audio.flac*")
     assert len(injected) == 1 and first.locator(".download-note").inner_text() == ""
 
+    # A first request the server holds while it encodes: the chip says it is preparing the
+    # file. The wav's HEAD is held here until the note shows, then goes to the real server.
+    held: list[Any] = []
+
+    def hold_first_head(route: Any) -> None:
+        if route.request.method == "HEAD" and not held:
+            held.append(route)
+        else:
+            route.continue_()
+
+    page.route("**/audio.wav*", hold_first_head)
+    with page.expect_download() as event:
+        first.locator('a[data-format="wav"]').click()
+        first.locator(".download-note", has_text="Preparing the WAV file").wait_for()
+        held[0].continue_()
+    page.unroute("**/audio.wav*")
+    wav = decode_audio(Path(event.value.path()).read_bytes())[0]
+    assert abs(wav.shape[1] / 48_000 - SONG_S) <= 0.5
+    assert first.locator(".download-note").inner_text() == ""
+
     # The library lists it, newest first, and finds it by its idea.
     page.click('nav a[data-nav="library"]')
     item = page.locator(f'li.song-item[data-song="{song_id}"]')

@@ -7,6 +7,7 @@ import { el, formatSeconds, slug } from "./dom.js";
 
 const FORMAT_ORDER = ["m4a", "mp3", "flac", "wav"];
 const STEMS_POLL_MS = 1000;
+const PREPARING_NOTE_MS = 800;
 
 // HLS where the browser plays it natively; the m4a otherwise (no player library is loaded).
 export function playbackSource(variation, probe = document.createElement("audio")) {
@@ -26,9 +27,14 @@ async function downloadWhenReady(event, link, format, note) {
   if (link.getAttribute("aria-busy") === "true") return;
   link.setAttribute("aria-busy", "true");
   note.textContent = "";
+  // The server holds a first request while it encodes (up to its wait): say so if that shows.
+  const slow = setTimeout(() => {
+    note.textContent = `Preparing the ${format.toUpperCase()} file for its first download…`;
+  }, PREPARING_NOTE_MS);
   try {
     await fileReady(link.href, {
       onWaiting: (seconds) => {
+        clearTimeout(slow);
         note.textContent = `Encoding the ${format.toUpperCase()} file for its first download; trying again in ${seconds} s…`;
       },
     });
@@ -38,6 +44,7 @@ async function downloadWhenReady(event, link, format, note) {
   } catch (error) {
     note.textContent = plainError(error);
   } finally {
+    clearTimeout(slow);
     link.removeAttribute("aria-busy");
   }
 }
