@@ -35,6 +35,8 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from pipeline.song_contracts import TEXT2MUSIC
+
 from .postgres_connect import (
     DB_NOW as _NOW,
 )
@@ -642,7 +644,7 @@ class PostgresJobStore(PostgresTenancy, PostgresWebhooks):
             rows = await self._all(
                 cur,
                 "SELECT COALESCE(j.request->>'model', 'auto') AS model, "
-                "COALESCE(j.request->'edit'->>'task', 'text2music') AS task, "
+                f"COALESCE(j.request->'edit'->>'task', '{TEXT2MUSIC}') AS task, "
                 "COALESCE(j.request->>'language', 'en') AS language, "
                 f"count(*) FILTER (WHERE NOT COALESCE({rendering}, false)) AS waiting, "
                 f"COALESCE(sum({duration}) FILTER (WHERE NOT COALESCE({rendering}, false)), 0) "

@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.song_contracts import TEXT2MUSIC
+
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled"})
 VARIATION_STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
@@ -327,7 +329,7 @@ class BacklogKey:
     for `auto`, the language (a model may prefer it)."""
 
     model: str
-    task: str = "text2music"
+    task: str = TEXT2MUSIC
     language: str = "en"
 
     @classmethod

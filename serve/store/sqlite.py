@@ -17,6 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from pipeline.song_contracts import TEXT2MUSIC
+
 from .records import (
     ACTIVE_STATUSES,
     JOBS,
@@ -660,7 +662,7 @@ class SQLiteJobStore(SQLiteTenancy, SQLiteWebhooks):
         duration = "COALESCE(json_extract(j.request, '$.duration_s'), 0)"
         rows = self._db.execute(
             "SELECT COALESCE(json_extract(j.request, '$.model'), 'auto') AS model, "
-            "COALESCE(json_extract(j.request, '$.edit.task'), 'text2music') AS task, "
+            f"COALESCE(json_extract(j.request, '$.edit.task'), '{TEXT2MUSIC}') AS task, "
             "COALESCE(json_extract(j.request, '$.language'), 'en') AS language, "
             f"SUM(NOT {rendering}) AS waiting, "
             f"TOTAL(CASE WHEN {rendering} THEN 0 ELSE {duration} END) AS waiting_audio_s, "
