@@ -68,7 +68,9 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pipeline.song_contracts import TEXT2MUSIC, auto_models
+from pipeline.song_contracts import TEXT2MUSIC
+
+from .pool_load import serving_pools
 
 if TYPE_CHECKING:
     from ray.serve.config import AutoscalingContext
@@ -204,23 +206,21 @@ def pool_backlog_stats(
     pools that would render it, by capacity, in render seconds of each pool. Work no placeable
     pool serves is left out (nothing can render it); a backlog pool with none gets zeros."""
     placeable = [pool for pool in pools if pool.placeable]
-    served = {pool.model for pool in placeable}
     stats: dict[str, float] = {}
     for pool in pools:
         if pool.backlog:
             stats.update({WAITING_S + pool.name: 0.0, RENDERING + pool.name: 0.0})
             stats[RENDERING_S + pool.name] = 0.0
     for key, work in backlog.items():
-        models = (
-            auto_models(key.language, list(auto_order), served)
-            if key.model == "auto"
-            else [key.model]
+        serving = serving_pools(
+            placeable,
+            model=key.model,
+            task=key.task,
+            language=key.language,
+            auto_order=auto_order,
+            model_of=lambda pool: pool.model,
+            tasks_of=lambda pool: pool.tasks,
         )
-        serving: list[PoolView] = []
-        for model in models:
-            serving = [p for p in placeable if p.model == model and key.task in p.tasks]
-            if serving:
-                break
         total_capacity = sum(max(pool.capacity, 1.0) for pool in serving)
         for pool in serving:
             if not pool.backlog:

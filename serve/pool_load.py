@@ -13,12 +13,40 @@ count the batching gain twice: slots only decide whether a new render starts at 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
+
+from pipeline.song_contracts import auto_models
+
+Pool = TypeVar("Pool")
 
 # The weight the newest render gets in a pool's speed once the first few have been averaged in:
 # about the last ten renders count.
 SPEED_WEIGHT = 0.2
+
+
+def serving_pools(
+    placeable: Sequence[Pool],
+    *,
+    model: str,
+    task: str,
+    language: str,
+    auto_order: Sequence[str],
+    model_of: Callable[[Pool], str],
+    tasks_of: Callable[[Pool], Collection[str]],
+) -> list[Pool]:
+    """The pools of `placeable` a song would render on, as SongRouter.candidates picks them:
+    those of `model` that serve `task`; for `auto`, those of the first model in `auto_models`
+    order (the models preferring `language`, then `auto_order`) that has any. [] when none
+    does. What the queue estimate and backlog autoscaling count a song's work against."""
+    served = {model_of(pool) for pool in placeable}
+    models = auto_models(language, list(auto_order), served) if model == "auto" else [model]
+    for name in models:
+        pools = [p for p in placeable if model_of(p) == name and task in tasks_of(p)]
+        if pools:
+            return pools
+    return []
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,9 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from pipeline.song_contracts import TEXT2MUSIC, auto_models
+from pipeline.song_contracts import TEXT2MUSIC
 
-from .pool_load import PoolLoad, expected_start_s
+from .pool_load import PoolLoad, expected_start_s, serving_pools
 from .schemas import QueueOut
 
 if TYPE_CHECKING:
@@ -75,25 +75,23 @@ class QueueEstimator:
                 self._pools_seen = await asyncio.wait_for(self._graph.pools(), _POOLS_TIMEOUT_S)
             except Exception as error:  # noqa: BLE001 - an estimate is optional
                 logger.warning("could not read the decoder pools' load: %r", error)
-        served = {p["model"] for p in self._pools_seen}
-        auto_order = self._config.models.auto_order
-        models = auto_models(language, auto_order, served) if model == "auto" else [model]
         serves = {pool.name: pool.served_tasks for pool in self._config.models.pools}
-        for name in models:
-            pools = [
-                p
-                for p in self._pools_seen
-                if p["model"] == name and p["placeable"] and task in serves.get(p["name"], ())
-            ]
-            if pools:
-                return [
-                    PoolLoad(
-                        replicas=max(p["replicas"] or 0, 1),
-                        capacity=p["capacity"],
-                        renders=p["in_flight"],
-                        audio_s=p.get("in_flight_audio_s", 0.0),
-                        seconds_per_audio_second=p["seconds_per_audio_second"],
-                    )
-                    for p in pools
-                ]
-        return []
+        pools = serving_pools(
+            [p for p in self._pools_seen if p["placeable"]],
+            model=model,
+            task=task,
+            language=language,
+            auto_order=self._config.models.auto_order,
+            model_of=lambda p: str(p["model"]),
+            tasks_of=lambda p: serves.get(p["name"], frozenset()),
+        )
+        return [
+            PoolLoad(
+                replicas=max(p["replicas"] or 0, 1),
+                capacity=p["capacity"],
+                renders=p["in_flight"],
+                audio_s=p.get("in_flight_audio_s", 0.0),
+                seconds_per_audio_second=p["seconds_per_audio_second"],
+            )
+            for p in pools
+        ]
