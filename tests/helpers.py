@@ -26,27 +26,55 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def local_config_on_free_port(work_dir: Path) -> tuple[Path, int]:
-    """config/local.yaml rewritten to a free loopback port and a data dir under `work_dir`, with
-    replicas that stop as soon as they are idle.
+# Replicas of a deleted, redeployed or stopped test app stop at once. Serve stops a graph one
+# layer at a time (ingress, conductor, …, decoders), and each stopping replica looks whether its
+# requests have finished every `graceful_shutdown_wait_loop_s`: 2 s by default, which is also the
+# least an idle one takes, so every stop of a server waited ~9 s.
+QUICK_STOP: dict[str, Any] = {"graceful_shutdown_wait_loop_s": 0.1}
+# Serve notices a killed replica at its next health check (every 10 s by default) and only then
+# starts another: for the deployments a test kills.
+QUICK_RESTART: dict[str, Any] = {"health_check_period_s": 1.0, "health_check_timeout_s": 5.0}
 
-    Serve stops the graph one layer at a time (ingress, conductor, …, decoders), and each
-    stopping replica looks whether its requests have finished every
-    `graceful_shutdown_wait_loop_s` (2 s by default, also the least an idle one takes): every
-    stop of a server took ~9 s of waiting. Nothing else of the config changes."""
+
+def with_quick_stop(args: dict[str, Any]) -> dict[str, Any]:
+    """A copy of app `args` with QUICK_STOP under every fixed deployment and every decoder pool;
+    what a role or pool sets itself wins. Sections that are not mappings (a test of the
+    validation) are left as they are."""
     from serve.config import DeploymentsConfig
 
+    args = dict(args)
+    deployments = args.get("deployments", {})
+    if isinstance(deployments, dict):
+        args["deployments"] = {**deployments}
+        for role in DeploymentsConfig.model_fields:
+            options = deployments.get(role, {})
+            if isinstance(options, dict):
+                args["deployments"][role] = {**QUICK_STOP, **options}
+    models = args.get("models")
+    pools = models.get("pools") if isinstance(models, dict) else None
+    if isinstance(models, dict) and isinstance(pools, list):
+        args["models"] = {
+            **models,
+            "pools": [
+                {**pool, "deployment": {**QUICK_STOP, **pool.get("deployment", {})}}
+                if isinstance(pool, dict)
+                else pool
+                for pool in pools
+            ],
+        }
+    return args
+
+
+def local_config_on_free_port(work_dir: Path) -> tuple[Path, int]:
+    """config/local.yaml rewritten to a free loopback port and a data dir under `work_dir`, with
+    replicas that stop as soon as they are idle (QUICK_STOP). Nothing else of the config
+    changes."""
     config = yaml.safe_load((REPO / "config" / "local.yaml").read_text())
     port = free_port()
     config["http_options"]["port"] = port
     args = config["applications"][0]["args"]
     args["storage"]["data_dir"] = str(work_dir / "var")
-    quick_stop = {"graceful_shutdown_wait_loop_s": 0.1}
-    deployments = args.setdefault("deployments", {})
-    for role in DeploymentsConfig.model_fields:
-        deployments[role] = {**deployments.get(role, {}), **quick_stop}
-    for pool in args["models"]["pools"]:
-        pool["deployment"] = {**pool.get("deployment", {}), **quick_stop}
+    config["applications"][0]["args"] = with_quick_stop(args)
     path = work_dir / "local.yaml"
     path.write_text(yaml.safe_dump(config))
     return path, port

@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -210,16 +210,9 @@ def test_a_song_made_from_the_page(
     # its first request; the server answers 503 + Retry-After when that outlasts its wait (30 s,
     # too long for a test), so that one answer is injected: the chip says it is encoding, asks
     # again after the Retry-After, and then downloads from the real server.
-    injected: list[str] = []
-
-    def first_head_is_busy(route: Any) -> None:
-        if route.request.method == "HEAD" and not injected:
-            injected.append(route.request.url)
-            route.fulfill(status=503, headers={"Retry-After": "1"}, body="")
-        else:
-            route.continue_()
-
-    page.route("**/audio.flac*", first_head_is_busy)
+    injected = _on_first_head(
+        page, "**/audio.flac*", lambda r: r.fulfill(status=503, headers={"Retry-After": "1"})
+    )
     downloaded: dict[str, Path] = {}
     for fmt in ("m4a", "flac"):
         with page.expect_download() as event:
@@ -238,15 +231,7 @@ def test_a_song_made_from_the_page(
 
     # A first request the server holds while it encodes: the chip says it is preparing the
     # file. The wav's HEAD is held here until the note shows, then goes to the real server.
-    held: list[Any] = []
-
-    def hold_first_head(route: Any) -> None:
-        if route.request.method == "HEAD" and not held:
-            held.append(route)
-        else:
-            route.continue_()
-
-    page.route("**/audio.wav*", hold_first_head)
+    held = _on_first_head(page, "**/audio.wav*", lambda route: None)
     with page.expect_download() as event:
         first.locator('a[data-format="wav"]').click()
         first.locator(".download-note", has_text="Preparing the WAV file").wait_for()
@@ -282,6 +267,23 @@ def test_a_song_made_from_the_page(
     text = report.inner_text()
     assert "Valid content credentials" in text and "sketch" in text
     snap(page, screenshots, "verify")
+
+
+def _on_first_head(page: Any, pattern: str, handle: Callable[[Any], None]) -> list[Any]:
+    """Route the page's requests for `pattern`: the first HEAD goes to `handle(route)` (which
+    answers it, or holds it for the test to continue later), everything else to the server.
+    Returns the routes handed to `handle`."""
+    handled: list[Any] = []
+
+    def route_request(route: Any) -> None:
+        if route.request.method == "HEAD" and not handled:
+            handled.append(route)
+            handle(route)
+        else:
+            route.continue_()
+
+    page.route(pattern, route_request)
+    return handled
 
 
 def _keys(local_server: LocalServer, *args: str) -> subprocess.CompletedProcess[str]:

@@ -16,7 +16,7 @@ import pytest
 
 from serve.config import StorageConfig
 from serve.store import JobRecord, JobStore, StemsRecord, open_job_store
-from tests.helpers import free_port
+from tests.helpers import free_port, with_quick_stop
 
 APP_NAME = "songserve"
 REPLICATE_TOKEN_ENV = "SONGSERVE_TEST_REPLICATE_TOKEN"
@@ -145,14 +145,9 @@ class MetricsReading:
         )
 
 
-# Replicas of a deleted or redeployed test app stop at once instead of after Serve's 2 s look.
-QUICK_STOP = {"graceful_shutdown_wait_loop_s": 0.1}
-
-
 def test_args(data_dir: Path, **overrides: Any) -> dict[str, Any]:
-    """App args for tests: the embedded default with short leases and a private data dir."""
-    from serve.config import DeploymentsConfig
-
+    """App args for tests: the embedded default with short leases and a private data dir;
+    every deployment and pool stops at once (QUICK_STOP) unless the test says otherwise."""
     args: dict[str, Any] = {
         "storage": {"data_dir": str(data_dir)},
         # Every deploy starts new tag replicas: the semantic engine's model load (seconds of CPU
@@ -168,18 +163,15 @@ def test_args(data_dir: Path, **overrides: Any) -> dict[str, Any]:
                         "num_replicas": 2,
                         "max_ongoing_requests": 1,
                         "actor": {"num_cpus": 0.5},
-                        **QUICK_STOP,
                     },
                 }
             ],
         },
         "deployments": {
-            **{role: QUICK_STOP for role in DeploymentsConfig.model_fields},
             "postprocess": {
                 "num_replicas": 2,
                 "max_ongoing_requests": 1,
                 "actor": {"num_cpus": 0.25},
-                **QUICK_STOP,
             },
         },
     }
@@ -188,24 +180,7 @@ def test_args(data_dir: Path, **overrides: Any) -> dict[str, Any]:
             args[section] = {**args[section], **values}
         else:
             args[section] = values
-    # Deployments and pools a test gives stop at once too, unless it says otherwise: a deleted
-    # app's busy replicas otherwise look every 2 s whether their requests have finished.
-    args["deployments"] = {
-        role: {**QUICK_STOP, **options} if isinstance(options, dict) else options
-        for role, options in args["deployments"].items()
-    }
-    pools = args["models"].get("pools")
-    if isinstance(pools, list):
-        args["models"] = {
-            **args["models"],
-            "pools": [
-                {**pool, "deployment": {**QUICK_STOP, **pool.get("deployment", {})}}
-                if isinstance(pool, dict)
-                else pool
-                for pool in pools
-            ],
-        }
-    return args
+    return with_quick_stop(args)
 
 
 @dataclass

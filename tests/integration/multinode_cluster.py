@@ -45,6 +45,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from tests.helpers import QUICK_STOP  # noqa: E402
 from tests.integration.conftest import (  # noqa: E402
     APP_NAME,
     Deployed,
@@ -93,7 +94,7 @@ def app_args(args: argparse.Namespace) -> dict[str, Any]:
             # Short: replicas stop fast at the end; nothing here scales down mid-run. (Serve stops
             # the graph a layer at a time, each replica looking every wait loop: 2 s by default.)
             "graceful_shutdown_timeout_s": 1.0,
-            "graceful_shutdown_wait_loop_s": 0.1,
+            **QUICK_STOP,
             # Serve learns of a replica lost with its node through its health check.
             "health_check_period_s": 2.0,
             "actor": section["actor"] | {"label_selector": selector},

@@ -27,6 +27,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from tests.helpers import QUICK_STOP  # noqa: E402
+
 # Small object stores: the machine running the suite has little memory to spare per raylet.
 OBJECT_STORE_BYTES = 80 * 1024 * 1024
 UNPLACEABLE_POOL = "DiT_H100"
@@ -38,7 +40,7 @@ NODE_DEATH_TIMEOUT_S = 30.0
 # At the end Serve stops every replica, the one on the departed Mac and the H100 one that never
 # started included: with Serve's defaults (20 s grace, a look every 2 s) serve.shutdown() waited
 # 20 s for them. The stand-ins hold no requests; what is checked happens before.
-QUICK_STOP = {"graceful_shutdown_timeout_s": 1.0, "graceful_shutdown_wait_loop_s": 0.1}
+SHORT_SHUTDOWN = {**QUICK_STOP, "graceful_shutdown_timeout_s": 1.0}
 
 
 class NodeReporter:
@@ -136,7 +138,7 @@ def run(report_path: Path) -> None:
                 name=name,
                 num_replicas=replica_count,
                 ray_actor_options=actor_options,
-                **QUICK_STOP,
+                **SHORT_SHUTDOWN,
             )(NodeReporter)
             app = reporter.bind(name, str(replica_dir))
             # Not `serve.run`: it waits for RUNNING, which the H100 app never reaches.

@@ -132,12 +132,7 @@ def test_a_keys_quota_holds_across_two_api_replicas(deploy: DeployFn) -> None:
     from serve.http.auth import KEY_CACHE_S
     from serve.store.tenancy import ApiKeyRecord, hash_api_key, new_api_key, new_owner_id
 
-    from .conftest import QUICK_STOP
-
-    app = deploy(
-        auth={"quotas": {"songs_per_day": 3}},
-        deployments={"api": {"num_replicas": 2, **QUICK_STOP}},
-    )
+    app = deploy(auth={"quotas": {"songs_per_day": 3}}, deployments={"api": {"num_replicas": 2}})
     key = new_api_key()
     record = ApiKeyRecord("two-replicas", new_owner_id(), hash_api_key(key), key[:8], time.time())
     app._read(lambda store: store.add_api_key(record))

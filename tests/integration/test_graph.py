@@ -10,7 +10,7 @@ import pytest
 from ray import serve
 
 from pipeline.encode import decode_audio
-from tests.helpers import read_events, wait_for_song
+from tests.helpers import QUICK_RESTART, read_events, wait_for_song
 
 from .conftest import APP_NAME, Deployed, kill_replicas
 
@@ -190,13 +190,8 @@ def _assert_resumed(app: Deployed, song_id: str, done_before: dict[int, dict]) -
     assert [t for _, t, _ in events].count("variation") == 2
 
 
-# Serve notices a killed replica at its next health check (every 10 s by default) and only then
-# starts another: checking every second keeps the wait for the new conductor short.
-_QUICK_RESTART = {"conductor": {"health_check_period_s": 1.0, "health_check_timeout_s": 5.0}}
-
-
 def test_a_job_survives_its_conductor_dying(deploy: DeployFn) -> None:
-    app = deploy(models=_ONE_DECODER, deployments=_QUICK_RESTART)
+    app = deploy(models=_ONE_DECODER, deployments={"conductor": QUICK_RESTART})
     song_id, done_before = _start_song_and_wait_for_first_variation(app)
     assert kill_replicas("Conductor") == 1  # Serve replaces the replica; the job must go on
     _assert_resumed(app, song_id, done_before)

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from pipeline.stems import STEM_NAMES
-from tests.helpers import read_events, wait_for_song
+from tests.helpers import QUICK_RESTART, read_events, wait_for_song
 
 from .conftest import Deployed, kill_replicas
 
@@ -144,10 +144,7 @@ def test_stems_requests_are_checked(sketch_app: Deployed) -> None:
 
 
 def test_a_stems_job_survives_its_conductor_dying(deploy: DeployFn) -> None:
-    # Serve notices the killed conductor at its next health check (every 10 s by default) and
-    # only then starts another: checking every second keeps the wait short.
-    quick_restart = {"health_check_period_s": 1.0, "health_check_timeout_s": 5.0}
-    app = deploy(postprocess={"formats": ["wav"]}, deployments={"conductor": quick_restart})
+    app = deploy(postprocess={"formats": ["wav"]}, deployments={"conductor": QUICK_RESTART})
     client = app.client
     song_id, _ = _song(
         client,
