@@ -8,7 +8,8 @@ of attempts fails the work with a reason instead of crash-looping.
 
 The event log of a job is append-only with dense sequence numbers; SSE streams replay it and
 resume from `Last-Event-ID`. `wait_for_events` and `wait_for_work` let readers sleep until
-something happens instead of polling (LISTEN/NOTIFY on Postgres).
+something happens instead of each polling (LISTEN/NOTIFY on Postgres; on SQLite, one poll of the
+database's version per store, shared by all its waiters).
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 of a one-machine Ray cluster.
 
 Writes take `BEGIN IMMEDIATE`, so a claim is atomic across processes. SQLite has no notifications:
-`wait_for_events` and `wait_for_work` poll (a cheap indexed query every `poll_interval_s`). The
-Postgres store is the one a multi-node cluster uses.
+`wait_for_events` and `wait_for_work` wait on one poll per store (`sqlite_watch.ChangeWatch`),
+which reads the tables only when a commit moved the database's version. The Postgres store is the
+one a multi-node cluster uses.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from .records import (
     search_words,
 )
 from .sqlite_tenancy import SQLiteTenancy, admit, migrate_tenancy
+from .sqlite_watch import ChangeWatch
 from .sqlite_webhooks import WEBHOOKS_SCHEMA, SQLiteWebhooks, insert_webhook
 from .tenancy import Admission
 
@@ -169,6 +171,15 @@ _RUNNABLE = "status IN ('queued', 'running') AND (lease_expires_at IS NULL OR le
 _LEASED_JOB = "j.status = 'running' AND j.lease_expires_at >= ?"
 
 
+def has_runnable_work(db: sqlite3.Connection) -> bool:
+    """A queued song or stems job, or one whose lease expired, waits for a conductor."""
+    now = time.time()
+    return any(
+        db.execute(f"SELECT 1 FROM {table} WHERE {_RUNNABLE} LIMIT 1", (now,)).fetchone()
+        for table in ("jobs", "stems")
+    )
+
+
 def _claim_row(
     db: sqlite3.Connection,
     table: LeasedTable,
@@ -273,7 +284,7 @@ class SQLiteJobStore(SQLiteTenancy, SQLiteWebhooks):
     """
 
     def __init__(self, path: str | Path, *, poll_interval_s: float = 0.1) -> None:
-        self._poll_interval_s = poll_interval_s
+        self._changes = ChangeWatch(self._run_on_db, has_runnable_work, poll_interval_s)
         self._path = Path(path)
         self._path.parent.mkdir(parents=True, exist_ok=True)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-jobs")
@@ -306,6 +317,10 @@ class SQLiteJobStore(SQLiteTenancy, SQLiteWebhooks):
     async def _run(self, fn: Any, *args: Any) -> Any:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, fn, *args)
+
+    async def _run_on_db(self, fn: Any, *args: Any) -> Any:
+        """`fn(connection, *args)` on the database thread (the connection read there)."""
+        return await self._run(lambda: fn(self._db, *args))
 
     def _transaction(self, fn: Any, *args: Any) -> Any:
         db = self._db
@@ -441,23 +456,12 @@ class SQLiteJobStore(SQLiteTenancy, SQLiteWebhooks):
             remaining = deadline - loop.time()
             if events or remaining <= 0:
                 return events
-            await asyncio.sleep(min(self._poll_interval_s, remaining))
-
-    def _has_work(self) -> bool:
-        now = time.time()
-        return any(
-            self._db.execute(f"SELECT 1 FROM {table} WHERE {_RUNNABLE} LIMIT 1", (now,)).fetchone()
-            for table in ("jobs", "stems")
-        )
+            if not await self._changes.events(job_id, after_seq, remaining):
+                return []
 
     async def wait_for_work(self, timeout: float) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not await self._run(self._has_work):
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return
-            await asyncio.sleep(min(self._poll_interval_s, remaining))
+        if not await self._run_on_db(has_runnable_work):
+            await self._changes.work(timeout)
 
     # -- writes ----------------------------------------------------------------------------------
 
@@ -664,6 +668,10 @@ class SQLiteJobStore(SQLiteTenancy, SQLiteWebhooks):
             "SELECT COALESCE(json_extract(j.request, '$.model'), 'auto') AS model, "
             f"COALESCE(json_extract(j.request, '$.edit.task'), '{TEXT2MUSIC}') AS task, "
             "COALESCE(json_extract(j.request, '$.language'), 'en') AS language, "
+            # As BacklogKey.of_request reads them.
+            "COALESCE(json_extract(j.request, '$.lora.ref'), json_extract(j.request, '$.lora.id'))"
+            " IS NOT NULL AS lora, "
+            "json_extract(j.request, '$.reference.key') IS NOT NULL AS reference, "
             f"SUM(NOT {rendering}) AS waiting, "
             f"TOTAL(CASE WHEN {rendering} THEN 0 ELSE {duration} END) AS waiting_audio_s, "
             f"SUM({rendering}) AS rendering, "
@@ -672,7 +680,7 @@ class SQLiteJobStore(SQLiteTenancy, SQLiteWebhooks):
             "WHERE j.status IN ('queued', 'running') AND v.status IN ('queued', 'running') "
             "AND json_extract(v.render, '$.raw') IS NULL "
             # By position, not by name: `model` would name the variations' own model column.
-            "GROUP BY 1, 2, 3",
+            "GROUP BY 1, 2, 3, 4, 5",
             {"now": time.time()},
         ).fetchall()
         return {BacklogKey.from_row(row): ModelBacklog.from_row(row) for row in rows}
@@ -938,6 +946,8 @@ class SQLiteJobStore(SQLiteTenancy, SQLiteWebhooks):
         await self._run(self._transaction, write)
 
     async def close(self) -> None:
+        await self._changes.close()
+
         def _close() -> None:
             if self._connection is not None:
                 self._connection.close()
