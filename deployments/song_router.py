@@ -43,7 +43,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pipeline.song_contracts import TEXT2MUSIC, auto_models, capabilities_of
+from pipeline.song_contracts import TEXT2MUSIC, candidate_models
 from pipeline.song_models import RenderRequest
 from serve.pool_load import PoolLoad, SpeedMeter, order_by_wait
 
@@ -319,16 +319,14 @@ class SongRouter:
         comes first (see `order_by_wait`). Unplaceable pools are left out. Uses the load as last
         counted: `refresh_load()` first for fresh counts.
         """
-        if model == "auto":
-            models = auto_models(language, self._models.auto_order, set(self._pools_by_model))
-        else:
-            models = [model]
-        models = [
-            m
-            for m in models
-            if (capabilities_of(m).loras or not with_lora)
-            and (capabilities_of(m).reference_audio or not reference)
-        ]
+        models = candidate_models(
+            model,
+            language=language,
+            auto_order=self._models.auto_order,
+            served=set(self._pools_by_model),
+            with_lora=with_lora,
+            reference=reference,
+        )
         chosen: list[str] = []
         for name in models:
             pools = [

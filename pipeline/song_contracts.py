@@ -66,3 +66,26 @@ def auto_models(language: str, auto_order: list[str], served: set[str] | list[st
     ]
     ordered = preferring + [m for m in auto_order if m in served]
     return list(dict.fromkeys(ordered))
+
+
+def candidate_models(
+    model: str,
+    *,
+    language: str,
+    auto_order: list[str],
+    served: set[str] | list[str],
+    with_lora: bool = False,
+    reference: bool = False,
+) -> list[str]:
+    """The models a song may render on, in the order they are tried: `model` itself, or for
+    `auto` the `auto_models` order; of those, only models that take a LoRA when the song brings
+    one (`with_lora`) and a timbre reference when it brings one (`reference`). The router tries
+    their pools in this order; queue estimates and backlog autoscaling count the song against
+    the first that has a pool for its task."""
+    models = auto_models(language, auto_order, served) if model == "auto" else [model]
+    return [
+        m
+        for m in models
+        if (capabilities_of(m).loras or not with_lora)
+        and (capabilities_of(m).reference_audio or not reference)
+    ]

@@ -220,6 +220,8 @@ def pool_backlog_stats(
             auto_order=auto_order,
             model_of=lambda pool: pool.model,
             tasks_of=lambda pool: pool.tasks,
+            with_lora=key.lora,
+            reference=key.reference,
         )
         total_capacity = sum(max(pool.capacity, 1.0) for pool in serving)
         for pool in serving:

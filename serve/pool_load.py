@@ -17,7 +17,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from pipeline.song_contracts import auto_models
+from pipeline.song_contracts import candidate_models
 
 Pool = TypeVar("Pool")
 
@@ -35,13 +35,23 @@ def serving_pools(
     auto_order: Sequence[str],
     model_of: Callable[[Pool], str],
     tasks_of: Callable[[Pool], Collection[str]],
+    with_lora: bool = False,
+    reference: bool = False,
 ) -> list[Pool]:
     """The pools of `placeable` a song would render on, as SongRouter.candidates picks them:
-    those of `model` that serve `task`; for `auto`, those of the first model in `auto_models`
-    order (the models preferring `language`, then `auto_order`) that has any. [] when none
-    does. What the queue estimate and backlog autoscaling count a song's work against."""
+    those that serve `task`, of the first of `candidate_models` (`model`, or for `auto` the
+    models preferring `language` then `auto_order`; only those taking a LoRA or a timbre
+    reference when the song brings one) that has any. [] when none does. What the queue estimate
+    and backlog autoscaling count a song's work against."""
     served = {model_of(pool) for pool in placeable}
-    models = auto_models(language, list(auto_order), served) if model == "auto" else [model]
+    models = candidate_models(
+        model,
+        language=language,
+        auto_order=list(auto_order),
+        served=served,
+        with_lora=with_lora,
+        reference=reference,
+    )
     for name in models:
         pools = [p for p in placeable if model_of(p) == name and task in tasks_of(p)]
         if pools:

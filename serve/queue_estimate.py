@@ -7,10 +7,9 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from pipeline.song_contracts import TEXT2MUSIC
-
 from .pool_load import PoolLoad, expected_start_s, serving_pools
 from .schemas import QueueOut
+from .store.records import BacklogKey
 
 if TYPE_CHECKING:
     from .config import AppConfig
@@ -50,24 +49,20 @@ class QueueEstimator:
         place = await self._jobs.queue_place(job_id)
         if place is None:
             return None
-        loads = await self._pool_loads(
-            str(request.get("model") or "auto"),
-            str(request.get("language") or "en"),
-            str((request.get("edit") or {}).get("task") or TEXT2MUSIC),
-        )
+        loads = await self._pool_loads(BacklogKey.of_request(request))
         start = expected_start_s(place.audio_s_ahead, loads) if loads else None
         return QueueOut(
             position=place.position,
             expected_start_s=None if start is None else round(start, 1),
         )
 
-    async def _pool_loads(self, model: str, language: str, task: str) -> list[PoolLoad]:
-        """The placeable pools that would render `model` for `task` (for auto: of the first
-        model in `auto_models` order with any), as the router last reported them (the configured
-        figures until it has). A pool counts only for the tasks it serves, as the router routes
-        (`served_tasks`): an auto cover waits for the pools that cover, not for the first model
-        of `auto_order`. The report is cached for `_POOLS_CACHE_S`, so queued songs polled at
-        once cost one router call; [] when no placeable pool renders `model` for `task`."""
+    async def _pool_loads(self, song: BacklogKey) -> list[PoolLoad]:
+        """The placeable pools that would render `song` (`serving_pools`: those of its model,
+        for auto of the first model in `candidate_models` order with any, that serve its task),
+        as the router last reported them (the configured figures until it has). So an auto cover
+        waits for the pools that cover, and a LoRA song for the pools whose model takes one. The
+        report is cached for `_POOLS_CACHE_S`, so queued songs polled at once cost one router
+        call; [] when no placeable pool renders the song."""
         now = asyncio.get_running_loop().time()
         if self._graph is not None and now - self._pools_at >= _POOLS_CACHE_S:
             self._pools_at = now
@@ -78,12 +73,14 @@ class QueueEstimator:
         serves = {pool.name: pool.served_tasks for pool in self._config.models.pools}
         pools = serving_pools(
             [p for p in self._pools_seen if p["placeable"]],
-            model=model,
-            task=task,
-            language=language,
+            model=song.model,
+            task=song.task,
+            language=song.language,
             auto_order=self._config.models.auto_order,
             model_of=lambda p: str(p["model"]),
             tasks_of=lambda p: serves.get(p["name"], frozenset()),
+            with_lora=song.lora,
+            reference=song.reference,
         )
         return [
             PoolLoad(

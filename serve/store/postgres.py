@@ -646,6 +646,10 @@ class PostgresJobStore(PostgresTenancy, PostgresWebhooks):
                 "SELECT COALESCE(j.request->>'model', 'auto') AS model, "
                 f"COALESCE(j.request->'edit'->>'task', '{TEXT2MUSIC}') AS task, "
                 "COALESCE(j.request->>'language', 'en') AS language, "
+                # As BacklogKey.of_request reads them.
+                "COALESCE(j.request->'lora'->>'ref', j.request->'lora'->>'id') IS NOT NULL "
+                "AS lora, "
+                "(j.request->'reference'->>'key') IS NOT NULL AS reference, "
                 f"count(*) FILTER (WHERE NOT COALESCE({rendering}, false)) AS waiting, "
                 f"COALESCE(sum({duration}) FILTER (WHERE NOT COALESCE({rendering}, false)), 0) "
                 "AS waiting_audio_s, "
@@ -653,7 +657,7 @@ class PostgresJobStore(PostgresTenancy, PostgresWebhooks):
                 f"COALESCE(sum({duration}) FILTER (WHERE {rendering}), 0) AS rendering_audio_s "
                 "FROM jobs AS j JOIN variations AS v ON v.job_id = j.id "
                 "WHERE j.status IN ('queued', 'running') AND v.status IN ('queued', 'running') "
-                "AND v.render->'raw' IS NULL GROUP BY 1, 2, 3",
+                "AND v.render->'raw' IS NULL GROUP BY 1, 2, 3, 4, 5",
             )
         return {BacklogKey.from_row(row): ModelBacklog.from_row(row) for row in rows}
 

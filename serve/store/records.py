@@ -325,18 +325,41 @@ class QueuePlace:
 @dataclass(frozen=True)
 class BacklogKey:
     """What decides which pools can render a song's variations, as the router picks them: the
-    requested model (`auto` included), the task (text2music unless the song is an edit) and,
-    for `auto`, the language (a model may prefer it)."""
+    requested model (`auto` included), the task (text2music unless the song is an edit), for
+    `auto` the language (a model may prefer it), and whether the song brings a LoRA or a timbre
+    reference (only models that take one can render it)."""
 
     model: str
     task: str = TEXT2MUSIC
     language: str = "en"
+    lora: bool = False
+    reference: bool = False
+
+    @classmethod
+    def of_request(cls, request: Mapping[str, Any]) -> BacklogKey:
+        """From a stored song request, as the conductor builds its `RenderRequest` (the backlog
+        queries of both backends read the same fields)."""
+        lora = request.get("lora") or {}
+        return cls(
+            model=str(request.get("model") or "auto"),
+            task=str((request.get("edit") or {}).get("task") or TEXT2MUSIC),
+            language=str(request.get("language") or "en"),
+            lora=bool(lora.get("ref") or lora.get("id")),
+            reference=bool((request.get("reference") or {}).get("key")),
+        )
 
     @classmethod
     def from_row(cls, row: Any) -> BacklogKey:
-        """From a backlog query's row of either backend (columns model, task, language; the
-        queries fill in "auto", "text2music" and "en" for what a request leaves out)."""
-        return cls(str(row["model"]), str(row["task"]), str(row["language"]))
+        """From a backlog query's row of either backend (columns model, task, language, lora,
+        reference; the queries fill in "auto", "text2music" and "en" for what a request leaves
+        out)."""
+        return cls(
+            str(row["model"]),
+            str(row["task"]),
+            str(row["language"]),
+            bool(row["lora"]),
+            bool(row["reference"]),
+        )
 
 
 @dataclass(frozen=True)

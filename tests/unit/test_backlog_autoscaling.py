@@ -248,6 +248,27 @@ def test_a_songs_work_counts_for_the_pools_that_serve_its_task() -> None:
     assert stats[RENDERING_S + "DiT"] == 30 * 0.1
 
 
+def test_a_songs_lora_or_reference_counts_for_the_pools_whose_model_takes_it() -> None:
+    """The sketch is first in auto_order but takes neither a LoRA nor a timbre reference: such
+    songs go to the DiT pool, as the router routes them; an explicit sketch song with a LoRA
+    can be rendered by no pool."""
+    pools = [
+        PoolView("Sketch", "sketch", True, True, capacity=2, render_s_per_audio_s=0.01),
+        PoolView("DiT", "ace-step", True, True, 4, render_s_per_audio_s=0.1),
+    ]
+    backlog = {
+        BacklogKey("auto"): ModelBacklog(2, 100.0, 0, 0.0),
+        BacklogKey("auto", lora=True): ModelBacklog(1, 200.0, 1, 30.0),
+        BacklogKey("auto", reference=True): ModelBacklog(1, 40.0, 0, 0.0),
+        BacklogKey("sketch", lora=True): ModelBacklog(1, 50.0, 0, 0.0),
+    }
+    stats = pool_backlog_stats(backlog, pools, ["sketch", "ace-step"])
+    assert stats[WAITING_S + "Sketch"] == 100 * 0.01
+    assert stats[WAITING_S + "DiT"] == (200 + 40) * 0.1
+    assert stats[RENDERING + "DiT"] == 1.0
+    assert stats[RENDERING_S + "DiT"] == 30 * 0.1
+
+
 def _app_config(tmp_path: Path, **backlog_knobs: Any) -> AppConfig:
     autoscaling = {"min_replicas": 1, "max_replicas": 3, "policy": "backlog", **backlog_knobs}
     return resolve_config(

@@ -1,6 +1,7 @@
 """`JobStore.backlog_by_request`, run against every backend (SQLite and Postgres): the unrendered
-work backlog autoscaling counts, by requested model, task and language, split into variations
-rendering under a live claim and all the others."""
+work backlog autoscaling counts, by requested model, task, language and whether the song brings
+a LoRA or a timbre reference, split into variations rendering under a live claim and all the
+others."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ async def _claim(
     return claimed.lease_token
 
 
-def test_backlog_counts_unrendered_variations_by_model_task_and_language(backend: Backend) -> None:
+def test_backlog_counts_unrendered_variations_by_what_decides_their_pools(backend: Backend) -> None:
     async def scenario(store: JobStore) -> None:
         assert await store.backlog_by_request() == {}
         jobs: list[JobRecord] = []
@@ -80,6 +81,12 @@ def test_backlog_counts_unrendered_variations_by_model_task_and_language(backend
         await song("auto", 15)
         await song("auto", 15, language="en", edit=None)  # the same key, said out loud
         await song("auto", 20, variations=1, language="ja", edit={"task": "cover"})
+        # A LoRA (by ref, or by id only for songs accepted before refs) and a timbre reference;
+        # null for either is the same as none.
+        await song("auto", 25, variations=1, lora={"id": "lofi", "ref": "shared/lofi"})
+        await song("auto", 35, variations=1, lora={"id": "old"})
+        await song("auto", 45, variations=1, reference={"key": "uploads/u/audio"})
+        await song("auto", 15, variations=1, lora=None, reference=None)
 
         backlog = await backend.new_store().backlog_by_request()  # any replica sees the same
         assert backlog == {
@@ -91,7 +98,13 @@ def test_backlog_counts_unrendered_variations_by_model_task_and_language(backend
                 waiting=3, waiting_audio_s=120.0, rendering=0, rendering_audio_s=0.0
             ),
             BacklogKey("auto", "text2music", "en"): ModelBacklog(
-                waiting=4, waiting_audio_s=60.0, rendering=0, rendering_audio_s=0.0
+                waiting=5, waiting_audio_s=75.0, rendering=0, rendering_audio_s=0.0
+            ),
+            BacklogKey("auto", lora=True): ModelBacklog(
+                waiting=2, waiting_audio_s=60.0, rendering=0, rendering_audio_s=0.0
+            ),
+            BacklogKey("auto", reference=True): ModelBacklog(
+                waiting=1, waiting_audio_s=45.0, rendering=0, rendering_audio_s=0.0
             ),
             BacklogKey("auto", "cover", "ja"): ModelBacklog(
                 waiting=1, waiting_audio_s=20.0, rendering=0, rendering_audio_s=0.0

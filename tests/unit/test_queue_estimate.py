@@ -1,5 +1,6 @@
 """A queued song's expected start counts only the pools that would render it: for `model: auto`,
-the first model of the auto order with a pool that serves the song's task, as the router routes."""
+the first model of the auto order with a pool that serves the song's task (and takes the song's
+LoRA or timbre reference, if it brings one), as the router routes."""
 
 from __future__ import annotations
 
@@ -62,3 +63,36 @@ def test_an_auto_song_waits_for_the_pools_that_serve_its_task(tmp_path: Path) ->
     # 0.1 s per audio second (40 audio s/s); the audio ahead now includes the earlier edits'.
     assert starts["repaint"] == round((60 + 30) / 40, 1)
     assert starts["cover"] == round((60 + 30 + 30) / 40, 1)
+
+
+def test_a_song_with_a_lora_or_a_reference_waits_for_the_pools_whose_model_takes_it(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> dict[str, float | None]:
+        store = SQLiteJobStore(tmp_path / "jobs.sqlite3")
+        estimator = QueueEstimator(_config(), store, graph=None)  # type: ignore[arg-type]
+        starts: dict[str, float | None] = {}
+        ahead = {"prompt": "x", "duration_s": 30, "model": "auto"}
+        await store.create_job(owner="a", request=ahead, seed=1, variations=2)  # 60 s ahead
+        brings = {
+            "plain": {},
+            "lora": {"lora": {"id": "lofi", "ref": "shared/lofi", "scale": 1.0}},
+            "reference": {"reference": {"key": "uploads/u1/audio"}},
+            "lora given as null": {"lora": None, "reference": None},
+        }
+        for name, extra in brings.items():
+            job, _ = await store.create_job(
+                owner="a", request={**ahead, **extra}, seed=2, variations=1
+            )
+            queued = await estimator.queue_out(job.id, job.request)
+            assert queued is not None
+            starts[name] = queued.expected_start_s
+        return starts
+
+    starts = asyncio.run(scenario())
+    # The sketch (first in auto_order) takes neither: those songs wait for DiT (40 audio s/s),
+    # behind the 60 s ahead and the songs queued before them (30 s each).
+    assert starts["plain"] == 30.0  # Sketch: 60 s at 2 audio s/s
+    assert starts["lora"] == round((60 + 30) / 40, 1)
+    assert starts["reference"] == round((60 + 30 + 30) / 40, 1)
+    assert starts["lora given as null"] == round((60 + 30 * 3) / 2, 1)  # Sketch again
