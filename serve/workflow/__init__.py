@@ -1,5 +1,6 @@
-"""How work is driven: leases are the store's; retries and backoff within a claim, and patience
-with a store that is briefly unavailable, live here."""
+"""How work is driven: leases are the store's; driving each claim under its lease (`leasing`),
+retries and backoff within a claim, and patience with a store that is briefly unavailable, live
+here."""
 
 from __future__ import annotations
 

@@ -468,9 +468,9 @@ async def _cancel_a_rendering_song(tmp_path: Path, *, stop_directly: bool) -> di
         while not all(s.cancelled for s in streams) and time.monotonic() - canceled_at < 5:
             await asyncio.sleep(0.02)
         stopped_after_s = time.monotonic() - canceled_at
-        while job.id in conductor._active and time.monotonic() - canceled_at < 5:
+        while conductor._song_runner.driving(job.id) and time.monotonic() - canceled_at < 5:
             await asyncio.sleep(0.02)
-        driving = job.id in conductor._active
+        driving = conductor._song_runner.driving(job.id)
     finally:
         await conductor.__del__()
     final = await store.get_job(job.id)

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
-from deployments.conductor import _render_request
+from deployments.song_stages import render_request_of
 from pipeline.tags import StyleTags
 from pipeline.tiny.acestep import LORA_FILE
 from serve.cli import main as songserve
@@ -167,7 +167,7 @@ def test_a_song_resolves_the_callers_own_lora_and_keeps_its_ref(
     assert song["request"]["lora"] == {"id": "style", "scale": 1.0}
 
     # The conductor renders with the ref, which decoders load by.
-    render = _render_request(job, job.variations[0], [], TAGS)
+    render = render_request_of(job, job.variations[0], [], TAGS)
     assert render.lora_id == ref
     cache = LoraCache(api.services.objects, tmp_path / "node-cache")
     assert asyncio.run(cache.path(ref)).read_bytes() == weights["a"]
@@ -273,7 +273,7 @@ def test_a_lora_stored_before_scopes_is_a_shared_one(
     assert accepted.status_code == 202, accepted.text
     job = api.job(accepted.json()["id"])
     assert job.request["lora"]["ref"] == "shared/vintage"
-    render = _render_request(job, job.variations[0], [], TAGS)
+    render = render_request_of(job, job.variations[0], [], TAGS)
     cache = LoraCache(objects, tmp_path / "node-cache")
     assert asyncio.run(cache.path(render.lora_id or "")).read_bytes() == weights["b"]
     # Left where it was: nothing moved or rewrote it.

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from deployments.conductor import _provenance, _render_request
+from deployments.song_stages import render_request_of, song_provenance
 from pipeline.editing import splice_window, window_samples
 from pipeline.engines.sketch import SketchSongModel
 from pipeline.lyrics import LyricSection
@@ -94,9 +94,9 @@ def test_an_extend_is_stored_with_its_resolved_source(tmp_path: Path) -> None:
     assert shown["task"] == "extend" and shown["source"] == {"song": source, "variation": 0}
     assert shown["extend_s"] == 20 and "edit" not in shown
     # What the conductor asks the decoder for, and what the manifest will say.
-    render = _render_request(job, job.variations[0], [], normalize_style("synthwave"))
+    render = render_request_of(job, job.variations[0], [], normalize_style("synthwave"))
     assert render.edit == SongEdit(EXTEND, raw_render_key(source, 0), 10.0, 10.0, 30.0)
-    provenance = _provenance(job.id, 0, 1, job.request)
+    provenance = song_provenance(job.id, 0, 1, job.request)
     assert provenance.edit == "extend"
     assert provenance.source == f"songserve:song/{source}/variation/0"
     assert provenance.source_key == f"songs/{source}/0/audio.m4a"
@@ -294,9 +294,9 @@ def test_an_upload_is_a_source_and_a_reference(tmp_path: Path) -> None:
     assert job.request["edit"]["ingredient_key"] == source.original_key  # the file as sent
     assert job.request["reference"] == {"key": source.key}
     assert job.request["source"] == {"upload": upload["id"]}
-    render = _render_request(job, job.variations[0], [], normalize_style("synthwave"))
+    render = render_request_of(job, job.variations[0], [], normalize_style("synthwave"))
     assert render.reference_key == source.key and render.task == "extend"
-    assert _provenance(job.id, 0, 1, job.request).source == f"songserve:upload/{upload['id']}"
+    assert song_provenance(job.id, 0, 1, job.request).source == f"songserve:upload/{upload['id']}"
 
     # The sketch model takes no reference; an unknown upload is named as such.
     refused = _post(client, model="sketch", reference_audio={"upload": upload["id"]})
