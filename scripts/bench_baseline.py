@@ -8,8 +8,9 @@ the decoder does) and the PostProcessor's work on it — mastering, the encodes 
 `postprocess.formats`, HLS, C2PA signing (on by default, with a development chain), peaks —
 written to a local object store. Then the graph (`--config`'s args, like bench_e2e.py, with the
 same formats) runs in this process on Ray. Each system gets a short warm-up, then `--songs`
-songs submitted at once; it reports songs/min (songs ÷ first POST → last done) and the p50 /
-p95 of POST → done.
+songs submitted at once; it reports songs/min (songs ÷ first POST → last done), the p50 /
+p95 of POST → done, and the CPU seconds every process on the machine used during each burst,
+by role (the audio work: the plain server's pool, or the Sketch and PostProcessor replicas).
 
     python scripts/bench_baseline.py [--songs 12] [--duration-s 20] [--variations 2]
         [--workers 2] [--also-workers 1] [--formats m4a,mp3,flac,wav] [--markdown]
@@ -335,15 +336,16 @@ def run_plain(options: argparse.Namespace, workers: int, data_dir: Path) -> dict
         # Warm-up: one short song per process, so every worker has imported and built its chain.
         asyncio.run(_plain_burst(server.url, bodies(workers, 5, 1, 0)))
         songs = bodies(options.songs, options.duration_s, options.variations, 100)
-        began = time.time()
+        began, cpu_before = time.time(), cpu_snapshot()
         wall_s, latencies = asyncio.run(_plain_burst(server.url, songs))
+        cpu = cpu_by_role(cpu_before)
         _say_window(f"plain-{workers}", began)
     finally:
         server.stop()
     name = f"FastAPI + {workers}-process pool" + (
         " (ACE-Step server shape)" if workers == 1 else ""
     )
-    return _row(name, wall_s, latencies)
+    return _row(name, wall_s, latencies, cpu)
 
 
 def run_graph(options: argparse.Namespace, data_dir: Path) -> tuple[dict[str, Any], float]:
@@ -373,21 +375,70 @@ def run_graph(options: argparse.Namespace, data_dir: Path) -> tuple[dict[str, An
         # Warm-up: two short songs (each replica imports and JITs on its first call).
         asyncio.run(_graph_burst(url, bodies(2, 5, options.variations, 0)))
         songs = bodies(options.songs, options.duration_s, options.variations, 100)
-        began = time.time()
+        began, cpu_before = time.time(), cpu_snapshot()
         wall_s, latencies = asyncio.run(_graph_burst(url, songs))
+        cpu = cpu_by_role(cpu_before)
         _say_window("graph", began)
     finally:
         try:
             serve.shutdown()
         finally:
             ray.shutdown()
-    return _row(f"songserve graph ({options.config})", wall_s, latencies), startup_s
+    return _row(f"songserve graph ({options.config})", wall_s, latencies, cpu), startup_s
 
 
 def _say_window(system: str, began: float) -> None:
     """The burst's wall-clock window (epoch seconds) on stderr, to line up with a CPU profile
     taken beside the run."""
     print(f"burst window {system}: {began:.2f} {time.time():.2f}", file=sys.stderr)
+
+
+def _role(process: Any) -> str:
+    """Who a process is, for the CPU table: a graph deployment (its replicas together), a Ray
+    or Serve system process, the plain server or its pool, or this bench."""
+    try:
+        command, name = " ".join(process.cmdline()), process.name()
+    except Exception:  # noqa: BLE001 - gone, or not ours to read
+        return "other"
+    if name in ("raylet", "gcs_server"):
+        return "raylet and GCS"
+    if process.pid == os.getpid():
+        return "this bench (clients; the graph's Ray driver)"
+    if "ServeReplica:" in command:
+        return command.split("ServeReplica:", 1)[1].split()[0].rsplit(":", 1)[-1].split(".")[0]
+    for marker, role in (
+        ("ServeController", "ServeController"),
+        ("ProxyActor", "Serve proxy"),
+        ("--plain-server", "plain server (uvicorn)"),
+        ("multiprocessing.spawn", "plain server's pool"),
+    ):
+        if marker in command:
+            return role
+    return "other (Ray's dashboard agent, log monitor, …)" if "ray" in command else "other"
+
+
+def cpu_snapshot() -> dict[int, tuple[str, float]]:
+    """Every process's role and CPU seconds so far (its own and its reaped children's)."""
+    import psutil
+
+    snapshot: dict[int, tuple[str, float]] = {}
+    for process in psutil.process_iter():
+        try:
+            times = process.cpu_times()
+            snapshot[process.pid] = (_role(process), times.user + times.system)
+        except psutil.Error:
+            continue
+    return snapshot
+
+
+def cpu_by_role(before: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds each role used since `before` (processes started since count whole)."""
+    used: dict[str, float] = {}
+    for pid, (role, cpu_s) in cpu_snapshot().items():
+        spent = cpu_s - before.get(pid, (role, 0.0))[1]
+        if spent > 0:
+            used[role] = used.get(role, 0.0) + spent
+    return used
 
 
 def _wait_running(timeout_s: float) -> None:
@@ -414,7 +465,7 @@ def _wait_running(timeout_s: float) -> None:
         time.sleep(1)
 
 
-def _row(name: str, wall_s: float, latencies: list[float]) -> dict[str, Any]:
+def _row(name: str, wall_s: float, latencies: list[float], cpu: dict[str, float]) -> dict[str, Any]:
     from serve.load import percentile
 
     return {
@@ -423,7 +474,32 @@ def _row(name: str, wall_s: float, latencies: list[float]) -> dict[str, Any]:
         "p50_s": percentile(latencies, 50),
         "p95_s": percentile(latencies, 95),
         "wall_s": wall_s,
+        "cpu": cpu,
     }
+
+
+# The processes that make the songs' audio; everything else coordinates or idles.
+_COMPUTE_ROLES = ("plain server's pool", "Sketch", "PostProcessor")
+
+
+def _cpu_table(rows: list[dict[str, Any]], songs: int) -> str:
+    """CPU seconds by process role during each burst, and the compute per song."""
+    lines = [
+        "\n| system | role | CPU-s in the burst |",
+        "|---|---|---:|",
+    ]
+    for row in rows:
+        cpu = row["cpu"]
+        for role, spent in sorted(cpu.items(), key=lambda item: -item[1]):
+            if spent >= 0.05:
+                lines.append(f"| {row['system']} | {role} | {spent:.2f} |")
+        compute = sum(spent for role, spent in cpu.items() if role in _COMPUTE_ROLES)
+        rest = sum(cpu.values()) - compute
+        lines.append(
+            f"| {row['system']} | **audio work per song** / everything else per song | "
+            f"**{compute / songs:.2f}** / {rest / songs:.2f} |"
+        )
+    return "\n".join(lines)
 
 
 def _line(row: dict[str, Any]) -> str:
@@ -524,10 +600,12 @@ def main() -> int:
                 f"| {row['p95_s']:.1f} |"
             )
         print(f"\ngraph ÷ {baseline['system']}: **{ratio:.2f}×** songs/min")
+        print(_cpu_table(rows, options.songs))
     else:
         for row in rows:
             print(_line(row))
         print(f"graph / {baseline['system']}: {ratio:.2f}x songs/min")
+        print(_cpu_table(rows, options.songs))
     return 0
 
 
