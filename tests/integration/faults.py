@@ -154,7 +154,9 @@ class ApiProbe(threading.Thread):
 class SseFollower(threading.Thread):
     """Follows a song's SSE stream to its end, reconnecting with `Last-Event-ID` whenever the
     stream breaks or the API refuses it (as EventSource does). `events` holds (id, type) of every
-    event received; `reconnects` how many times it had to connect again."""
+    logged event received; `unlogged` the types of frames sent without an id (a queued song's
+    `queue` place, which is not in the log); `reconnects` how many times it had to connect
+    again."""
 
     def __init__(self, base_url: str, song_id: str, deadline_s: float) -> None:
         super().__init__(name=f"sse-{song_id}", daemon=True)
@@ -162,6 +164,7 @@ class SseFollower(threading.Thread):
         self._song_id = song_id
         self._deadline = time.monotonic() + deadline_s
         self.events: list[tuple[int, str]] = []
+        self.unlogged: list[str] = []
         self.reconnects = 0
         self.refused: Counter[int] = Counter()  # status of refused (re)connections
         self.finished = False
@@ -180,20 +183,26 @@ class SseFollower(threading.Thread):
         last = self.events[-1][0] if self.events else None
         headers = {"Last-Event-ID": str(last)} if last is not None else {}
         url = f"/v1/songs/{self._song_id}/events"
-        seq, kind = 0, "message"
+        seq: int | None = None
+        kind = "message"
         try:
             with client.stream("GET", url, headers=headers) as response:
                 if response.status_code != 200:
                     self.refused[response.status_code] += 1
                     return False
                 for line in response.iter_lines():
-                    if line.startswith("id:"):
+                    if line == "":  # a frame ends: the next one names its own id and type
+                        seq, kind = None, "message"
+                    elif line.startswith("id:"):
                         seq = int(line[3:].strip())
                     elif line.startswith("event:"):
                         kind = line[6:].strip()
                     elif line.startswith("data:"):
                         json.loads(line[5:])  # every event's data is whole JSON
-                        self.events.append((seq, kind))
+                        if seq is None:
+                            self.unlogged.append(kind)
+                        else:
+                            self.events.append((seq, kind))
         except httpx.HTTPError:
             return False
         return bool(self.events) and self.events[-1][1] in ("done", "error")
