@@ -40,22 +40,39 @@ def _config() -> object:
     )
 
 
-def test_an_auto_song_waits_for_the_pools_that_serve_its_task(tmp_path: Path) -> None:
+def _expected_starts(
+    tmp_path: Path, songs: dict[str, dict[str, object]]
+) -> dict[str, float | None]:
+    """Queue one song of 2 × 30 s (60 s of audio ahead of everything), then each of `songs` (a
+    30 s `auto` song with those request fields) in turn; each one's expected start."""
+
     async def scenario() -> dict[str, float | None]:
         store = SQLiteJobStore(tmp_path / "jobs.sqlite3")
         estimator = QueueEstimator(_config(), store, graph=None)  # type: ignore[arg-type]
         starts: dict[str, float | None] = {}
         ahead = {"prompt": "x", "duration_s": 30, "model": "auto"}
-        await store.create_job(owner="a", request=ahead, seed=1, variations=2)  # 60 s ahead
-        for task in ("text2music", "repaint", "cover"):
-            request = {**ahead, "edit": None if task == "text2music" else {"task": task}}
-            job, _ = await store.create_job(owner="a", request=request, seed=2, variations=1)
+        await store.create_job(owner="a", request=ahead, seed=1, variations=2)
+        for name, fields in songs.items():
+            job, _ = await store.create_job(
+                owner="a", request={**ahead, **fields}, seed=2, variations=1
+            )
             queued = await estimator.queue_out(job.id, job.request)
             assert queued is not None
-            starts[task] = queued.expected_start_s
+            starts[name] = queued.expected_start_s
         return starts
 
-    starts = asyncio.run(scenario())
+    return asyncio.run(scenario())
+
+
+def test_an_auto_song_waits_for_the_pools_that_serve_its_task(tmp_path: Path) -> None:
+    starts = _expected_starts(
+        tmp_path,
+        {
+            "text2music": {"edit": None},
+            "repaint": {"edit": {"task": "repaint"}},
+            "cover": {"edit": {"task": "cover"}},
+        },
+    )
     # text2music: the Sketch pool (1 replica at 0.5 s per audio second drains 2 audio s/s):
     # the 60 s ahead start it after 30 s.
     assert starts["text2music"] == 30.0
@@ -68,28 +85,15 @@ def test_an_auto_song_waits_for_the_pools_that_serve_its_task(tmp_path: Path) ->
 def test_a_song_with_a_lora_or_a_reference_waits_for_the_pools_whose_model_takes_it(
     tmp_path: Path,
 ) -> None:
-    async def scenario() -> dict[str, float | None]:
-        store = SQLiteJobStore(tmp_path / "jobs.sqlite3")
-        estimator = QueueEstimator(_config(), store, graph=None)  # type: ignore[arg-type]
-        starts: dict[str, float | None] = {}
-        ahead = {"prompt": "x", "duration_s": 30, "model": "auto"}
-        await store.create_job(owner="a", request=ahead, seed=1, variations=2)  # 60 s ahead
-        brings = {
+    starts = _expected_starts(
+        tmp_path,
+        {
             "plain": {},
             "lora": {"lora": {"id": "lofi", "ref": "shared/lofi", "scale": 1.0}},
             "reference": {"reference": {"key": "uploads/u1/audio"}},
             "lora given as null": {"lora": None, "reference": None},
-        }
-        for name, extra in brings.items():
-            job, _ = await store.create_job(
-                owner="a", request={**ahead, **extra}, seed=2, variations=1
-            )
-            queued = await estimator.queue_out(job.id, job.request)
-            assert queued is not None
-            starts[name] = queued.expected_start_s
-        return starts
-
-    starts = asyncio.run(scenario())
+        },
+    )
     # The sketch (first in auto_order) takes neither: those songs wait for DiT (40 audio s/s),
     # behind the 60 s ahead and the songs queued before them (30 s each).
     assert starts["plain"] == 30.0  # Sketch: 60 s at 2 audio s/s
