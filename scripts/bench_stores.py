@@ -13,7 +13,7 @@
 
 Starts a throwaway PostgreSQL (initdb/pg_ctl) in a temp dir; needs no Ray.
 
-    python scripts/bench_stores.py [--subscribers 200] [--window-s 10] [--markdown]
+    python scripts/bench_stores.py [--subscribers 200] [--window-s 10] [--queued] [--markdown]
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ async def _subscribe(
 
 
 async def measure(
-    config: AppConfig, subscribers: int, window_s: float, events: int
+    config: AppConfig, subscribers: int, window_s: float, events: int, queued: bool = False
 ) -> dict[str, float]:
     api = build_services(config, graph=None)  # type: ignore[arg-type]  # streams need no graph
     writer: JobStore = open_job_store(config.storage)
@@ -84,9 +84,9 @@ async def measure(
             owner=OWNER, request={"prompt": "bench"}, seed=1, variations=1
         )
         songs.append(job.id)
-    # Running songs that log nothing for a while (a long render), as a conductor holds them: a
-    # queued song's stream also reads its place in line every second (the `queue` event).
-    for _ in songs:
+    # Running songs that log nothing for a while (a long render), as a conductor holds them;
+    # with `queued`, songs waiting in line, whose streams also read their place every second.
+    for _ in songs if not queued else []:
         await writer.claim_next("bench-conductor", lease_s=600, max_attempts=3)
     frames: list[tuple[str, float]] = []
     streams = [
@@ -177,6 +177,11 @@ def main() -> int:
     parser.add_argument("--subscribers", type=int, default=200)
     parser.add_argument("--window-s", type=float, default=10.0)
     parser.add_argument("--events", type=int, default=100)
+    parser.add_argument(
+        "--queued",
+        action="store_true",
+        help="streams on queued songs (each reads its place in line every second)",
+    )
     parser.add_argument("--markdown", action="store_true")
     options = parser.parse_args()
 
@@ -197,7 +202,9 @@ def main() -> int:
         ):
             config = resolve_config({"storage": storage})
             results[name] = asyncio.run(
-                measure(config, options.subscribers, options.window_s, options.events)
+                measure(
+                    config, options.subscribers, options.window_s, options.events, options.queued
+                )
             )
     finally:
         postgres.stop()
@@ -206,7 +213,8 @@ def main() -> int:
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     print(f"# bench_stores — {datetime.now(UTC):%Y-%m-%d} — {machine}")
     print(
-        f"{options.subscribers} idle SSE streams on {SONGS} songs for {options.window_s:g} s; "
+        f"{options.subscribers} idle SSE streams on {SONGS} "
+        f"{'queued' if options.queued else 'running'} songs for {options.window_s:g} s; "
         f"then {options.events} events appended from another store instance"
     )
     print("\n| job store | queries/s, idle streams | commit → SSE frame median | p95 |")

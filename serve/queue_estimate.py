@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from .pool_load import PoolLoad, expected_start_s, serving_pools
 from .schemas import QueueOut
-from .store.records import BacklogKey
+from .store.records import BacklogKey, QueuePlace
 
 if TYPE_CHECKING:
     from .config import AppConfig
@@ -21,6 +21,9 @@ logger = logging.getLogger("ray.serve")
 # How long the pools' load read from the router is reused, and how long reading it may take.
 _POOLS_CACHE_S = 2.0
 _POOLS_TIMEOUT_S = 5.0
+# How long one read of every queued song's place serves all asking (the SSE streams of queued
+# songs look once a second): a place is at most this stale.
+_PLACES_CACHE_S = 1.0
 
 
 class QueueEstimator:
@@ -43,10 +46,15 @@ class QueueEstimator:
             for pool in config.models.pools
         ]
         self._pools_at = -float("inf")
+        # Every queued song's place, read at once (`JobStore.queue_places`) and shared: a stream
+        # per queued song asking on its own would cost a query over the whole line each, every
+        # second, for every song in it.
+        self._places: dict[str, QueuePlace] = {}
+        self._places_at = -float("inf")
 
     async def queue_out(self, job_id: str, request: dict[str, Any]) -> QueueOut | None:
         """A queued song's place in line and expected start; None once it left the queue."""
-        place = await self._jobs.queue_place(job_id)
+        place = await self._place(job_id)
         if place is None:
             return None
         loads = await self._pool_loads(BacklogKey.of_request(request))
@@ -55,6 +63,21 @@ class QueueEstimator:
             position=place.position,
             expected_start_s=None if start is None else round(start, 1),
         )
+
+    async def _place(self, job_id: str) -> QueuePlace | None:
+        """From the shared read of the line, at most `_PLACES_CACHE_S` old; a song that read
+        does not list (queued since, or no longer queued) is asked about on its own."""
+        now = asyncio.get_running_loop().time()
+        if now - self._places_at >= _PLACES_CACHE_S:
+            # Marked fresh before the read, so songs asking meanwhile use the last read.
+            self._places_at = now
+            try:
+                self._places = await self._jobs.queue_places()
+            except BaseException:
+                self._places_at = -float("inf")  # the next caller reads again
+                raise
+        place = self._places.get(job_id)
+        return place if place is not None else await self._jobs.queue_place(job_id)
 
     async def _pool_loads(self, song: BacklogKey) -> list[PoolLoad]:
         """The placeable pools that would render `song` (`serving_pools`: those of its model,

@@ -138,7 +138,9 @@ class EventStreams:
                 yield ": the job store is unavailable; waiting\n\n"
                 await asyncio.sleep(min(keepalive_s, 1.0))
                 continue
-            check_status = not events
+            # Read the status after a quiet wait (a keep-alive's), not after each look at a
+            # queued song's place: the place says when it left the line, its log when it ended.
+            check_status = not events and queue_of is None
             if events:
                 last_sent = loop.time()
             for event in events:

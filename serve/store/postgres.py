@@ -74,6 +74,7 @@ from .records import (
     exhausted_error,
     new_job_id,
     new_lease_token,
+    places_in_line,
     search_words,
 )
 from .tenancy import Admission
@@ -634,6 +635,22 @@ class PostgresJobStore(PostgresTenancy, PostgresWebhooks):
         if row is None:
             return None
         return QueuePlace(position=int(row["position"]), audio_s_ahead=row["audio_s_ahead"])
+
+    async def queue_places(self) -> dict[str, QueuePlace]:
+        async with self._cursor() as cur:
+            rows = await self._all(
+                cur,
+                "SELECT j.id, j.status, "
+                f"COALESCE({_LEASED_JOB}, false) AS leased, "
+                f"(j.lease_expires_at IS NULL OR j.lease_expires_at < {_NOW}) AS runnable, "
+                "COALESCE(sum(CASE WHEN v.status IN ('queued', 'running') "
+                "AND v.render->'raw' IS NULL "
+                "THEN (j.request->>'duration_s')::double precision ELSE 0 END), 0) AS audio_s "
+                "FROM jobs AS j LEFT JOIN variations AS v ON v.job_id = j.id "
+                "WHERE j.status IN ('queued', 'running') "
+                "GROUP BY j.id ORDER BY j.created_at, j.id",
+            )
+        return places_in_line(rows)
 
     async def backlog_by_request(self) -> dict[BacklogKey, ModelBacklog]:
         rendering = (

@@ -129,6 +129,11 @@ class JobStore(Protocol):
         driven and of jobs ahead). None when the job is not queued (or does not exist)."""
         ...
 
+    async def queue_places(self) -> dict[str, QueuePlace]:
+        """`queue_place` of every queued job, read at once (one pass over the live jobs): what
+        the API's streams of queued songs share instead of asking one by one."""
+        ...
+
     async def backlog_by_request(self) -> dict[BacklogKey, ModelBacklog]:
         """Unrendered variations of queued and running songs by requested model (`auto`
         included), task and language (`BacklogKey`), for backlog autoscaling: `rendering` are

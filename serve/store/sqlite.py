@@ -45,6 +45,7 @@ from .records import (
     exhausted_error,
     new_job_id,
     new_lease_token,
+    places_in_line,
     search_words,
 )
 from .sqlite_tenancy import SQLiteTenancy, admit, migrate_tenancy
@@ -656,6 +657,25 @@ class SQLiteJobStore(SQLiteTenancy, SQLiteWebhooks):
 
     async def queue_place(self, job_id: str) -> QueuePlace | None:
         result: QueuePlace | None = await self._run(self._queue_place, job_id)
+        return result
+
+    def _queue_places(self) -> dict[str, QueuePlace]:
+        rows = self._db.execute(
+            "SELECT j.id, j.status, "
+            f"({_LEASED_JOB}) AS leased, "
+            "(j.lease_expires_at IS NULL OR j.lease_expires_at < ?) AS runnable, "
+            "TOTAL(CASE WHEN v.status IN ('queued', 'running') "
+            "AND json_extract(v.render, '$.raw') IS NULL "
+            "THEN json_extract(j.request, '$.duration_s') ELSE 0 END) AS audio_s "
+            "FROM jobs AS j LEFT JOIN variations AS v ON v.job_id = j.id "
+            "WHERE j.status IN ('queued', 'running') "
+            "GROUP BY j.id ORDER BY j.created_at, j.id",
+            (now := time.time(), now),
+        ).fetchall()
+        return places_in_line(rows)
+
+    async def queue_places(self) -> dict[str, QueuePlace]:
+        result: dict[str, QueuePlace] = await self._run(self._queue_places)
         return result
 
     def _backlog_by_request(self) -> dict[BacklogKey, ModelBacklog]:

@@ -65,6 +65,14 @@ def test_renders_by_pool_counts_running_renders_of_live_leases(backend: Backend)
     backend.run(scenario)
 
 
+async def _places_agree(store: JobStore, *jobs: JobRecord) -> None:
+    """`queue_places()` (every queued job at once) says what `queue_place` says of each."""
+    one_by_one = {job.id: await store.queue_place(job.id) for job in jobs}
+    assert await store.queue_places() == {
+        job_id: place for job_id, place in one_by_one.items() if place is not None
+    }
+
+
 def test_queue_place_counts_runnable_jobs_ahead_in_claim_order(backend: Backend) -> None:
     async def scenario(store: JobStore) -> None:
         first = await _song(store, 10)  # 2 variations: 20 s of audio
@@ -74,24 +82,29 @@ def test_queue_place_counts_runnable_jobs_ahead_in_claim_order(backend: Backend)
         assert await store.queue_place(second.id) == QueuePlace(1, 20.0)
         assert await store.queue_place(third.id) == QueuePlace(2, 60.0)
         assert await store.queue_place("song_missing") is None
+        await _places_agree(store, first, second, third)
 
         # The first is claimed: no longer queued, but its audio is still ahead of the others.
         token = await _claim(store, first)
         assert await store.queue_place(first.id) is None
         assert await store.queue_place(second.id) == QueuePlace(0, 20.0)
         assert await backend.new_store().queue_place(third.id) == QueuePlace(1, 60.0)
+        await _places_agree(backend.new_store(), first, second, third)
 
         # Rendered (mastering) and succeeded variations are no work ahead.
         await store.update_variation(first.id, 0, token, render={"raw": {"render_key": "k"}})
         await store.update_variation(first.id, 1, token, status="succeeded")
         assert await store.queue_place(second.id) == QueuePlace(0, 0.0)
+        await _places_agree(store, first, second, third)
         await store.update_job(first.id, token, status="succeeded")
 
         # A claim whose lease ran out puts the job back in line, ahead of younger jobs.
         await _claim(store, second, lease_s=0.2)
         assert await store.queue_place(third.id) == QueuePlace(0, 40.0)  # driven, not in line
+        await _places_agree(store, first, second, third)
         await asyncio.sleep(0.4)
         assert await store.queue_place(third.id) == QueuePlace(1, 40.0)  # in line again
         assert await store.queue_place(second.id) is None  # running, not queued
+        await _places_agree(store, first, second, third)
 
     backend.run(scenario)

@@ -5,6 +5,7 @@ LoRA or timbre reference, if it brings one), as the router routes."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 
 from serve.config import resolve_config
@@ -100,3 +101,37 @@ def test_a_song_with_a_lora_or_a_reference_waits_for_the_pools_whose_model_takes
     assert starts["lora"] == round((60 + 30) / 40, 1)
     assert starts["reference"] == round((60 + 30 + 30) / 40, 1)
     assert starts["lora given as null"] == round((60 + 30 * 3) / 2, 1)  # Sketch again
+
+
+def test_queued_songs_asking_within_a_second_share_one_read_of_the_line(tmp_path: Path) -> None:
+    """A stream per queued song asks every second; one read of every place serves them all
+    (statements counted with sqlite3's trace callback on the store's connection)."""
+
+    async def scenario() -> None:
+        store = SQLiteJobStore(tmp_path / "jobs.sqlite3")
+        estimator = QueueEstimator(_config(), store, graph=None)  # type: ignore[arg-type]
+        request = {"prompt": "x", "duration_s": 30, "model": "auto"}
+        jobs = [
+            (await store.create_job(owner="a", request=request, seed=i, variations=1))[0]
+            for i in range(30)
+        ]
+        statements: list[str] = []
+
+        def trace(db: sqlite3.Connection) -> None:
+            db.set_trace_callback(statements.append)
+
+        await store._run_on_db(trace)
+        places = [await estimator.queue_out(job.id, job.request) for job in jobs]
+        assert [place.position for place in places if place is not None] == list(range(30))
+        one_job = [s for s in statements if "AND status = 'queued'" in s]
+        whole_line = [s for s in statements if "GROUP BY j.id" in s]
+        assert (len(whole_line), len(one_job)) == (1, 0)
+
+        # A song queued since that read is asked about on its own, and is last in line.
+        late, _ = await store.create_job(owner="a", request=request, seed=99, variations=1)
+        place = await estimator.queue_out(late.id, late.request)
+        assert place is not None and place.position == 30
+        assert len([s for s in statements if "AND status = 'queued'" in s]) == 1
+        await store.close()
+
+    asyncio.run(scenario())
