@@ -52,6 +52,9 @@ _RENDER_SHARE_OF_VARIATION = 0.85  # the rest of a variation is post-processing
 
 
 class SongStages:
+    """The song kind of leased work: claims songs and takes each claim to `done` (or a failure
+    with its code), writing every result under the claim's token."""
+
     def __init__(
         self,
         jobs_config: JobsConfig,

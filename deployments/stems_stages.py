@@ -29,6 +29,8 @@ _STEMS_SOURCE_SHARE = 0.7
 
 
 class StemsStages:
+    """The stems kind of leased work: claims stems jobs and has the StemMaker make each."""
+
     def __init__(self, jobs_config: JobsConfig, store: JobStore, stems: Any) -> None:
         """`stems`: the StemMaker's streaming handle."""
         self._jobs_config = jobs_config
