@@ -15,6 +15,7 @@ $STUDIO_SCREENSHOTS_DIR when set (`STUDIO_SCREENSHOTS_DIR=docs/studio` refreshes
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -240,6 +241,22 @@ def test_a_song_made_from_the_page(
     wav = decode_audio(Path(event.value.path()).read_bytes())[0]
     assert abs(wav.shape[1] / 48_000 - SONG_S) <= 0.5
     assert first.locator(".download-note").inner_text() == ""
+
+    # Stems of the first take: the page follows the stems job on the song's event stream (the
+    # server keeps it open while the job runs) and reads the stems record once at the end,
+    # instead of polling it.
+    seen: list[tuple[str, str]] = []
+    page.on("request", lambda request: seen.append((request.method, request.url)))
+    first.get_by_role("button", name="Stems").click()
+    first.locator(".stems h3", has_text="Stems").wait_for(timeout=120_000)
+    stems = first.locator(".stem-list li")
+    assert stems.count() >= 2
+    assert all(item.locator("a.chip").count() >= 1 for item in stems.all())
+    stems_calls = [method for method, url in seen if re.search(r"/variations/\d+/stems$", url)]
+    streams = [url for _, url in seen if url.endswith(f"/v1/songs/{song_id}/events")]
+    assert stems_calls[0] == "POST" and stems_calls[1:] in ([], ["GET"]), stems_calls
+    assert streams, seen
+    snap(page, screenshots, "stems")
 
     # The library lists it, newest first, and finds it by its idea.
     page.click('nav a[data-nav="library"]')

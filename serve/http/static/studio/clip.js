@@ -1,7 +1,7 @@
 // One finished take of a song: waveform, player, facts, downloads, stems, and the edits that
 // start a new song from it (extend, repaint, cover) or refill the form (reuse).
 
-import { api, fileReady, plainError, servedTasks } from "./api.js";
+import { ApiError, api, fileReady, plainError, servedTasks, songEvents } from "./api.js";
 import { Waveform } from "./waveform.js";
 import { el, formatSeconds, slug } from "./dom.js";
 
@@ -151,6 +151,45 @@ function capitalize(word) {
   return word[0].toUpperCase() + word.slice(1);
 }
 
+const STEMS_ACTIVE = new Set(["queued", "running"]);
+
+// A stems job's progress and outcome are events on its song's stream, which the server keeps open
+// while a stems job of the song is under way. The stream replays the song's whole log first, so
+// events of an earlier stems job of this take come too: an ended one sends us to the record, which
+// says whether the job we asked for ended. Without a stream (refused, or cut) the record is read
+// every second instead.
+async function followStems(songId, index, path, show) {
+  const done = new AbortController(); // the stream is let go once this job's outcome is read
+  try {
+    for await (const { event, data } of songEvents(songId, { signal: done.signal })) {
+      if (data.variation !== index) continue;
+      if (event === "stems_progress") {
+        show("running", data.progress);
+      } else if (event === "stems" && !STEMS_ACTIVE.has(data.status)) {
+        const stems = await api(path);
+        if (!STEMS_ACTIVE.has(stems.status)) return stems;
+      } else if (event === "stems") {
+        show(data.status, 0);
+      }
+    }
+  } catch (error) {
+    if (!(error instanceof ApiError)) throw error;
+  } finally {
+    done.abort();
+  }
+  return pollStems(path, show);
+}
+
+async function pollStems(path, show) {
+  let stems = await api(path);
+  while (STEMS_ACTIVE.has(stems.status)) {
+    show(stems.status, stems.progress);
+    await new Promise((resolve) => setTimeout(resolve, STEMS_POLL_MS));
+    stems = await api(path);
+  }
+  return stems;
+}
+
 async function makeStems(song, variation, box, button) {
   button.disabled = true;
   box.hidden = false;
@@ -158,14 +197,16 @@ async function makeStems(song, variation, box, button) {
   const label = el("span", { class: "muted" }, "Separating stems…");
   const bar = el("progress", { max: "100", value: "0", "aria-label": `Stems of take ${variation.index + 1}` });
   box.append(el("div", { class: "bar-row", role: "status", "aria-live": "polite" }, [label, bar]));
+  const show = (status, progress) => {
+    bar.value = Math.round(progress * 100);
+    label.textContent = status === "queued" ? "Stems: waiting to start…" : `Stems: ${bar.value}%`;
+  };
   const path = `/v1/songs/${song.id}/variations/${variation.index}/stems`;
   try {
     let stems = await api(path, { method: "POST" });
-    while (stems.status === "queued" || stems.status === "running") {
-      bar.value = Math.round(stems.progress * 100);
-      label.textContent = stems.status === "queued" ? "Stems: waiting to start…" : `Stems: ${bar.value}%`;
-      await new Promise((resolve) => setTimeout(resolve, STEMS_POLL_MS));
-      stems = await api(path);
+    if (STEMS_ACTIVE.has(stems.status)) {
+      show(stems.status, stems.progress);
+      stems = await followStems(song.id, variation.index, path, show);
     }
     if (stems.status !== "succeeded") {
       throw new Error(stems.error?.message || "the stems could not be made");
