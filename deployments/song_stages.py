@@ -30,6 +30,7 @@ from pipeline.song_models import RenderRequest, SongEdit
 from pipeline.tags import StyleTags
 from serve.metrics import SongMetrics, observe_stage, stage_tags
 from serve.store import JobRecord, LeaseLost, StemsRecord, VariationRecord
+from serve.store.records import requested_lora_ref, requested_reference_key
 from serve.workflow import Backoff, StageFailed, retry_stage
 
 from .failures import describe_failure
@@ -526,12 +527,10 @@ def render_request_of(
         sections=sections,
         instrumental=bool(request["instrumental"]),
         language=request["language"],
-        # The ref the song was accepted with (serve.loras); songs accepted before LoRAs had
-        # scopes stored only the id, which names an old-layout (shared) LoRA.
-        lora_id=lora.get("ref") or lora.get("id"),
+        lora_id=requested_lora_ref(request),
         lora_scale=float(lora.get("scale", 1.0)),
         edit=_song_edit(request.get("edit")),
-        reference_key=(request.get("reference") or {}).get("key"),
+        reference_key=requested_reference_key(request),
     )
 
 

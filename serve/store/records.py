@@ -341,6 +341,19 @@ def places_in_line(live_jobs: Iterable[Any]) -> dict[str, QueuePlace]:
     return places
 
 
+def requested_lora_ref(request: Mapping[str, Any]) -> str | None:
+    """The LoRA a stored song request renders with: the ref it was accepted with (serve.loras);
+    songs accepted before LoRAs had scopes stored only the id, which names an old-layout (shared)
+    LoRA. None without a LoRA. The backlog queries of both stores read the same fields."""
+    lora = request.get("lora") or {}
+    return lora.get("ref") or lora.get("id") or None
+
+
+def requested_reference_key(request: Mapping[str, Any]) -> str | None:
+    """The object-store key of a stored song request's timbre reference; None without one."""
+    return (request.get("reference") or {}).get("key") or None
+
+
 @dataclass(frozen=True)
 class BacklogKey:
     """What decides which pools can render a song's variations, as the router picks them: the
@@ -358,13 +371,12 @@ class BacklogKey:
     def of_request(cls, request: Mapping[str, Any]) -> BacklogKey:
         """From a stored song request, as the conductor builds its `RenderRequest` (the backlog
         queries of both backends read the same fields)."""
-        lora = request.get("lora") or {}
         return cls(
             model=str(request.get("model") or "auto"),
             task=str((request.get("edit") or {}).get("task") or TEXT2MUSIC),
             language=str(request.get("language") or "en"),
-            lora=bool(lora.get("ref") or lora.get("id")),
-            reference=bool((request.get("reference") or {}).get("key")),
+            lora=requested_lora_ref(request) is not None,
+            reference=requested_reference_key(request) is not None,
         )
 
     @classmethod

@@ -660,6 +660,7 @@ class SQLiteJobStore(SQLiteTenancy, SQLiteWebhooks):
         return result
 
     def _queue_places(self) -> dict[str, QueuePlace]:
+        now = time.time()
         rows = self._db.execute(
             "SELECT j.id, j.status, "
             f"({_LEASED_JOB}) AS leased, "
@@ -670,7 +671,7 @@ class SQLiteJobStore(SQLiteTenancy, SQLiteWebhooks):
             "FROM jobs AS j LEFT JOIN variations AS v ON v.job_id = j.id "
             "WHERE j.status IN ('queued', 'running') "
             "GROUP BY j.id ORDER BY j.created_at, j.id",
-            (now := time.time(), now),
+            (now, now),
         ).fetchall()
         return places_in_line(rows)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from serve.config import resolve_config
 from serve.queue_estimate import QueueEstimator
+from serve.services import build_services
 from serve.store.sqlite import SQLiteJobStore
 
 
@@ -135,3 +136,44 @@ def test_queued_songs_asking_within_a_second_share_one_read_of_the_line(tmp_path
         await store.close()
 
     asyncio.run(scenario())
+
+
+def test_a_queued_songs_stream_reads_its_status_once_not_after_each_look_at_its_place(
+    tmp_path: Path,
+) -> None:
+    """The stream of a queued song looks at its place every second; the song's status (has it
+    ended?) is read when the stream opens and after quiet keep-alive waits, not on every look."""
+    config = resolve_config({"storage": {"data_dir": str(tmp_path)}})
+
+    async def scenario() -> tuple[int, list[str]]:
+        api = build_services(config, graph=None)  # type: ignore[arg-type]
+        job, _ = await api.jobs.create_job(
+            owner="local", request={"prompt": "x", "duration_s": 30}, seed=1, variations=1
+        )
+        status_reads = 0
+        get_job = api.jobs.get_job
+
+        async def counted_get_job(job_id: str) -> object:
+            nonlocal status_reads
+            status_reads += 1
+            return await get_job(job_id)
+
+        api.jobs.get_job = counted_get_job  # type: ignore[method-assign]
+        frames: list[str] = []
+
+        async def follow() -> None:
+            async for frame in await api.events.open(job.id, "local", 0):
+                frames.append(frame)
+
+        following = asyncio.create_task(follow())
+        await asyncio.sleep(3.5)  # three or four looks at its place
+        following.cancel()
+        await asyncio.gather(following, return_exceptions=True)
+        await api.jobs.close()
+        return status_reads, frames
+
+    status_reads, frames = asyncio.run(scenario())
+    assert any(frame.startswith("event: queue") for frame in frames), frames
+    # On opening only: the stream checks the caller owns the song, then whether it has ended
+    # (keep-alive is 15 s by default).
+    assert status_reads == 2
